@@ -1,0 +1,108 @@
+"""Start the local hospital datasites: `python launch.py [--hospitals N] ...`.
+
+Each hospital gets its own datasite process on 127.0.0.1, its own data and logins; the
+launcher prints a table and a `ready:` line, then serves until SIGINT/SIGTERM and stops
+every datasite. With `--demo` it also plays the data scientist once and shuts down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from datasites.local import LaunchError, LaunchSettings, LocalFederation
+from datasites.process import DatasiteStartError
+from synthetic.errors import DataFormatError
+
+
+def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool]:
+    p = argparse.ArgumentParser(prog="python launch.py", description=__doc__.splitlines()[0])
+    p.add_argument("--hospitals", type=int, default=5, help="number of hospitals (default 5)")
+    p.add_argument("--base-port", type=int, default=8081, help="first port (default 8081)")
+    p.add_argument("--data-dir", type=Path, default=Path(".datasites"), help="state folder")
+    p.add_argument("--reset", action="store_true", help="delete previous state first")
+    p.add_argument("--scale", default="small", help="small (default) or full")
+    p.add_argument("--ehr-csv", type=Path, help="real diabetic_data.csv to partition")
+    p.add_argument("--pathmnist-npz", type=Path, help="real pathmnist.npz to partition")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and splits")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew for images")
+    p.add_argument("--demo", action="store_true", help="run the scientist demo, then stop")
+    a = p.parse_args(argv)
+    settings = LaunchSettings(
+        hospitals=a.hospitals, base_port=a.base_port, data_dir=a.data_dir, reset=a.reset,
+        scale=a.scale, ehr_csv=a.ehr_csv, pathmnist_npz=a.pathmnist_npz, seed=a.seed,
+        alpha=a.alpha,
+    )  # fmt: skip
+    return settings, a.demo
+
+
+def print_table(federation: LocalFederation) -> None:
+    rows = federation.summary_rows()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[f"{row.get(c, ''):,}" if isinstance(row.get(c), int) else str(row.get(c, ""))
+              for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(federation: LocalFederation) -> int:
+    """Wait for SIGINT/SIGTERM; a datasite that dies on its own ends the launch."""
+    while True:
+        failed = federation.failed()
+        if failed:
+            names = ", ".join(p.config.name for p in failed)
+            print(f"error: {names} stopped unexpectedly; see {failed[0].config.log_path}.",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
+def run_demo(federation: LocalFederation) -> None:
+    from scientist.demo import explore
+
+    explore(federation.settings.data_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    federation = None
+    try:
+        settings, demo = parse_args(argv)
+        federation = LocalFederation(settings)
+        print(f"preparing {settings.hospitals} hospitals in {settings.data_dir} ...")
+        federation.prepare()
+        federation.start()
+        print_table(federation)
+        print(f"ready: {settings.hospitals} hospitals; federation file "
+              f"{settings.data_dir / 'federation.json'}", flush=True)
+        if demo:
+            run_demo(federation)
+            return 0
+        return serve(federation)
+    except (LaunchError, DataFormatError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except DatasiteStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if federation is not None and federation.processes:
+            print("stopping datasites ...", flush=True)
+            federation.stop()
+            print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

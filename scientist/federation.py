@@ -1,0 +1,160 @@
+"""The data scientist's view of a federation: many hospital datasites in one object.
+
+Everything here goes through syft as the scientist's own account, so it can only see what
+a hospital lets a data scientist see: dataset metadata and mocks. Hospitals are contacted
+in parallel because a federation is only as responsive as its slowest member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from scientist.connect import FederationError, HospitalLogin, Password, resolve_logins
+
+T = TypeVar("T")
+METADATA_PATH = "/api/v2/metadata"
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """syft prints login banners and progress bars; swallow them for one block.
+
+    Done once in the calling thread around a parallel block, never inside workers:
+    swapping sys.stdout from several threads at once would race.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(url + METADATA_PATH, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _login(login: HospitalLogin, timeout: float) -> Any:
+    import syft as sy
+
+    if not _reachable(login.url, timeout):
+        raise FederationError(f"{login.label} is unreachable")
+    host, port = login.url.rsplit(":", 1)
+    try:
+        return sy.login(url=host, port=int(port), email=login.email, password=login.password)
+    except Exception:
+        raise FederationError(f"{login.label} refused the login for {login.email}") from None
+
+
+class Federation:
+    """Connected hospitals, by name, each a syft client logged in as the scientist."""
+
+    def __init__(self, clients: dict[str, Any]) -> None:
+        self._clients = clients
+
+    @classmethod
+    def connect(
+        cls,
+        source: str | Path | Sequence[str] = ".datasites",
+        *,
+        email: str | None = None,
+        password: Password = None,
+        timeout: float = 10.0,
+    ) -> Federation:
+        """Log in to every hospital in parallel; name every one that fails, in one error."""
+        logins = resolve_logins(source, email=email, password=password)
+        outcomes = _parallel(lambda login: _try(_login, login, timeout), logins)
+        failures = [str(o) for o in outcomes if isinstance(o, FederationError)]
+        if failures:
+            raise FederationError(
+                f"could not connect to {len(failures)} of {len(logins)} hospitals: "
+                + "; ".join(failures)
+                + ". Check that their datasites are running (python launch.py) and the logins."
+            )
+        return cls({client.name: client for client in outcomes})
+
+    @property
+    def hospitals(self) -> list[str]:
+        return list(self._clients)
+
+    def client(self, hospital: str) -> Any:
+        if hospital not in self._clients:
+            raise KeyError(f"no hospital {hospital!r}; this federation has {self.hospitals}.")
+        return self._clients[hospital]
+
+    def _map(self, fn: Callable[[str, Any], T]) -> dict[str, T]:
+        names = self.hospitals
+        results = _parallel(lambda name: fn(name, self._clients[name]), names)
+        return dict(zip(names, results, strict=True))
+
+    def datasets(self) -> pd.DataFrame:
+        """One row per hospital, dataset and asset, with mock size and description."""
+
+        def rows(hospital: str, client: Any) -> list[dict[str, Any]]:
+            out = []
+            for dataset in client.datasets.get_all():
+                for asset in dataset.asset_list:
+                    out.append(
+                        {
+                            "hospital": hospital,
+                            "dataset": dataset.name,
+                            "asset": asset.name,
+                            "mock rows": _count(asset.mock),
+                            "description": _text(dataset.description),
+                        }
+                    )
+            return out
+
+        table = [r for rs in self._map(rows).values() for r in rs]
+        return pd.DataFrame(table, columns=["hospital", "dataset", "asset", "mock rows",
+                                            "description"])
+
+    def mock(self, dataset: str, asset: str = "train") -> dict[str, Any]:
+        """Each hospital's mock: a DataFrame (ehr) or (images, labels) (pathmnist)."""
+
+        def fetch(hospital: str, client: Any) -> Any:
+            try:
+                value = client.datasets[dataset].assets[asset].mock
+            except Exception:
+                raise FederationError(
+                    f"{hospital} has no asset {dataset}/{asset}; see fed.datasets()."
+                ) from None
+            return (value["images"], value["labels"]) if isinstance(value, dict) else value
+
+        return self._map(fetch)
+
+    def show_samples(self, dataset: str, path: str | Path, *, per_class: int = 3) -> Path:
+        """Write a PNG grid of mock images: rows are classes, columns hospitals."""
+        from scientist.samples import sample_grid
+
+        if dataset != "pathmnist":
+            raise ValueError(f"show_samples draws images; {dataset!r} has none, use mock().")
+        return sample_grid(self.mock(dataset), Path(path), per_class=per_class)
+
+
+def _try(fn: Callable[..., T], *args: Any) -> T | FederationError:
+    try:
+        return fn(*args)
+    except FederationError as error:
+        return error
+
+
+def _parallel(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+    with _quiet(), ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _count(value: Any) -> int:
+    return len(value["labels"]) if isinstance(value, dict) else len(value)
+
+
+def _text(description: Any) -> str:
+    return str(getattr(description, "text", description) or "")
