@@ -43,8 +43,13 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool]:
 def print_table(federation: LocalFederation) -> None:
     rows = federation.summary_rows()
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    cells = [[f"{row.get(c, ''):,}" if isinstance(row.get(c), int) else str(row.get(c, ""))
-              for c in columns] for row in rows]
+    cells = [
+        [
+            f"{row.get(c, ''):,}" if isinstance(row.get(c), int) else str(row.get(c, ""))
+            for c in columns
+        ]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
@@ -61,8 +66,10 @@ def serve(federation: LocalFederation) -> int:
         failed = federation.failed()
         if failed:
             names = ", ".join(p.config.name for p in failed)
-            print(f"error: {names} stopped unexpectedly; see {failed[0].config.log_path}.",
-                  file=sys.stderr)
+            print(
+                f"error: {names} stopped unexpectedly; see {failed[0].config.log_path}.",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(0.5)
 
@@ -83,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         federation.prepare()
         federation.start()
         print_table(federation)
-        print(f"ready: {settings.hospitals} hospitals; federation file "
-              f"{settings.data_dir / 'federation.json'}", flush=True)
+        print(
+            f"ready: {settings.hospitals} hospitals; federation file "
+            f"{settings.data_dir / 'federation.json'}",
+            flush=True,
+        )
         if demo:
             run_demo(federation)
             return 0

@@ -81,8 +81,7 @@ class LaunchSettings:
         last = self.base_port + self.hospitals - 1
         if self.base_port < 1024 or last > 65535:
             raise LaunchError(
-                f"ports {self.base_port}-{last} are outside 1024-65535; choose another "
-                "--base-port."
+                f"ports {self.base_port}-{last} are outside 1024-65535; choose another --base-port."
             )
         for flag, path in (("--ehr-csv", self.ehr_csv), ("--pathmnist-npz", self.pathmnist_npz)):
             if path is not None and not Path(path).is_file():
@@ -115,14 +114,16 @@ def check_writable(data_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise LaunchError(
-            f"cannot write to data dir {data_dir} ({error.strerror}); choose another "
-            "--data-dir."
+            f"cannot write to data dir {data_dir} ({error.strerror}); choose another --data-dir."
         ) from None
 
 
 def check_ports_free(configs: list[HospitalConfig]) -> None:
     for config in configs:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As uvicorn binds: TIME_WAIT leftovers of a stopped datasite do not count,
+            # a socket that is listening does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((LOOPBACK, config.port))
             except OSError:
@@ -181,8 +182,12 @@ class LocalFederation:
         check_same_data(self.settings)
         missing = [c for c in self.configs if not has_sources(c)]
         if missing:
-            plan = DataPlan(self.settings.hospitals, self.settings.scale, self.settings.seed,
-                            self.settings.alpha)
+            plan = DataPlan(
+                self.settings.hospitals,
+                self.settings.scale,
+                self.settings.seed,
+                self.settings.alpha,
+            )
             plan_sources(plan, self.configs, missing, real, self.log)
         write_private_json(self.settings.data_dir / SETTINGS_FILE, self.settings.data_options())
 

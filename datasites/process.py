@@ -7,6 +7,7 @@ SIGTERM that lets uvicorn and syft close their databases cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -28,10 +29,8 @@ class DatasiteStartError(RuntimeError):
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM the datasite if the launcher dies without cleaning up."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def is_up(url: str, timeout: float = 2.0) -> bool:

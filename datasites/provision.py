@@ -66,8 +66,7 @@ def upload(admin: Any, dataset: str, pairs: list[AssetPair]) -> None:
     import syft as sy
 
     assets = [
-        sy.Asset(name=p.name, description=p.description, data=p.private, mock=p.mock)
-        for p in pairs
+        sy.Asset(name=p.name, description=p.description, data=p.private, mock=p.mock) for p in pairs
     ]
     admin.upload_dataset(
         sy.Dataset(name=dataset, description=DATASET_DESCRIPTIONS[dataset], asset_list=assets)

@@ -73,16 +73,25 @@ def synthetic_ehr(plan: DataPlan, index: int) -> pd.DataFrame:
 
 
 def synthetic_pathmnist(plan: DataPlan, index: int) -> Splits:
-    shares = class_proportions(plan.hospitals, len(CLASS_SHARES), plan.alpha, plan.seed,
-                               base=CLASS_SHARES)[index]
+    shares = class_proportions(
+        plan.hospitals, len(CLASS_SHARES), plan.alpha, plan.seed, base=CLASS_SHARES
+    )[index]
     stain = Stain.for_hospital(index, plan.seed)
     splits = {}
     for offset, (split, key) in enumerate((("train", "train_images"), ("test", "test_images"))):
-        n = max(1, round(plan.sizes("train_images")[index] * plan.totals()[key]
-                         / plan.totals()["train_images"]))
+        n = max(
+            1,
+            round(
+                plan.sizes("train_images")[index]
+                * plan.totals()[key]
+                / plan.totals()["train_images"]
+            ),
+        )
         splits[split] = generate_pathmnist(
-            n, seed=plan.seed * 1_000 + index * 2 + offset + 500_000,
-            stain=stain, class_shares=shares,
+            n,
+            seed=plan.seed * 1_000 + index * 2 + offset + 500_000,
+            stain=stain,
+            class_shares=shares,
         )
     return splits
 
@@ -111,7 +120,9 @@ def plan_sources(
     log: Callable[[str], None],
 ) -> None:
     """Write source files for the hospitals in `missing` (others keep theirs)."""
-    ehr_parts = split_patients(real.ehr, plan.hospitals, plan.seed) if real.ehr is not None else None
+    ehr_parts = (
+        split_patients(real.ehr, plan.hospitals, plan.seed) if real.ehr is not None else None
+    )
     image_parts = real_pathmnist_parts(plan, real.pathmnist) if real.pathmnist else None
     for config in missing:
         index = configs.index(config)

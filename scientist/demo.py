@@ -17,8 +17,11 @@ def explore(data_dir: Path) -> Path:
     with pd.option_context("display.width", 120):
         print(table.to_string(index=False))
     ehr = next(iter(fed.mock("ehr").values()))
-    print(f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
-          + ", ".join(ehr.columns[:6]) + ", ...")
+    print(
+        f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
+        + ", ".join(ehr.columns[:6])
+        + ", ..."
+    )
     grid = fed.show_samples("pathmnist", Path(data_dir) / "reports" / "samples.png")
     print(f"mock sample grid: {grid}")
     return grid

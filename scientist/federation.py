@@ -114,8 +114,9 @@ class Federation:
             return out
 
         table = [r for rs in self._map(rows).values() for r in rs]
-        return pd.DataFrame(table, columns=["hospital", "dataset", "asset", "mock rows",
-                                            "description"])
+        return pd.DataFrame(
+            table, columns=["hospital", "dataset", "asset", "mock rows", "description"]
+        )
 
     def mock(self, dataset: str, asset: str = "train") -> dict[str, Any]:
         """Each hospital's mock: a DataFrame (ehr) or (images, labels) (pathmnist)."""

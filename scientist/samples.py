@@ -24,8 +24,9 @@ def sample_grid(
 
     hospitals = list(mocks)
     cols = per_class * len(hospitals)
-    fig, axes = plt.subplots(len(CLASS_NAMES), cols, figsize=(0.9 * cols + 2.2, 0.9 * 9 + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(CLASS_NAMES), cols, figsize=(0.9 * cols + 2.2, 0.9 * 9 + 0.8), squeeze=False
+    )
     for h, hospital in enumerate(hospitals):
         images, labels = mocks[hospital]
         labels = np.asarray(labels).reshape(-1)
@@ -38,12 +39,12 @@ def sample_grid(
                 if k < len(picks):
                     ax.imshow(images[picks[k]], interpolation="nearest")
                 if h == 0 and k == 0:
-                    ax.set_ylabel(CLASS_NAMES[c], rotation=0, ha="right", va="center",
-                                  fontsize=8)
+                    ax.set_ylabel(CLASS_NAMES[c], rotation=0, ha="right", va="center", fontsize=8)
                 if c == 0 and k == per_class // 2:
                     ax.set_title(hospital, fontsize=9)
-    fig.suptitle("Mock PathMNIST patches per class and hospital (synthetic, not patient data)",
-                 fontsize=10)
+    fig.suptitle(
+        "Mock PathMNIST patches per class and hospital (synthetic, not patient data)", fontsize=10
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

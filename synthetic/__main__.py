@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: folder {args.out.parent} does not exist; create it first.", file=sys.stderr)
         return 2
     if args.kind == "ehr":
-        write_ehr_csv(generate_ehr(rows, seed=args.seed, identifiers=not args.no_identifiers),
-                      args.out)
+        write_ehr_csv(
+            generate_ehr(rows, seed=args.seed, identifiers=not args.no_identifiers), args.out
+        )
         what = f"{rows:,} encounters"
     else:
         what = write_pathmnist(args.out, rows, args.seed)

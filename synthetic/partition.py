@@ -135,7 +135,8 @@ def split_train_test_patients(
         raise ValueError(f"test_fraction must be in (0, 1), found {test_fraction}.")
     patients = np.sort(df[PATIENT_COLUMN].unique())
     rng = np.random.default_rng([seed, 505])
-    test_patients = rng.choice(patients, size=max(1, round(test_fraction * patients.size)),
-                               replace=False)
+    test_patients = rng.choice(
+        patients, size=max(1, round(test_fraction * patients.size)), replace=False
+    )
     is_test = df[PATIENT_COLUMN].isin(test_patients)
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)

@@ -1,0 +1,127 @@
+"""Fixtures that start real hospital datasites with `launch.py`, once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SESSION_BASE_PORT = 18181
+SESSION_HOSPITALS = 3
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # syft and its dependencies emit hundreds of deprecation warnings that are not ours.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore::PendingDeprecationWarning")
+
+
+@dataclass
+class Launch:
+    """A running `python launch.py` and everything it printed so far."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def credentials(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "credentials.json").read_text())
+
+    def hospital(self, name: str) -> dict[str, Any]:
+        return next(h for h in self.credentials()["hospitals"] if h["name"] == name)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def launch_command(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "launch.py"), *args]
+
+
+def start_launch(*args: str, data_dir: Path, timeout: float = 300) -> Launch:
+    """Start launch.py and wait for its `ready:` line (or fail with its output)."""
+    proc = subprocess.Popen(
+        launch_command(*args, "--data-dir", str(data_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    launch = Launch(proc=proc, data_dir=data_dir)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            launch.lines.append(line)
+            if line.startswith("ready:"):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.5):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"launch.py not ready after {timeout} s:\n{launch.output}")
+    if not any(x.startswith("ready:") for x in launch.lines):
+        pytest.fail(f"launch.py exited with {proc.wait(30)}:\n{launch.output}")
+    return launch
+
+
+def run_launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run launch.py to completion (for inputs it must refuse)."""
+    return subprocess.run(
+        launch_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    """Three hospital datasites on loopback, started once for the whole session."""
+    data_dir = tmp_path_factory.mktemp("federation") / "datasites"
+    launch = start_launch(
+        "--hospitals", str(SESSION_HOSPITALS), "--base-port", str(SESSION_BASE_PORT),
+        "--seed", "7",
+        data_dir=data_dir,
+    )  # fmt: skip
+    yield launch
+    launch.stop()
+
+
+def login(url: str, email: str, password: str) -> Any:
+    """A syft client for one hospital (raises if the login is refused)."""
+    import contextlib
+    import io
+
+    import syft as sy
+
+    host, port = url.rsplit(":", 1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return sy.login(url=host, port=int(port), email=email, password=password)
+
+
+@pytest.fixture(scope="session")
+def admin_clients(federation: Launch) -> dict[str, Any]:
+    """Each hospital's operator login: used to check what the private assets hold."""
+    return {
+        h["name"]: login(h["url"], h["admin"]["email"], h["admin"]["password"])
+        for h in federation.credentials()["hospitals"]
+    }

@@ -1,0 +1,75 @@
+"""Splits across hospitals: uneven, skewed, and always disjoint by patient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthetic.ehr import generate_ehr
+from synthetic.partition import (
+    class_proportions,
+    hospital_sizes,
+    split_by_label,
+    split_patients,
+    split_train_test_patients,
+)
+
+
+def test_hospital_sizes_are_uneven_and_exact() -> None:
+    sizes = hospital_sizes(20_000, 5, seed=1)
+    assert sizes.sum() == 20_000 and (sizes > 0).all()
+    assert len(set(sizes.tolist())) == 5
+    assert sizes.max() / sizes.min() > 1.2
+    assert (hospital_sizes(20_000, 5, seed=1) == sizes).all()
+
+
+def test_tiny_totals_still_give_every_hospital_data() -> None:
+    assert hospital_sizes(5, 5, seed=0).tolist() == [1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="cannot split"):
+        hospital_sizes(3, 5, seed=0)
+
+
+def test_label_split_is_a_partition_with_skew() -> None:
+    labels = np.random.default_rng(0).integers(0, 9, size=9_000)
+    parts = split_by_label(labels, 4, alpha=0.3, seed=2)
+    joined = np.concatenate(parts)
+    assert joined.size == labels.size and np.unique(joined).size == labels.size
+    shares = np.array([np.bincount(labels[p], minlength=9) / p.size for p in parts])
+    assert np.abs(shares - shares.mean(axis=0)).max() > 0.1
+
+
+def test_large_alpha_is_nearly_iid() -> None:
+    props = class_proportions(4, 9, alpha=1e4, seed=0)
+    assert np.abs(props - 1 / 9).max() < 0.02
+    with pytest.raises(ValueError, match="alpha"):
+        class_proportions(4, 9, alpha=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return generate_ehr(6_000, seed=4, identifiers=False)
+
+
+def test_patients_are_disjoint_across_hospitals(table: pd.DataFrame) -> None:
+    parts = split_patients(table, 3, seed=1)
+    assert sum(len(p) for p in parts) == len(table)
+    owners = [set(p["patient_nbr"]) for p in parts]
+    assert all(owners) and sum(len(o) for o in owners) == table["patient_nbr"].nunique()
+
+
+def test_case_mix_differs_across_hospitals(table: pd.DataFrame) -> None:
+    parts = split_patients(table, 3, seed=1, case_mix=1.5)
+    emergency = [float((p["admission_type_id"] == 1).mean()) for p in parts]
+    old = [float(p["age"].isin(["[70-80)", "[80-90)", "[90-100)"]).mean()) for p in parts]
+    assert max(emergency) - min(emergency) > 0.05 or max(old) - min(old) > 0.05
+
+
+def test_train_test_split_is_patient_disjoint_and_fixed(table: pd.DataFrame) -> None:
+    train, test = split_train_test_patients(table, 0.2, seed=3)
+    assert len(train) + len(test) == len(table)
+    assert not set(train["patient_nbr"]) & set(test["patient_nbr"])
+    share = test["patient_nbr"].nunique() / table["patient_nbr"].nunique()
+    assert share == pytest.approx(0.2, abs=0.01)
+    again, _ = split_train_test_patients(table, 0.2, seed=3)
+    pd.testing.assert_frame_equal(train, again)
