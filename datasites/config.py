@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+# Tells the runtime, inside a datasite process, which hospital folder it serves.
+HOSPITAL_ROOT_ENV = "FEDERATION_HOSPITAL_ROOT"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 

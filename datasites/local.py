@@ -24,6 +24,7 @@ from typing import Any
 
 from datasites.config import LOOPBACK, HospitalConfig
 from datasites.identity import Identity, write_private_json
+from datasites.policy import Policy
 from datasites.process import DatasiteProcess
 from datasites.provision import provision
 from datasites.sources import has_sources
@@ -180,6 +181,8 @@ class LocalFederation:
         if self.settings.reset:
             reset_data_dir(self.settings.data_dir)
         check_same_data(self.settings)
+        for config in self.configs:
+            Policy.write_default(config.root)
         missing = [c for c in self.configs if not has_sources(c)]
         if missing:
             plan = DataPlan(

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from datasites.config import HospitalConfig
+from datasites.config import HOSPITAL_ROOT_ENV, HospitalConfig
 from datasites.identity import Identity
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ def serve(config: HospitalConfig) -> None:
     import uvicorn
 
     identity = Identity.load_or_create(config.identity_path, config.name)
+    os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = build_worker(config, identity)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     uvicorn.run(
