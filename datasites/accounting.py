@@ -1,0 +1,278 @@
+"""Privacy events and their composition: what a hospital's epsilon is made of.
+
+Every release computed from private rows is a `DpEvent`, a small immutable value in the
+spirit of Google's dp-accounting: a Poisson-subsampled Gaussian mechanism applied `steps`
+times. DP-SGD is such a series (one event per training round); a noised evaluation release
+is the plain Gaussian mechanism, the same event with sample rate 1 and one step.
+
+Events compose in Renyi DP [Mironov, "Renyi Differential Privacy", CSF 2017]: RDP adds up
+across mechanisms, and the RDP of the subsampled Gaussian is computed exactly for each
+order [Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian
+Mechanism", 2019]. The arithmetic is Opacus's own `RDPAccountant`, so the figure a hospital
+states is the one its DP-SGD library would state for the same history.
+
+The only departure from Opacus's defaults is the set of RDP orders: Opacus stops at order
+63, where converting zero RDP already costs epsilon ~0.103 at delta 1e-5, so a small budget
+(a tenth of epsilon 1 for evaluations, say) could not be stated at all. `ALPHAS` extends
+Opacus's orders up to 1024, as dp-accounting does; every order gives a valid bound, so more
+orders only make the minimum tighter, never wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from opacus.accountants import RDPAccountant
+
+ALPHAS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
+    64, 72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024,
+)  # fmt: skip
+"""RDP orders: Opacus's, then larger integer orders (scipy's binomials overflow past ~1030)."""
+
+CALIBRATION_RTOL = 1e-3
+_SIGMA_RANGE = (1e-2, 1e6)
+
+# Opacus warns when the best order is an end of the grid. The bound is valid all the same
+# (only not the tightest possible): at order 1024 for releases near the floor, at order 1.1
+# for epsilons far above any cap, which calibration passes through while it searches.
+warnings.filterwarnings(
+    "ignore", message="Optimal order is the (smallest|largest) alpha", category=UserWarning
+)
+
+
+def _positive_finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, found {type(value).__name__}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, found {value!r}.")
+    return float(value)
+
+
+def _count(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, found {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, found {value}.")
+    return value
+
+
+def _check_delta(delta: object) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a number in (0, 1), found {delta!r}.")
+    return float(delta)
+
+
+@dataclass(frozen=True)
+class DpEvent:
+    """A Poisson-subsampled Gaussian mechanism applied `steps` times.
+
+    Each step includes every record independently with probability `sample_rate` and adds
+    Gaussian noise of standard deviation `noise_multiplier` times the L2 sensitivity. The
+    accounting assumes exactly that: a loader that samples more often, or fixed-size batches,
+    invalidates the stated epsilon. `sample_rate=1` is the plain Gaussian mechanism.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "noise_multiplier", _positive_finite("noise_multiplier", self.noise_multiplier)
+        )
+        rate = _positive_finite("sample_rate", self.sample_rate)
+        if rate > 1:
+            raise ValueError(f"sample_rate must be in (0, 1], found {rate!r}.")
+        object.__setattr__(self, "sample_rate", rate)
+        _count("steps", self.steps, minimum=1)
+
+
+def _history(events: Iterable[DpEvent]) -> list[tuple[float, float, int]]:
+    """Opacus history entries, one per distinct (noise, rate), in a canonical order.
+
+    RDP is additive, so merging equal mechanisms is exact; sorting makes the figure depend on
+    the multiset of events only, never on the order a ledger happened to record them in.
+    """
+    steps: Counter[tuple[float, float]] = Counter()
+    for event in events:
+        if not isinstance(event, DpEvent):
+            raise ValueError(f"events must be DpEvent values, found {type(event).__name__}.")
+        steps[(event.noise_multiplier, event.sample_rate)] += event.steps
+    return [(sigma, q, count) for (sigma, q), count in sorted(steps.items())]
+
+
+def epsilon(events: Iterable[DpEvent], delta: float) -> float:
+    """The (epsilon, delta)-DP guarantee of all `events` composed; 0.0 for none.
+
+    Opacus's RDPAccountant over `ALPHAS`: RDP composition [Mironov 2017] of the sampled
+    Gaussian [Mironov et al. 2019], converted with Balle et al. 2020, Theorem 21.
+    """
+    delta = _check_delta(delta)
+    accountant = RDPAccountant()
+    accountant.history = _history(events)
+    if not accountant.history:
+        return 0.0
+    return float(accountant.get_epsilon(delta=delta, alphas=list(ALPHAS)))
+
+
+def epsilon_floor(delta: float) -> float:
+    """The smallest epsilon any release can be stated at with `ALPHAS` (zero RDP)."""
+    delta = _check_delta(delta)
+    return min(math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1) for a in ALPHAS)
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """What one approved study will spend at one hospital, event by event.
+
+    `train` is one round of DP-SGD (local_epochs passes of Poisson-sampled batches);
+    `evaluation` is one noised-counts release of the model's test predictions.
+    """
+
+    train: DpEvent
+    evaluation: DpEvent
+    rounds: int
+    evaluations: int
+
+    def __post_init__(self) -> None:
+        _count("rounds", self.rounds, minimum=1)
+        _count("evaluations", self.evaluations, minimum=0)
+
+    def planned_events(self) -> list[DpEvent]:
+        return [self.train] * self.rounds + [self.evaluation] * self.evaluations
+
+    def total_epsilon(self, delta: float) -> float:
+        return epsilon(self.planned_events(), delta)
+
+
+def calibrate_study(
+    *,
+    epsilon: float,
+    delta: float,
+    n: int,
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+    evaluations: int,
+    eval_share: float = 0.1,
+) -> StudyBudget:
+    """The least noise that keeps a whole study (training and evaluations) within epsilon.
+
+    The evaluation noise is set first, so that the evaluations alone would cost about
+    `eval_share * epsilon`; then the training noise is the smallest (to 0.1%) for which all
+    planned events composed stay within `epsilon`. Composition is sub-additive, so training
+    gets somewhat more than the rest. The result always satisfies
+    `total_epsilon(delta) <= epsilon`. The training event samples at `batch_size / n`: the
+    runtime must Poisson-sample at that rate (or lower) for the figure to hold.
+    With no evaluations the evaluation noise is still set (as for one) but never spent.
+    Deterministic, so a hospital recalibrating the same study gets the same record.
+    """
+    return _calibrate(
+        float(_positive_finite("epsilon", epsilon)), _check_delta(delta),
+        _count("n", n, minimum=1), _count("batch_size", batch_size, minimum=1),
+        _count("local_epochs", local_epochs, minimum=1), _count("rounds", rounds, minimum=1),
+        _count("evaluations", evaluations, minimum=0), _positive_finite("eval_share", eval_share),
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _calibrate(
+    target: float, delta: float, n: int, batch_size: int, local_epochs: int, rounds: int,
+    evaluations: int, eval_share: float,
+) -> StudyBudget:  # fmt: skip
+    if batch_size > n:
+        raise ValueError(f"batch_size must be at most n, found {batch_size} > {n}.")
+    if not eval_share < 1:
+        raise ValueError(f"eval_share must be in (0, 1), found {eval_share!r}.")
+    floor = epsilon_floor(delta)
+    if eval_share * target <= floor:
+        raise ValueError(
+            f"epsilon {target:g} is too small to account at delta {delta:g} (its evaluation "
+            f"share must exceed {floor:.4f}); raise epsilon or eval_share."
+        )
+    releases = max(evaluations, 1)
+    sigma_eval = _smallest_sigma(
+        lambda s: epsilon([DpEvent(s, 1.0, releases)], delta), eval_share * target
+    )
+    evaluation = DpEvent(sigma_eval, 1.0, 1)
+    train_steps = local_epochs * math.ceil(n / batch_size)
+    rate = batch_size / n
+
+    def budget(sigma: float) -> StudyBudget:
+        return StudyBudget(DpEvent(sigma, rate, train_steps), evaluation, rounds, evaluations)
+
+    sigma_train = _smallest_sigma(lambda s: budget(s).total_epsilon(delta), target)
+    return budget(sigma_train)
+
+
+def _smallest_sigma(cost: Callable[[float], float], target: float) -> float:
+    """The smallest noise (to CALIBRATION_RTOL) whose cost is within target.
+
+    `cost` decreases with the noise and is close to a power law, so a secant step in log-log
+    space lands near the answer; probing just either side of it closes the bracket in a few
+    evaluations of the (slow) accountant. Bisection steps in when the secant does not help.
+    """
+    width = math.log1p(CALIBRATION_RTOL)
+    # In log-noise: cost is above target at `low` (gap > 0) and within it at `high`.
+    (low, g_low), (high, g_high) = _bracket(cost, target)
+    while high - low > width:
+        span = high - low
+        guess = _secant(low, g_low, high, g_high)
+        probes = [guess - 0.4 * width, guess + 0.4 * width]
+        for x in (min(max(p, low + width / 4), high - width / 4) for p in probes):
+            if low < x < high:
+                g = _gap(cost, x, target)
+                if g > 0:
+                    low, g_low = x, g
+                else:
+                    high, g_high = x, g
+        if high - low > min(span / 2, width):  # the secant did not halve the bracket
+            mid = (low + high) / 2
+            g = _gap(cost, mid, target)
+            if g > 0:
+                low, g_low = mid, g
+            else:
+                high, g_high = mid, g
+    return math.exp(high)
+
+
+def _gap(cost: Callable[[float], float], log_sigma: float, target: float) -> float:
+    """log(cost / target): positive when over budget, +inf when the cost is unbounded."""
+    value = cost(math.exp(log_sigma))
+    return math.log(value / target) if value > 0 else -math.inf
+
+
+def _secant(x0: float, g0: float, x1: float, g1: float) -> float:
+    if not (math.isfinite(g0) and math.isfinite(g1)) or g0 == g1:
+        return (x0 + x1) / 2
+    return x1 - g1 * (x1 - x0) / (g1 - g0)
+
+
+Point = tuple[float, float]
+
+
+def _bracket(cost: Callable[[float], float], target: float) -> tuple[Point, Point]:
+    """(infeasible, feasible) log-noises with their gaps, stepping from noise 1.
+
+    A gap of g suggests moving log-noise by about g (cost ~ 1/noise); 20% more overshoots
+    on purpose so the first step usually crosses the target.
+    """
+    lowest, highest = (math.log(s) for s in _SIGMA_RANGE)
+    x, g = 0.0, _gap(cost, 0.0, target)
+    step = 1.0
+    while True:
+        move = min(max(abs(g) * 1.2, 0.05), 3.0) if math.isfinite(g) else step
+        nxt = min(max(x + (move if g > 0 else -move), lowest), highest)
+        g_next = _gap(cost, nxt, target)
+        if (g > 0) != (g_next > 0):
+            return ((x, g), (nxt, g_next)) if g > 0 else ((nxt, g_next), (x, g))
+        if nxt in (lowest, highest):
+            if g_next <= 0:
+                return (lowest, g_next), (lowest, g_next)  # even the least noise fits
+            raise ValueError("no noise level reaches this epsilon; raise epsilon.")
+        x, g, step = nxt, g_next, step * 2

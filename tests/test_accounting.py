@@ -1,0 +1,219 @@
+"""DP events and calibration against Opacus's own accountant (the obviously-correct path)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from datasites import accounting
+from datasites.accounting import (
+    ALPHAS,
+    DpEvent,
+    StudyBudget,
+    calibrate_study,
+    epsilon,
+    epsilon_floor,
+)
+
+# Calibration passes through huge epsilons, where Opacus notes that order 1.1 is optimal.
+pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
+
+DELTA = 1e-5
+TRAIN = DpEvent(noise_multiplier=1.5, sample_rate=0.02, steps=40)
+OTHER_TRAIN = DpEvent(noise_multiplier=2.0, sample_rate=0.05, steps=20)
+EVAL = DpEvent(noise_multiplier=30.0, sample_rate=1.0, steps=1)
+
+
+def opacus_epsilon(events: list[DpEvent], delta: float = DELTA) -> float:
+    """Step Opacus's accountant once per DP-SGD step, mechanism by mechanism."""
+    accountant = RDPAccountant()
+    steps = Counter()
+    for event in events:
+        steps[(event.noise_multiplier, event.sample_rate)] += event.steps
+    for (sigma, q), count in sorted(steps.items()):
+        for _ in range(count):
+            accountant.step(noise_multiplier=sigma, sample_rate=q)
+    return accountant.get_epsilon(delta=delta, alphas=list(ALPHAS))
+
+
+def test_epsilon_equals_opacus_accountant_exactly() -> None:
+    events = [TRAIN, EVAL, TRAIN, OTHER_TRAIN, EVAL, TRAIN]
+
+    eps = epsilon(events, DELTA)
+
+    assert eps == opacus_epsilon(events)
+    assert eps == epsilon(list(reversed(events)), DELTA)  # a multiset: order is irrelevant
+    assert 0 < eps < math.inf
+
+
+def test_interleaved_opacus_history_agrees() -> None:
+    accountant = RDPAccountant()
+    for event in [TRAIN, EVAL, TRAIN, EVAL]:
+        for _ in range(event.steps):
+            accountant.step(noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate)
+
+    expected = accountant.get_epsilon(delta=DELTA, alphas=list(ALPHAS))
+
+    assert epsilon([TRAIN, EVAL, TRAIN, EVAL], DELTA) == pytest.approx(expected, rel=1e-12)
+
+
+def test_extra_orders_only_tighten_opacus_defaults() -> None:
+    accountant = RDPAccountant()
+    accountant.history = [(TRAIN.noise_multiplier, TRAIN.sample_rate, TRAIN.steps)]
+
+    assert epsilon([TRAIN], DELTA) <= accountant.get_epsilon(delta=DELTA)
+    assert set(RDPAccountant.DEFAULT_ALPHAS) <= set(ALPHAS)
+
+
+def test_no_events_cost_nothing() -> None:
+    assert epsilon([], DELTA) == 0.0
+
+
+def test_composition_is_monotone() -> None:
+    events = [TRAIN, EVAL, OTHER_TRAIN, TRAIN, EVAL]
+
+    running = [epsilon(events[:k], DELTA) for k in range(len(events) + 1)]
+
+    assert all(a < b for a, b in zip(running, running[1:], strict=False))
+    assert epsilon([TRAIN, TRAIN], DELTA) < epsilon([TRAIN], DELTA) * 2  # sub-additive
+    assert epsilon([DpEvent(3.0, 0.02, 40)], DELTA) < epsilon([TRAIN], DELTA)
+    assert epsilon([TRAIN], 1e-3) < epsilon([TRAIN], DELTA)
+
+
+def test_gaussian_release_closed_form() -> None:
+    # sample_rate 1 is the Gaussian mechanism: RDP alpha / (2 sigma^2) per release.
+    sigma, releases = 20.0, 5
+    expected = min(
+        releases * a / (2 * sigma**2) - (math.log(DELTA) + math.log(a)) / (a - 1)
+        + math.log((a - 1) / a)
+        for a in ALPHAS
+    )  # fmt: skip
+
+    assert epsilon([DpEvent(sigma, 1.0, 1)] * releases, DELTA) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"noise_multiplier": 0.0}, "noise_multiplier must be a positive finite number, found 0.0"),
+        ({"noise_multiplier": "1"}, "noise_multiplier must be a number, found str"),
+        ({"sample_rate": 1.5}, "sample_rate must be in (0, 1], found 1.5"),
+        ({"sample_rate": math.nan}, "sample_rate must be a positive finite number, found nan"),
+        ({"steps": 0}, "steps must be at least 1, found 0"),
+        ({"steps": 2.0}, "steps must be an int, found float"),
+        ({"steps": True}, "steps must be an int, found bool"),
+    ],
+)
+def test_event_validation_says_expected_and_found(kwargs: dict, expected: str) -> None:
+    args = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1, **kwargs}
+
+    with pytest.raises(ValueError) as error:
+        DpEvent(**args)
+
+    assert expected in str(error.value)
+
+
+def test_epsilon_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="delta must be a number in"):
+        epsilon([TRAIN], 1.0)
+    with pytest.raises(ValueError, match="events must be DpEvent values, found tuple"):
+        epsilon([(1.0, 0.1, 1)], DELTA)  # type: ignore[list-item]
+
+
+# -- calibration --------------------------------------------------------------------------
+
+GRID = [  # (epsilon, n, batch_size, rounds, evaluations): the corners and a spread between
+    (0.5, 500, 32, 1, 0),
+    (0.5, 500, 256, 20, 21),
+    (0.5, 50000, 32, 20, 21),
+    (8.0, 500, 32, 20, 21),
+    (8.0, 50000, 512, 1, 0),
+    (8.0, 50000, 32, 20, 0),
+    (1.0, 2500, 256, 10, 11),
+    (2.0, 12000, 128, 5, 6),
+    (4.0, 800, 64, 15, 3),
+    (3.0, 30000, 512, 20, 21),
+]
+
+
+@pytest.mark.parametrize(("eps", "n", "batch", "rounds", "evaluations"), GRID)
+def test_calibration_never_exceeds_and_nearly_fills_the_target(
+    eps: float, n: int, batch: int, rounds: int, evaluations: int
+) -> None:
+    budget = calibrate_study(epsilon=eps, delta=DELTA, n=n, batch_size=batch, local_epochs=1,
+                             rounds=rounds, evaluations=evaluations)  # fmt: skip
+
+    total = budget.total_epsilon(DELTA)
+    assert total <= eps
+    assert total >= 0.98 * eps
+    assert budget.train.sample_rate == batch / n
+    assert budget.train.steps == math.ceil(n / batch)
+    assert len(budget.planned_events()) == rounds + evaluations
+    less_noise = DpEvent(budget.train.noise_multiplier * (1 - 2e-3), batch / n, budget.train.steps)
+    assert StudyBudget(less_noise, budget.evaluation, rounds, evaluations).total_epsilon(
+        DELTA
+    ) > eps  # fmt: skip
+    if evaluations:
+        evals_alone = epsilon([budget.evaluation] * evaluations, DELTA)
+        assert evals_alone == pytest.approx(0.1 * eps, rel=0.01)
+        assert evals_alone <= 0.1 * eps
+
+
+def test_eval_share_sets_the_evaluations_cost() -> None:
+    budget = calibrate_study(epsilon=2.0, delta=DELTA, n=2000, batch_size=200, local_epochs=2,
+                             rounds=4, evaluations=5, eval_share=0.3)  # fmt: skip
+
+    assert epsilon([budget.evaluation] * 5, DELTA) == pytest.approx(0.6, rel=0.01)
+    assert budget.train.steps == 2 * 10
+    assert 0.98 * 2.0 <= budget.total_epsilon(DELTA) <= 2.0
+
+
+def test_calibration_is_deterministic() -> None:
+    kwargs = dict(epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10,
+                  evaluations=11)  # fmt: skip
+    first = calibrate_study(**kwargs)
+    accounting._calibrate.cache_clear()
+
+    assert calibrate_study(**kwargs) == first
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epsilon": 0.0}, "epsilon must be a positive finite number, found 0.0"),
+        ({"epsilon": math.inf}, "epsilon must be a positive finite number, found inf"),
+        ({"epsilon": 0.02}, "epsilon 0.02 is too small to account at delta 1e-05"),
+        ({"delta": 0.0}, "delta must be a number in (0, 1), found 0.0"),
+        ({"delta": 1.0}, "delta must be a number in (0, 1), found 1.0"),
+        ({"batch_size": 3000}, "batch_size must be at most n, found 3000 > 2500"),
+        ({"batch_size": 0}, "batch_size must be at least 1, found 0"),
+        ({"n": 2500.0}, "n must be an int, found float"),
+        ({"local_epochs": 0}, "local_epochs must be at least 1, found 0"),
+        ({"rounds": 0}, "rounds must be at least 1, found 0"),
+        ({"evaluations": -1}, "evaluations must be at least 0, found -1"),
+        ({"eval_share": 1.0}, "eval_share must be in (0, 1), found 1.0"),
+        ({"eval_share": 0.0}, "eval_share must be a positive finite number, found 0.0"),
+    ],
+)
+def test_calibration_errors_are_one_clear_sentence(change: dict, message: str) -> None:
+    kwargs = dict(epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10,
+                  evaluations=11)  # fmt: skip
+
+    with pytest.raises(ValueError) as error:
+        calibrate_study(**{**kwargs, **change})
+
+    assert message in str(error.value)
+    assert str(error.value).endswith(".")
+    assert str(error.value).count(". ") == 0
+
+
+def test_floor_is_what_zero_rdp_converts_to() -> None:
+    accountant_floor = min(
+        -(math.log(DELTA) + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in ALPHAS
+    )
+
+    assert epsilon_floor(DELTA) == pytest.approx(accountant_floor)
+    assert epsilon_floor(DELTA) < 0.01  # a tenth of epsilon 0.5 is accountable

@@ -1,0 +1,246 @@
+"""Evaluation releases and the metrics computed from them, against direct computations."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+from datasites.evaluation import (
+    BIN_EDGES,
+    N_BINS,
+    binary_counts,
+    multiclass_counts,
+    noisy,
+    release_event,
+    sensitivity,
+)
+from scientist.metrics import binary_metrics, multiclass_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- direct references: per-example computations on scores quantised to the same bins -------
+
+
+def quantised(scores: np.ndarray) -> np.ndarray:
+    return np.digitize(scores, BIN_EDGES[1:-1])  # bin index 0..N_BINS-1, 1.0 in the last
+
+
+def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney U / (P N) with average ranks for ties."""
+    ranks, labels = rankdata(scores), np.asarray(labels, dtype=int)
+    positives, negatives = labels.sum(), (1 - labels).sum()
+    return (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    total, previous_recall, ap = labels.sum(), 0.0, 0.0
+    for threshold in np.unique(scores)[::-1]:
+        called = scores >= threshold
+        tp = np.sum(called & (labels == 1))
+        recall = tp / total
+        ap += (recall - previous_recall) * tp / called.sum()
+        previous_recall = recall
+    return ap
+
+
+def f1(truth: np.ndarray, called: np.ndarray) -> float:
+    tp = np.sum(truth & called)
+    return 2 * tp / (2 * tp + np.sum(~truth & called) + np.sum(truth & ~called))
+
+
+def binary_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.3).astype(int)
+    scores = np.where(labels == 1, rng.beta(4, 2, n), rng.beta(2, 4, n))
+    scores[:6] = [0.0, 0.15, 0.5, 0.5, 0.95, 1.0]  # exact edges, where binning could slip
+    return scores, labels
+
+
+def multiclass_data(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return probs, labels
+
+
+# -- exactness without noise -------------------------------------------------------------
+
+
+def test_binary_metrics_equal_direct_computation() -> None:
+    scores, labels = binary_data(3000)
+    bins, truth, called = quantised(scores), labels == 1, scores >= 0.5
+
+    metrics = binary_metrics(binary_counts(scores, labels))
+
+    assert metrics["auroc"] == pytest.approx(rank_auroc(bins, labels), abs=1e-12)
+    assert metrics["auprc"] == pytest.approx(average_precision(bins, labels), abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx(np.mean(called == truth), abs=1e-12)
+    assert metrics["precision"] == pytest.approx(np.sum(truth & called) / called.sum())
+    assert metrics["recall"] == pytest.approx(np.sum(truth & called) / truth.sum())
+    assert metrics["f1"] == pytest.approx(f1(truth, called))
+    assert (metrics["positives"], metrics["n"]) == (truth.sum(), 3000)
+
+
+def test_multiclass_metrics_equal_direct_computation() -> None:
+    classes = 4
+    probs, labels = multiclass_data(2000, classes)
+    predicted = probs.argmax(axis=1)
+
+    counts = multiclass_counts(probs, labels)
+    metrics = multiclass_metrics(counts["confusion"], counts["ovr"])
+
+    expected_confusion = np.zeros((classes, classes), dtype=int)
+    for truth, guess in zip(labels, predicted, strict=True):
+        expected_confusion[truth, guess] += 1
+    assert np.array_equal(counts["confusion"], expected_confusion)
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert metrics["macro_f1"] == pytest.approx(
+        np.mean([f1(labels == c, predicted == c) for c in range(classes)])
+    )
+    assert metrics["auroc"] == pytest.approx(
+        np.mean([rank_auroc(quantised(probs[:, c]), labels == c) for c in range(classes)])
+    )
+    assert metrics["per_class_recall"] == pytest.approx(
+        [np.mean(predicted[labels == c] == c) for c in range(classes)]
+    )
+    assert metrics["n"] == 2000
+
+
+def test_bins_follow_the_published_edges() -> None:
+    width = 1.0 / N_BINS
+    scores = np.array([0.0, width - 1e-4, width, 0.5, 0.999, 1.0])
+
+    counts = binary_counts(scores, np.zeros(6, dtype=int))
+
+    assert counts[0, 0] == 2 and counts[0, 1] == 1 and counts[0, N_BINS // 2] == 1
+    assert counts[0, N_BINS - 1] == 2 and counts.sum() == 6
+
+
+# -- sensitivity and noise -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [2, 3, 9])
+def test_sensitivity_is_the_change_one_patient_makes(classes: int) -> None:
+    probs, labels = multiclass_data(50, classes, seed=classes)
+    without = multiclass_counts(probs[1:], labels[1:])
+    with_one = multiclass_counts(probs, labels)
+
+    change = math.sqrt(sum(np.sum((with_one[k] - without[k]) ** 2) for k in with_one))
+
+    assert sensitivity(with_one) == pytest.approx(change) == pytest.approx(math.sqrt(1 + classes))
+    scores, binary = binary_data(50)
+    binary_change = np.linalg.norm(
+        binary_counts(scores, binary) - binary_counts(scores[1:], binary[1:])
+    )
+    assert sensitivity(binary_counts(scores, binary)) == binary_change == 1.0
+
+
+def test_noise_has_the_stated_standard_deviation() -> None:
+    rng = np.random.default_rng(7)
+    sigma, draws = 3.0, 400
+    binary = np.zeros((2, N_BINS), dtype=np.int64)
+    multi = {"confusion": np.full((3, 3), 5), "ovr": np.full((3, 2, N_BINS), 5)}
+
+    binary_noise = np.stack([noisy(binary, noise_multiplier=sigma, rng=rng) for _ in range(draws)])
+    multi_draws = [noisy(multi, noise_multiplier=sigma, rng=rng) for _ in range(draws)]
+
+    # 16,000 and 28,800 samples: the std's relative standard error is under 0.6%.
+    assert binary_noise.dtype == np.float64
+    assert binary_noise.std() == pytest.approx(sigma, rel=0.03)
+    assert abs(binary_noise.mean()) < 0.1
+    for key in ("confusion", "ovr"):
+        noise = np.stack([d[key] for d in multi_draws]) - multi[key]
+        assert noise.std() == pytest.approx(sigma * 2.0, rel=0.03)  # sqrt(1 + 3) = 2
+        assert abs(noise.mean()) < 0.2
+    assert release_event(sigma).sample_rate == 1.0 and release_event(sigma).steps == 1
+
+
+def test_noise_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="noise_multiplier must be a positive finite number"):
+        noisy(np.zeros((2, N_BINS)), noise_multiplier=0.0, rng=np.random.default_rng(0))
+
+
+def test_noisy_counts_give_sane_metrics() -> None:
+    rng = np.random.default_rng(3)
+    scores, labels = binary_data(20000)
+    exact = binary_metrics(binary_counts(scores, labels))
+    probs, classes = multiclass_data(5000, 4)
+    counts = multiclass_counts(probs, classes)
+    exact_multi = multiclass_metrics(counts["confusion"], counts["ovr"])
+
+    released = binary_metrics(noisy(binary_counts(scores, labels), noise_multiplier=5.0, rng=rng))
+    noised = noisy(counts, noise_multiplier=5.0, rng=rng)
+    released_multi = multiclass_metrics(noised["confusion"], noised["ovr"])
+    tiny = binary_metrics(noisy(binary_counts(scores[:30], labels[:30]), noise_multiplier=50.0,
+                                rng=rng))  # fmt: skip
+
+    for key in ("auroc", "auprc", "accuracy", "f1"):
+        assert released[key] == pytest.approx(exact[key], abs=0.03)
+    for key in ("auroc", "accuracy", "macro_f1"):
+        assert released_multi[key] == pytest.approx(exact_multi[key], abs=0.03)
+    for key in ("auroc", "auprc", "accuracy", "precision", "recall", "f1"):
+        assert math.isnan(tiny[key]) or 0.0 <= tiny[key] <= 1.0
+
+
+# -- degenerate releases -----------------------------------------------------------------
+
+
+def test_degenerate_histograms_give_nan_not_errors() -> None:
+    no_positives = binary_metrics(binary_counts(np.array([0.2, 0.7]), np.array([0, 0])))
+    empty = binary_metrics(np.zeros((2, N_BINS)))
+    all_negative_noise = binary_metrics(-np.ones((2, N_BINS)))
+    nothing_called = binary_metrics(binary_counts(np.array([0.1, 0.2]), np.array([0, 1])))
+
+    assert math.isnan(no_positives["auroc"]) and math.isnan(no_positives["auprc"])
+    assert math.isnan(no_positives["recall"]) and no_positives["accuracy"] == 0.5
+    assert all(math.isnan(empty[k]) for k in ("auroc", "auprc", "accuracy", "f1"))
+    assert empty["n"] == 0.0 and all_negative_noise["n"] == 0.0
+    assert math.isnan(nothing_called["precision"]) and nothing_called["recall"] == 0.0
+    assert nothing_called["f1"] == 0.0
+
+
+def test_multiclass_with_an_absent_class() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    counts = multiclass_counts(probs, np.array([0, 1, 0]))
+
+    metrics = multiclass_metrics(counts["confusion"], counts["ovr"])
+    empty = multiclass_metrics(np.zeros((3, 3)), np.zeros((3, 2, N_BINS)))
+
+    assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0
+    assert math.isnan(metrics["per_class_recall"][2]) and metrics["auroc"] == 1.0
+    assert math.isnan(empty["accuracy"]) and math.isnan(empty["auroc"]) and empty["n"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "message"),
+    [
+        (np.array([0.2, 1.2]), np.array([0, 1]), "scores must be probabilities in [0, 1]"),
+        (np.array([0.2, np.nan]), np.array([0, 1]), "scores must be probabilities in [0, 1]"),
+        (np.array([0.2, 0.3]), np.array([0, 2]), "labels must be in 0..1"),
+        (np.array([0.2, 0.3]), np.array([0]), "labels must have shape (2,), found (1,)"),
+    ],
+)
+def test_bad_inputs_are_refused(scores: np.ndarray, labels: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        binary_counts(scores, labels)
+
+    assert message in str(error.value)
+
+
+def test_the_two_rooms_do_not_import_each_other() -> None:
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        return {name.split(".")[0] for name in names}
+
+    assert "datasites" not in imports(REPO / "scientist" / "metrics.py")
+    for name in ("accounting.py", "ledger.py", "evaluation.py"):
+        assert "scientist" not in imports(REPO / "datasites" / name)
