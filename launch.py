@@ -75,9 +75,21 @@ def serve(federation: LocalFederation) -> int:
 
 
 def run_demo(federation: LocalFederation) -> None:
-    from scientist.demo import explore
+    """Play the scientist and, for each request, every hospital's operator."""
+    from datasites.operator import Operator
+    from scientist.demo import explore, run_studies
+    from scientist.federation import Federation
 
-    explore(federation.settings.data_dir)
+    data_dir = federation.settings.data_dir
+    operators = {c.name: Operator.open(data_dir, c.name) for c in federation.configs}
+
+    def approve(study: object) -> None:
+        for hospital, request_id in study.requests.items():  # type: ignore[attr-defined]
+            print("  " + operators[hospital].approve_line(request_id))
+
+    fed = Federation.connect(data_dir)
+    explore(fed, data_dir)
+    run_studies(fed, data_dir, approve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,14 @@
-"""The hospital's command line: `python -m datasites <command>`.
+"""The hospital's command line: `python -m datasites <command> --hospital H [--data-dir D]`.
 
-`serve` runs one datasite in the foreground (launch.py starts one per hospital); the
-operator commands for reviewing requests build on the same entry point.
+`serve` runs one datasite in the foreground (launch.py starts one per hospital);
+`requests`, `approve`, `deny` and `budget` are the operator's commands, the same as the
+`Operator` class offers in Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,25 +20,75 @@ DEFAULT_DATA_DIR = ".datasites"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m datasites", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run one hospital datasite on 127.0.0.1")
-    serve.add_argument("--hospital", required=True, help="hospital name, e.g. hospital-a")
-    serve.add_argument("--port", type=int, required=True)
-    serve.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR))
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--hospital", required=True, help="hospital name, e.g. hospital-a")
+        sub.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR))
+        return sub
+
+    command("serve", "run one hospital datasite on 127.0.0.1").add_argument(
+        "--port", type=int, required=True
+    )
+    command("requests", "list code requests with their plans")
+    command("approve", "approve a request").add_argument("id", help="request id (or prefix)")
+    deny = command("deny", "deny a request, with a reason the scientist sees")
+    deny.add_argument("id", help="request id (or prefix)")
+    deny.add_argument("--reason", required=True)
+    command("budget", "epsilon cap, spent and remaining per dataset").add_argument(
+        "--json", action="store_true"
+    )
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from datasites.server import serve
+
+    try:
+        config = HospitalConfig(name=args.hospital, port=args.port, data_dir=args.data_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    serve(config)
+    return 0
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from datasites.operator import Operator
+
+    op = Operator.open(args.data_dir, args.hospital)
+    if args.command == "requests":
+        views = op.requests()
+        if not views:
+            print(f"{args.hospital}: no requests.")
+        for v in views:
+            print(f"{v.id[:12]}  {v.status:<8}  {v.scientist:<28}  {v.summary()}")
+    elif args.command == "approve":
+        print(op.approve_line(args.id))
+    elif args.command == "deny":
+        v = op.deny(args.id, args.reason)
+        print(f"{args.hospital} denied {v.id[:12]} from {v.scientist}: {args.reason}")
+    elif args.command == "budget":
+        budget = op.budget()
+        if args.json:
+            print(json.dumps(budget, indent=2))
+        for dataset, b in ({} if args.json else budget).items():
+            print(f"{dataset:<10} cap {b['cap']:.2f}  spent {b['spent']:.3f}  "
+                  f"remaining {b['remaining']:.3f}")  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        from datasites.server import serve
+        return _serve(args)
+    from datasites.operator import OperatorError
 
-        try:
-            config = HospitalConfig(name=args.hospital, port=args.port, data_dir=args.data_dir)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        serve(config)
-    return 0
+    try:
+        return _operate(args)
+    except OperatorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

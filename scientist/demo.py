@@ -1,27 +1,54 @@
-"""The scientist's half of `make demo`: connect, look at what is hosted, draw the mocks."""
+"""The scientist's half of `make demo`: explore the mocks, then run two DP studies.
+
+The hospital operators' half (approving each request) is passed in as a callback, so this
+module stays on the scientist's side of the trust boundary.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from scientist.__main__ import round_line
+from scientist.config import DPConfig, StudyConfig
 from scientist.federation import Federation
+from scientist.study import Study
+
+# Chosen to finish in a few minutes on 2 cores while still learning something real.
+DEMO_STUDIES = (
+    StudyConfig(task="ehr", model="ehr_mlp", rounds=8, local_epochs=1, batch_size=256,
+                lr=0.5, eval_every=4, dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0)),
+    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=5, local_epochs=1,
+                batch_size=128, lr=1.0, eval_every=5,
+                dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0)),
+)  # fmt: skip
 
 
-def explore(data_dir: Path) -> Path:
-    """Connect to the local federation as the scientist and report what it hosts."""
-    fed = Federation.connect(data_dir)
+def explore(fed: Federation, data_dir: Path) -> Path:
+    """Report what each hospital hosts and draw the mock images."""
     print(f"\nconnected as the data scientist to {len(fed.hospitals)} hospitals")
     table = fed.datasets().drop(columns="description")
     with pd.option_context("display.width", 120):
         print(table.to_string(index=False))
     ehr = next(iter(fed.mock("ehr").values()))
-    print(
-        f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
-        + ", ".join(ehr.columns[:6])
-        + ", ..."
-    )
+    print(f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
+          + ", ".join(ehr.columns[:6]) + ", ...")  # fmt: skip
     grid = fed.show_samples("pathmnist", Path(data_dir) / "reports" / "samples.png")
     print(f"mock sample grid: {grid}")
     return grid
+
+
+def run_studies(fed: Federation, data_dir: Path, approve: Callable[[Study], None]) -> None:
+    """Submit each demo study, let the operators decide, run it, write its report."""
+    for config in DEMO_STUDIES:
+        study = fed.submit(config)
+        print(f"\nsubmitted {study.id}: {config.model} on {config.task}, {config.rounds} rounds, "
+              f"epsilon {config.dp.epsilon} per hospital")  # fmt: skip
+        approve(study)
+        result = study.run(progress=False, on_round=lambda e: print("  " + round_line(e)))
+        out = result.save(Path(data_dir) / "reports" / study.id)
+        final = {"round": config.rounds, "metrics": result.metrics}
+        print(f"  final model: {round_line(final)}")
+        print(f"  report: {out}/history.json, model.pt, curves.png")

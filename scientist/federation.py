@@ -13,11 +13,15 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
 from scientist.connect import FederationError, HospitalLogin, Password, resolve_logins
+
+if TYPE_CHECKING:
+    from scientist.config import StudyConfig
+    from scientist.study import Study
 
 T = TypeVar("T")
 METADATA_PATH = "/api/v2/metadata"
@@ -55,10 +59,17 @@ def _login(login: HospitalLogin, timeout: float) -> Any:
 
 
 class Federation:
-    """Connected hospitals, by name, each a syft client logged in as the scientist."""
+    """Connected hospitals, by name, each a syft client logged in as the scientist.
 
-    def __init__(self, clients: dict[str, Any]) -> None:
+    `workdir` holds the scientist's study checkpoints (default: `<data dir>/studies` when
+    connected through a local data dir, else `./studies`).
+    """
+
+    def __init__(self, clients: dict[str, Any], emails: dict[str, str],
+                 workdir: Path) -> None:  # fmt: skip
         self._clients = clients
+        self._emails = emails
+        self.workdir = Path(workdir)
 
     @classmethod
     def connect(
@@ -68,6 +79,7 @@ class Federation:
         email: str | None = None,
         password: Password = None,
         timeout: float = 10.0,
+        workdir: str | Path | None = None,
     ) -> Federation:
         """Log in to every hospital in parallel; name every one that fails, in one error."""
         logins = resolve_logins(source, email=email, password=password)
@@ -79,7 +91,9 @@ class Federation:
                 + "; ".join(failures)
                 + ". Check that their datasites are running (python launch.py) and the logins."
             )
-        return cls({client.name: client for client in outcomes})
+        clients = {client.name: client for client in outcomes}
+        emails = {client.name: login.email for client, login in zip(outcomes, logins, strict=True)}
+        return cls(clients, emails, Path(workdir) if workdir else _default_workdir(source))
 
     @property
     def hospitals(self) -> list[str]:
@@ -92,8 +106,26 @@ class Federation:
 
     def _map(self, fn: Callable[[str, Any], T]) -> dict[str, T]:
         names = self.hospitals
-        results = _parallel(lambda name: fn(name, self._clients[name]), names)
-        return dict(zip(names, results, strict=True))
+        return dict(zip(names, self._map_hospitals(fn, names), strict=True))
+
+    def _map_hospitals(self, fn: Callable[[str, Any], T], names: list[str]) -> list[T]:
+        """Call fn(name, client) for the named hospitals in parallel, in order."""
+        return _parallel(lambda name: fn(name, self.client(name)), names)
+
+    def submit(self, config: StudyConfig, *, hospitals: list[str] | None = None) -> Study:
+        """Send the study's code request to every hospital (or the named ones)."""
+        from scientist.submit import submit_study
+
+        return submit_study(self, config, hospitals or self.hospitals)
+
+    def resume(self, study_id: str) -> Study:
+        """Reopen a submitted study from its checkpoint; `run()` continues where it stopped."""
+        from scientist.submit import reopen_study
+
+        return reopen_study(self, study_id)
+
+    def email(self, hospital: str) -> str:
+        return self._emails[hospital]
 
     def datasets(self) -> pd.DataFrame:
         """One row per hospital, dataset and asset, with mock size and description."""
@@ -139,6 +171,13 @@ class Federation:
         if dataset != "pathmnist":
             raise ValueError(f"show_samples draws images; {dataset!r} has none, use mock().")
         return sample_grid(self.mock(dataset), Path(path), per_class=per_class)
+
+
+def _default_workdir(source: Any) -> Path:
+    if isinstance(source, (str, Path)) and not str(source).startswith("http"):
+        folder = Path(source)
+        return (folder if folder.is_dir() else folder.parent) / "studies"
+    return Path("studies")
 
 
 def _try(fn: Callable[..., T], *args: Any) -> T | FederationError:

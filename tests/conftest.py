@@ -18,6 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SESSION_BASE_PORT = 18181
 SESSION_HOSPITALS = 3
+# Many studies share the session's datasites; a roomy cap keeps them from exhausting each
+# other's budget (tests of the cap itself ask for more than this).
+SESSION_CAP = 40.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,6 +100,9 @@ def run_launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
     """Three hospital datasites on loopback, started once for the whole session."""
     data_dir = tmp_path_factory.mktemp("federation") / "datasites"
+    for name in ("hospital-a", "hospital-b", "hospital-c")[:SESSION_HOSPITALS]:
+        (data_dir / name).mkdir(parents=True)
+        (data_dir / name / "policy.toml").write_text(f"[budget]\nepsilon_cap = {SESSION_CAP}\n")
     launch = start_launch(
         "--hospitals", str(SESSION_HOSPITALS), "--base-port", str(SESSION_BASE_PORT),
         "--seed", "7",

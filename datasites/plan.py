@@ -1,0 +1,107 @@
+"""The study plan: the declarative, literal part of an approved request.
+
+An approved study's code is nothing but this plan and a call into the hospital's runtime.
+The runtime re-validates the plan on every call (unknown keys are an error, not ignored),
+so what the operator read at review time is exactly what runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasites.models import MODEL_NAMES, model_task
+
+TASKS = ("ehr", "pathmnist")
+EHR_LABELS = ("readmitted_30", "readmitted_any")
+_STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
+MAX_ROUNDS = 1_000
+
+
+class PlanError(ValueError):
+    """The plan is malformed; the message names the field and what is allowed."""
+
+
+def _number(plan: dict[str, Any], key: str, kind: type, low: float, high: float) -> Any:
+    value = plan.get(key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise PlanError(f"plan field {key} must be {kind.__name__}, found {type(value).__name__}.")
+    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
+        raise PlanError(f"plan field {key} must be within [{low}, {high}], found {value}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One study: which model, how it trains, and the privacy it may cost at this hospital."""
+
+    study_id: str
+    scientist: str
+    task: str
+    model: str
+    rounds: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    eval_every: int = 5
+    label: str = "readmitted_30"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, plan: Any) -> Plan:
+        if not isinstance(plan, dict):
+            raise PlanError("the plan must be a dict literal.")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(plan) - known)
+        if unknown:
+            raise PlanError(f"unknown plan fields: {', '.join(map(str, unknown))}.")
+        missing = sorted(k for k in known - set(plan) if k not in _DEFAULTS)
+        if missing:
+            raise PlanError(f"plan is missing fields: {', '.join(missing)}.")
+        return cls(**{**_DEFAULTS, **plan})
+
+    def __post_init__(self) -> None:
+        values = self.__dict__
+        if not isinstance(self.study_id, str) or not _STUDY_ID.match(self.study_id):
+            raise PlanError("plan field study_id must be 3-64 of a-z, 0-9, '-', '_'.")
+        if not isinstance(self.scientist, str) or len(self.scientist) > 254:
+            raise PlanError("plan field scientist must be an email string.")
+        if self.task not in TASKS:
+            raise PlanError(f"plan field task must be one of {', '.join(TASKS)}.")
+        if self.model not in MODEL_NAMES or model_task(self.model) != self.task:
+            names = [m for m in MODEL_NAMES if model_task(m) == self.task]
+            raise PlanError(f"plan field model must be one of {', '.join(names)} for {self.task}.")
+        if self.label not in EHR_LABELS:
+            raise PlanError(f"plan field label must be one of {', '.join(EHR_LABELS)}.")
+        if not isinstance(self.model_kwargs, dict):
+            raise PlanError("plan field model_kwargs must be a dict.")
+        _number(values, "rounds", int, 1, MAX_ROUNDS)
+        _number(values, "local_epochs", int, 1, 100)
+        _number(values, "batch_size", int, 1, 100_000)
+        _number(values, "eval_every", int, 1, MAX_ROUNDS)
+        _number(values, "lr", float, 1e-6, 100.0)
+        _number(values, "epsilon", float, 1e-3, 100.0)
+        _number(values, "delta", float, 1e-12, 0.1)
+        _number(values, "max_grad_norm", float, 1e-4, 1e4)
+
+    @property
+    def dataset(self) -> str:
+        return self.task
+
+    def eval_rounds(self) -> list[int]:
+        """The global model is evaluated before training, every eval_every rounds, and last."""
+        due = {0, self.rounds, *range(self.eval_every, self.rounds + 1, self.eval_every)}
+        return sorted(due)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_DEFAULTS: dict[str, Any] = {"eval_every": 5, "label": "readmitted_30", "model_kwargs": {}}

@@ -1,0 +1,245 @@
+"""The hospital's training runtime: the only code that touches private rows for training.
+
+An approved study's code is a literal plan plus one call to `execute`. Enforcement lives
+here, not in the approval: the plan and the weights are validated on every call, the round
+must be within the approved rounds, the noise is calibrated by this hospital from its own
+dataset size so that the approved epsilon is the study's whole cost here (training and
+evaluation), and every release is charged to the ledger in the same transaction that
+records its result. A repeated call for a completed round returns the recorded result and
+spends nothing, so re-running a round never yields a second noisy sample.
+
+Errors that reach the scientist are built from ids, round numbers and epsilons only;
+anything unexpected is logged here with an incident id and reported without its message,
+which could carry private values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import secrets
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasites.accounting import calibrate_study
+from datasites.config import HOSPITAL_ROOT_ENV
+from datasites.dp import TrainSpec, dp_train
+from datasites.encoding import encode_ehr, encode_images
+from datasites.evaluation import binary_counts, multiclass_counts, noisy, sensitivity
+from datasites.ledger import Ledger, LedgerError, StudyRecord
+from datasites.models import build_model, load_weights
+from datasites.plan import Plan, PlanError
+from datasites.policy import Policy
+
+LEDGER_FILE = "ledger.sqlite"
+REQUEST_KEYS = frozenset({"round", "weights"})
+# Share of a study's epsilon that pays for evaluation releases. At 0.1 the noised counts
+# drown the signal on a hospital's few hundred test patients; 0.3 costs training little
+# (sigma_train 4.40 -> 4.61 for a typical study) and makes the metrics readable.
+EVAL_SHARE = 0.3
+log = logging.getLogger("datasites.runtime")
+
+
+class RequestError(ValueError):
+    """The call's arguments are wrong; the message carries no private value."""
+
+
+@dataclass(frozen=True)
+class Hospital:
+    """The datasite this process serves: its name, policy and ledger."""
+
+    name: str
+    root: Path
+    policy: Policy
+    ledger: Ledger
+
+    @classmethod
+    def open(cls, root: Path) -> Hospital:
+        policy = Policy.load(root)
+        ledger = Ledger(root / LEDGER_FILE, cap=policy.budget.epsilon_cap,
+                        delta=policy.budget.delta)  # fmt: skip
+        return cls(name=root.name, root=root, policy=policy, ledger=ledger)
+
+
+@cache
+def current_hospital() -> Hospital:
+    root = os.environ.get(HOSPITAL_ROOT_ENV)
+    if not root:
+        raise RuntimeError(f"{HOSPITAL_ROOT_ENV} is not set: the runtime runs inside a datasite.")
+    return Hospital.open(Path(root))
+
+
+def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]:
+    """Run one call of an approved study: evaluate what is due, train the round.
+
+    `request` is {"round": r, "weights": global weights after round r - 1}. Round r in
+    1..rounds trains; round rounds + 1 only evaluates the final model.
+    """
+    hospital = current_hospital()
+    try:
+        return _execute(hospital, Plan.from_dict(plan), train, test, request)
+    except (PlanError, RequestError, LedgerError) as error:
+        log.warning("refused: %s", error)
+        return {"hospital": hospital.name, "error": str(error), "refused": type(error).__name__}
+    except Exception:
+        incident = secrets.token_hex(4)
+        log.exception("incident %s", incident)
+        return {
+            "hospital": hospital.name,
+            "error": f"{hospital.name} could not complete this call (incident {incident}); its "
+            "operator can find the details in the datasite log.",
+            "refused": "InternalError",
+        }
+
+
+def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any) -> dict:
+    round_, weights = _parse_request(request, plan)
+    if plan.delta != hospital.policy.budget.delta:
+        raise RequestError(
+            f"{hospital.name} accounts at delta {hospital.policy.budget.delta:g}; set the "
+            "study's delta to that value."
+        )
+    features, labels = _encode(plan, train)
+    record = _register(hospital, plan, n=len(labels))
+    out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
+    if round_ - 1 in plan.eval_rounds():
+        out["evaluation"] = _evaluate(hospital, plan, record, round_ - 1, weights, test)
+    if round_ <= plan.rounds:
+        out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
+    out["epsilon_study"] = hospital.ledger.study_spent(plan.study_id)
+    out["epsilon_total"] = hospital.ledger.spent(plan.dataset)
+    out["epsilon_cap"] = hospital.ledger.cap(plan.dataset)
+    return out
+
+
+def _parse_request(request: Any, plan: Plan) -> tuple[int, dict[str, Any]]:
+    if not isinstance(request, dict) or set(request) != REQUEST_KEYS:
+        raise RequestError(
+            "the weights argument must be a dict with exactly the keys round and weights; "
+            "DP parameters come from the approved plan only."
+        )
+    round_ = request["round"]
+    if not isinstance(round_, int) or isinstance(round_, bool):
+        raise RequestError("round must be an integer.")
+    if not 1 <= round_ <= plan.rounds + 1:
+        raise RequestError(
+            f"round {round_} is outside this study's approved rounds 1-{plan.rounds} "
+            f"(and {plan.rounds + 1} for the final evaluation)."
+        )
+    if not isinstance(request["weights"], dict):
+        raise RequestError("weights must be a dict of parameter name to array.")
+    return round_, request["weights"]
+
+
+def _model(plan: Plan, weights: dict[str, Any]) -> Any:
+    try:
+        model = build_model(plan.model, **plan.model_kwargs)
+        load_weights(model, weights)
+    except ValueError as error:  # zoo messages name keys and shapes, never values
+        raise RequestError(str(error)) from None
+    return model
+
+
+def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
+    if plan.task == "ehr":
+        return encode_ehr(asset, plan.label)
+    return encode_images(asset["images"], asset["labels"])
+
+
+def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
+    """Calibrate this study's noise from this hospital's own n once; reuse it after.
+
+    Calibration searches the accountant and takes seconds, so later calls only check that
+    the plan still matches what was registered (a reused study id with other parameters is
+    refused by the ledger).
+    """
+    stored = hospital.ledger.study(plan.study_id)
+    if stored is not None and _same_plan(stored, plan, n):
+        return stored
+    evaluations = len(plan.eval_rounds())
+    budget = calibrate_study(
+        epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
+        local_epochs=plan.local_epochs, rounds=plan.rounds, evaluations=evaluations,
+        eval_share=EVAL_SHARE,
+    )  # fmt: skip
+    record = StudyRecord(
+        study_id=plan.study_id, scientist=plan.scientist, dataset=plan.dataset,
+        rounds=plan.rounds, local_epochs=plan.local_epochs, batch_size=min(plan.batch_size, n),
+        lr=plan.lr, epsilon=plan.epsilon, delta=plan.delta, max_grad_norm=plan.max_grad_norm,
+        n=n, sample_rate=budget.train.sample_rate,
+        noise_multiplier=budget.train.noise_multiplier,
+        eval_noise_multiplier=budget.evaluation.noise_multiplier,
+        steps_per_round=budget.train.steps, evaluations=evaluations,
+    )  # fmt: skip
+    return hospital.ledger.register_study(record)
+
+
+def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
+    expected = {
+        "scientist": plan.scientist, "dataset": plan.dataset, "rounds": plan.rounds,
+        "local_epochs": plan.local_epochs, "batch_size": min(plan.batch_size, n), "lr": plan.lr,
+        "epsilon": plan.epsilon, "delta": plan.delta, "max_grad_norm": plan.max_grad_norm,
+        "n": n, "evaluations": len(plan.eval_rounds()),
+    }  # fmt: skip
+    return all(getattr(stored, k) == v for k, v in expected.items())
+
+
+def _train(
+    hospital: Hospital, plan: Plan, record: StudyRecord, round_: int, weights: dict,
+    features: np.ndarray, labels: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    ledger = hospital.ledger
+    recorded = ledger.result(plan.study_id, "train", round_)
+    if recorded is not None:
+        return pickle.loads(recorded)
+    ledger.check_round(plan.study_id, "train", round_)
+    model = _model(plan, weights)
+    spec = TrainSpec(
+        batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
+        max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
+    )  # fmt: skip
+    outcome = dp_train(model, features, labels, spec, task=plan.task)
+    result = {"weights": outcome.weights, "n": outcome.samples, "loss": outcome.loss,
+              "steps": outcome.steps}  # fmt: skip
+    ledger.record(plan.study_id, "train", round_, record.budget().train, pickle.dumps(result))
+    log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
+    # A concurrent identical call may have recorded first: return what the ledger holds.
+    return pickle.loads(ledger.result(plan.study_id, "train", round_))
+
+
+def _evaluate(
+    hospital: Hospital, plan: Plan, record: StudyRecord, after: int, weights: dict, test: Any
+) -> dict[str, Any]:
+    ledger = hospital.ledger
+    recorded = ledger.result(plan.study_id, "eval", after)
+    if recorded is not None:
+        return pickle.loads(recorded)
+    ledger.check_round(plan.study_id, "eval", after)
+    model = _model(plan, weights)
+    features, labels = _encode(plan, test)
+    counts = _counts(plan, model, features, labels)
+    rng = np.random.default_rng(secrets.randbits(128))
+    released = {
+        "after_round": after,
+        "counts": noisy(counts, noise_multiplier=record.eval_noise_multiplier, rng=rng),
+        # Public (it follows from the plan and n): lets the scientist judge the metrics.
+        "noise_std": record.eval_noise_multiplier * sensitivity(counts),
+    }
+    ledger.record(plan.study_id, "eval", after, record.budget().evaluation, pickle.dumps(released))
+    return pickle.loads(ledger.result(plan.study_id, "eval", after))
+
+
+def _counts(plan: Plan, model: Any, features: np.ndarray, labels: np.ndarray) -> Any:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(features))
+    if plan.task == "ehr":
+        return binary_counts(torch.sigmoid(logits).reshape(-1).numpy(), labels)
+    return multiclass_counts(torch.softmax(logits, dim=1).numpy(), labels)

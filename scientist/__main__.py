@@ -1,0 +1,94 @@
+"""The scientist's command line: `python -m scientist run --federation D --task ehr ...`.
+
+Submits a study to every hospital, waits for the operators' decisions, runs it with a
+progress bar and a line per round, and writes history.json, model.pt and curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from scientist.config import DPConfig, StudyConfig
+from scientist.connect import FederationError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scientist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="submit and run a federated DP study")
+    run.add_argument("--federation", required=True, help="data dir or federation.json")
+    run.add_argument("--task", required=True, choices=("ehr", "pathmnist"))
+    run.add_argument("--model", help="zoo model (default: ehr_mlp / pathmnist_cnn)")
+    run.add_argument("--rounds", type=int, default=10)
+    run.add_argument("--epsilon", type=float, default=1.0)
+    run.add_argument("--delta", type=float, default=1e-5)
+    run.add_argument("--max-grad-norm", type=float, default=1.0)
+    run.add_argument("--local-epochs", type=int, default=1)
+    run.add_argument("--batch-size", type=int, default=256)
+    run.add_argument("--lr", type=float, default=0.5)
+    run.add_argument("--out", type=Path, help="output folder (default: <workdir>/<study>/report)")
+    run.add_argument(
+        "--wait-approval",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the hospitals' decisions (default 600)",
+    )
+    return parser
+
+
+def round_line(entry: dict[str, Any]) -> str:
+    """One line per round: loss, headline metrics, epsilon spent."""
+    parts = [f"round {entry['round']:>3}"]
+    if entry.get("loss") is not None:
+        parts.append(f"loss {entry['loss']:.4f}")
+    for key in ("auroc", "auprc", "accuracy", "macro_f1"):
+        value = (entry.get("metrics") or {}).get(key)
+        if value is not None:
+            parts.append(f"{key} {value:.3f}")
+    if entry.get("epsilon") is not None:
+        parts.append(f"epsilon {entry['epsilon']:.3f}")
+    return "  ".join(parts)
+
+
+def print_statuses(table: Any) -> None:
+    for row in table.itertuples():
+        reason = f" ({row.reason})" if row.reason else ""
+        print(f"  {row.hospital}: {row.status}{reason}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from scientist.federation import Federation
+
+    config = StudyConfig(
+        task=args.task, model=args.model, rounds=args.rounds, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=args.lr,
+        dp=DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm),
+    )  # fmt: skip
+    fed = Federation.connect(args.federation)
+    study = fed.submit(config)
+    print(f"submitted {study.id} to {', '.join(fed.hospitals)}; waiting for approval ...")
+    print_statuses(study.wait_for_approval(args.wait_approval))
+    result = study.run()
+    for entry in result.history:
+        print(round_line(entry))
+    out = result.save(args.out or study.folder / "report")
+    print(f"final: {round_line({'round': config.rounds, 'metrics': result.metrics})}")
+    print(f"wrote {out}/history.json, model.pt, curves.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FederationError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A study's progress on the scientist's disk, so a crash costs nothing but a restart.
+
+After every round the global weights, the history and the next round are written to one
+file, atomically (temporary file, then rename): either the previous checkpoint or the new
+one exists, never half of one. `Federation.resume(study_id)` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STUDY_FILE = "study.json"
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Checkpoint:
+    """Where a study stands: the next call's round, the global weights, the history."""
+
+    next_round: int
+    weights: dict[str, np.ndarray]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, folder: Path) -> None:
+        meta = json.dumps({"next_round": self.next_round, "history": self.history})
+        arrays = {f"w/{k}": v for k, v in self.weights.items()}
+        _atomic_write(
+            folder / CHECKPOINT_FILE, lambda f: np.savez(f, __meta__=np.array(meta), **arrays)
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Checkpoint | None:
+        path = folder / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            weights = {k[2:]: data[k] for k in data.files if k.startswith("w/")}
+        return cls(next_round=meta["next_round"], weights=weights, history=meta["history"])
+
+
+def save_study(folder: Path, record: dict[str, Any]) -> None:
+    payload = (json.dumps(record, indent=2) + "\n").encode()
+    _atomic_write(folder / STUDY_FILE, lambda f: f.write(payload))
+
+
+def load_study(folder: Path) -> dict[str, Any]:
+    path = folder / STUDY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no study at {folder}; check the study id and the workdir.")
+    return json.loads(path.read_text())

@@ -1,0 +1,111 @@
+"""What a data scientist asks for: a study's model, training schedule and privacy target.
+
+Validated here, early, with one-sentence errors, so a mistake is caught in the notebook
+rather than as a refusal from every hospital. The hospitals validate the resulting plan
+again: nothing here is trusted by them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasites.models import MODEL_NAMES, build_model, model_task
+
+TASKS = ("ehr", "pathmnist")
+DEFAULT_MODEL = {"ehr": "ehr_mlp", "pathmnist": "pathmnist_cnn"}
+LABELS = ("readmitted_30", "readmitted_any")
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, found {type(value).__name__}.")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive and finite, found {value}.")
+
+
+def _count(name: str, value: int, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, found {value!r}.")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """The privacy target: the whole study may cost at most (epsilon, delta) per hospital.
+
+    Each hospital calibrates its own noise from its own dataset size so that training and
+    evaluation together spend exactly this budget there; max_grad_norm is the per-patient
+    clipping bound.
+    """
+
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("epsilon", self.epsilon)
+        _positive("max_grad_norm", self.max_grad_norm)
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), found {self.delta}.")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A federated study: R rounds of local DP-SGD at every approving hospital, then FedAvg."""
+
+    task: str
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 256
+    lr: float = 0.5
+    dp: DPConfig = field(default_factory=DPConfig)
+    label: str = "readmitted_30"
+    eval_every: int = 5
+    min_hospitals: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, found {self.task!r}.")
+        if self.model is None:
+            object.__setattr__(self, "model", DEFAULT_MODEL[self.task])
+        if self.model not in MODEL_NAMES or model_task(self.model) != self.task:
+            names = [m for m in MODEL_NAMES if model_task(m) == self.task]
+            raise ValueError(f"model for {self.task} must be one of {names}, found {self.model!r}.")
+        build_model(self.model, **self.model_kwargs)  # the zoo validates the kwargs
+        for name in ("rounds", "local_epochs", "batch_size", "eval_every", "min_hospitals"):
+            _count(name, getattr(self, name))
+        _positive("lr", self.lr)
+        if self.label not in LABELS:
+            raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
+        if isinstance(self.dp, dict):
+            object.__setattr__(self, "dp", DPConfig(**self.dp))
+
+    def plan(self, study_id: str, scientist: str) -> dict[str, Any]:
+        """The literal plan the hospitals' runtime executes (and their operators read)."""
+        return {
+            "study_id": study_id,
+            "scientist": scientist,
+            "task": self.task,
+            "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
+            "label": self.label,
+            "rounds": self.rounds,
+            "local_epochs": self.local_epochs,
+            "batch_size": self.batch_size,
+            "lr": float(self.lr),
+            "epsilon": float(self.dp.epsilon),
+            "delta": float(self.dp.delta),
+            "max_grad_norm": float(self.dp.max_grad_norm),
+            "eval_every": self.eval_every,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        return cls(**{**data, "dp": DPConfig(**data["dp"])})

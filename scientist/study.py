@@ -1,0 +1,229 @@
+"""A federated study: submitted once, approved once per hospital, run round after round.
+
+Round r sends the global weights after round r - 1 to every approving hospital at once.
+Each hospital evaluates them if an evaluation is due (noised counts) and trains round r
+(DP-SGD in its own runtime); the scientist averages the returned weights (FedAvg) and sums
+the counts into metrics. Call rounds + 1 only evaluates the final model. A checkpoint is
+written after every call, so `Federation.resume` continues at the next call and redoes
+nothing: a hospital asked again for a round it completed returns its recorded result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from datasites.models import build_model, model_weights
+from scientist.checkpoint import Checkpoint
+from scientist.config import StudyConfig
+from scientist.connect import FederationError
+from scientist.fedavg import fedavg
+from scientist.metrics import binary_metrics, multiclass_metrics
+from scientist.result import StudyResult
+from scientist.study_code import function_name
+
+if TYPE_CHECKING:
+    from scientist.federation import Federation
+
+APPROVED, PENDING, DENIED = "approved", "pending", "denied"
+
+
+class StudyError(FederationError):
+    """A study could not go on; the message names the hospital and the reason."""
+
+
+def initial_weights(config: StudyConfig) -> dict[str, np.ndarray]:
+    import torch
+
+    torch.manual_seed(config.seed)
+    return model_weights(build_model(config.model, **config.model_kwargs))
+
+
+def summed_metrics(task: str, counts: list[Any]) -> dict[str, Any]:
+    """Metrics of the global model from the hospitals' noised counts, summed."""
+    if task == "ehr":
+        return binary_metrics(np.sum([np.asarray(c) for c in counts], axis=0))
+    confusion = np.sum([c["confusion"] for c in counts], axis=0)
+    ovr = np.sum([c["ovr"] for c in counts], axis=0)
+    return multiclass_metrics(confusion, ovr)
+
+
+class Study:
+    """A submitted study; `status()` shows each hospital's decision, `run()` trains."""
+
+    def __init__(self, fed: Federation, study_id: str, config: StudyConfig,
+                 requests: dict[str, str], folder: Path) -> None:  # fmt: skip
+        self.fed = fed
+        self.id = study_id
+        self.config = config
+        self.requests = requests
+        self.folder = folder
+
+    @property
+    def function(self) -> str:
+        return function_name(self.id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Study({self.id!r}, {self.config.model} on {self.config.task}, "
+            f"{len(self.requests)} hospitals)"
+        )
+
+    def status(self) -> pd.DataFrame:
+        """Per hospital: pending, approved or denied (with the operator's reason)."""
+        rows = self.fed._map_hospitals(self._status_of, list(self.requests))
+        return pd.DataFrame(rows, columns=["hospital", "status", "reason"])
+
+    def _status_of(self, hospital: str, client: Any) -> dict[str, str]:
+        for request in client.requests:
+            if str(request.id) == self.requests[hospital]:
+                state = str(request.status.name).lower()
+                reason = request.deny_reason if state == "rejected" else ""
+                status = {"approved": APPROVED, "rejected": DENIED}.get(state, PENDING)
+                return {
+                    "hospital": hospital,
+                    "status": status,
+                    "reason": reason if isinstance(reason, str) else "",
+                }
+        return {"hospital": hospital, "status": PENDING, "reason": "request not found"}
+
+    def wait_for_approval(self, timeout: float, poll: float = 2.0) -> pd.DataFrame:
+        """Poll until no hospital is pending or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            table = self.status()
+            if not (table["status"] == PENDING).any() or time.monotonic() >= deadline:
+                return table
+            time.sleep(poll)
+
+    def _approved(self) -> tuple[list[str], dict[str, str]]:
+        table = self.status()
+        approved = table.loc[table["status"] == APPROVED, "hospital"].tolist()
+        excluded = {r.hospital: f"{r.status}: {r.reason}".rstrip(": ")
+                    for r in table.itertuples() if r.status != APPROVED}  # fmt: skip
+        if len(approved) < self.config.min_hospitals:
+            detail = "; ".join(f"{h} {why}" for h, why in excluded.items())
+            raise StudyError(
+                f"study {self.id} has {len(approved)} approving hospitals, fewer than "
+                f"min_hospitals={self.config.min_hospitals} ({detail}); wait for the operators "
+                "or lower min_hospitals."
+            )
+        return approved, excluded
+
+    def run(self, *, progress: bool = True,
+            on_round: Callable[[dict[str, Any]], None] | None = None) -> StudyResult:  # fmt: skip
+        """Run (or continue) the study on every approving hospital; return the result."""
+        approved, excluded = self._approved()
+        state = Checkpoint.load(self.folder) or Checkpoint(1, initial_weights(self.config))
+        last_call = self.config.rounds + 1
+        bar = _progress(progress, last_call, state.next_round - 1, self.id)
+        while state.next_round <= last_call:
+            replies = self._call(approved, state.next_round, state.weights)
+            self._absorb(state, replies)
+            state.next_round += 1
+            state.save(self.folder)
+            if on_round and state.next_round - 1 <= self.config.rounds:
+                on_round(state.history[-1])
+            _advance(bar, state.history)
+        if bar is not None:
+            bar.close()
+        return StudyResult(self.id, self.config.to_dict(), state.weights, state.history,
+                           approved, excluded)  # fmt: skip
+
+    def _call(self, hospitals: list[str], round_: int, weights: dict) -> dict[str, dict]:
+        payload = {"round": round_, "weights": weights}
+        replies = self.fed._map_hospitals(lambda h, c: self._call_one(h, c, payload), hospitals)
+        failed = [r for r in replies if "error" in r]
+        if failed:
+            raise StudyError(
+                f"round {round_} of study {self.id} failed at "
+                + "; ".join(f"{r['hospital']}: {r['error']}" for r in failed)
+                + f" (the checkpoint is kept: fed.resume({self.id!r}) continues here)."
+            )
+        return {r["hospital"]: r for r in replies}
+
+    def _call_one(self, hospital: str, client: Any, payload: dict) -> dict[str, Any]:
+        try:
+            assets = client.datasets[self.config.task].assets
+            result = getattr(client.code, self.function)(
+                train=assets["train"], test=assets["test"], weights=payload, blocking=True
+            )
+            value = result.get() if hasattr(result, "get") else result
+        except Exception as error:  # syft's own refusals (not approved, unreachable)
+            return {"hospital": hospital, "error": _syft_message(error)}
+        if not isinstance(value, dict):
+            return {"hospital": hospital, "error": _syft_message(value)}
+        value.setdefault("hospital", hospital)
+        return value
+
+    def _absorb(self, state: Checkpoint, replies: dict[str, dict]) -> None:
+        round_ = state.next_round
+        released = [r["evaluation"] for r in replies.values() if "evaluation" in r]
+        if released:
+            metrics = _plain(summed_metrics(self.config.task, [e["counts"] for e in released]))
+            # The std of the noise on each summed count: how far to trust these metrics.
+            metrics["count_noise_std"] = float(np.sqrt(sum(e["noise_std"] ** 2 for e in released)))
+            _entry(state.history, round_ - 1)["metrics"] = metrics
+        trained = {h: r["train"] for h, r in replies.items() if "train" in r}
+        if trained:
+            state.weights = fedavg([(t["weights"], t["n"]) for t in trained.values()])
+            n = sum(t["n"] for t in trained.values())
+            entry = _entry(state.history, round_)
+            entry["hospitals"] = {
+                h: {"n": t["n"], "loss": t["loss"], "epsilon_study": replies[h]["epsilon_study"],
+                    "epsilon_total": replies[h]["epsilon_total"]}
+                for h, t in trained.items()
+            }  # fmt: skip
+            entry["loss"] = sum(t["loss"] * t["n"] for t in trained.values()) / n
+        spent = max(r["epsilon_study"] for r in replies.values())
+        _entry(state.history, min(round_, self.config.rounds))["epsilon"] = spent
+
+
+def _entry(history: list[dict[str, Any]], round_: int) -> dict[str, Any]:
+    for entry in history:
+        if entry["round"] == round_:
+            return entry
+    history.append({"round": round_})
+    history.sort(key=lambda e: e["round"])
+    return next(e for e in history if e["round"] == round_)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays become floats and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def _syft_message(error: Any) -> str:
+    text = str(getattr(error, "public_message", None) or getattr(error, "message", None) or error)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+
+
+def _progress(enabled: bool, total: int, done: int, study_id: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=study_id, unit="call")
+
+
+def _advance(bar: Any, history: list[dict[str, Any]]) -> None:
+    if bar is None:
+        return
+    latest = next((h for h in reversed(history) if h.get("metrics")), {})
+    metrics = latest.get("metrics", {})
+    shown = {k: f"{metrics[k]:.3f}" for k in ("auroc", "accuracy") if k in metrics}
+    if history and history[-1].get("epsilon") is not None:
+        shown["eps"] = f"{history[-1]['epsilon']:.2f}"
+    bar.set_postfix(shown)
+    bar.update(1)

@@ -1,0 +1,355 @@
+"""The privacy claims of local DP-SGD, each checked against an obviously correct reference.
+
+Fast per-example gradients are only worth having if they are exactly the per-example
+gradients: the references here are batch-size-1 microbatching and Opacus' GradSampleModule;
+the noise is measured against its formula; Poisson sampling against its binomial law.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from torch import nn
+
+from datasites.dp import TrainOutcome, TrainSpec, clipped_gradient_sum, dp_train, steps_per_epoch
+from datasites.encoding import N_FEATURES, encode_ehr
+from datasites.models import build_model, model_weights
+from synthetic.ehr import generate_ehr
+
+torch.set_num_threads(1)
+
+CASES = {
+    "ehr_logistic": ("ehr", (N_FEATURES,)),
+    "ehr_mlp": ("ehr", (N_FEATURES,)),
+    "pathmnist_cnn": ("pathmnist", (3, 28, 28)),
+}
+
+
+def _data(name: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    task, shape = CASES[name]
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, *shape)).astype(np.float32)
+    if task == "ehr":
+        return features, rng.integers(0, 2, n).astype(np.float32)
+    return features, rng.integers(0, 9, n).astype(np.int64)
+
+
+def _model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name)
+
+
+def _loss(output: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "ehr":
+        return F.binary_cross_entropy_with_logits(output[:, 0], targets)
+    return F.cross_entropy(output, targets)
+
+
+def _spec(**overrides: float) -> TrainSpec:
+    values = dict(batch_size=8, lr=1.0, local_epochs=1, max_grad_norm=1.0, noise_multiplier=0.0)
+    return TrainSpec(**(values | overrides))
+
+
+def _microbatch_reference(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, bound: float
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One example at a time: its own backward pass, clipped by hand, then summed."""
+    total = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    norms = []
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        _loss(model(x[i : i + 1]), y[i : i + 1], task).backward()
+        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+        norm = math.sqrt(sum(float(g.square().sum()) for g in grads.values()))
+        norms.append(norm)
+        for name, grad in grads.items():
+            total[name] += min(1.0, bound / (norm + 1e-6)) * grad
+    return total, norms
+
+
+# --- (a) without noise and clipping, one full-batch DP step is one SGD step ------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_noise_free_unclipped_full_batch_step_equals_plain_sgd(name: str) -> None:
+    # Prepare
+    task, _ = CASES[name]
+    features, labels = _data(name, 12)
+    private, plain = _model(name), _model(name)
+    spec = _spec(batch_size=12, lr=0.3, max_grad_norm=1e6, noise_multiplier=0.0)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.3)
+    # Execute
+    outcome = dp_train(private, features, labels, spec, task=task, generator_seed=1)
+    loss = _loss(plain(torch.from_numpy(features)), torch.from_numpy(labels), task)
+    loss.backward()
+    optimizer.step()
+    # Assert
+    assert outcome.steps == 1
+    assert outcome.loss == pytest.approx(loss.item(), rel=1e-5)
+    expected = model_weights(plain)
+    for key, value in outcome.weights.items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+# --- (b) per-example clipping is exact --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_clipped_sum_equals_microbatch_reference(name: str) -> None:
+    # Prepare: a bound at the median norm, so that some examples are clipped and some not
+    task, _ = CASES[name]
+    model = _model(name)
+    x, y = (torch.from_numpy(a) for a in _data(name, 16, seed=2))
+    _, norms = _microbatch_reference(model, x, y, task, bound=1e9)
+    bound = float(np.median(norms))
+    reference, _ = _microbatch_reference(model, x, y, task, bound)
+    # Execute
+    sums, loss_sum = clipped_gradient_sum(model, x, y, task=task, max_grad_norm=bound)
+    # Assert
+    assert min(norms) < bound < max(norms)
+    assert set(sums) == set(reference)
+    for key, value in sums.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-6)
+    assert loss_sum == pytest.approx(16 * _loss(model(x), y, task).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ehr_mlp", "pathmnist_cnn"])
+def test_dp_train_applies_the_clipped_sum_divided_by_the_expected_batch(name: str) -> None:
+    # Prepare: sigma = 0 and q = 1, so the one update is -lr * clipped_sum / batch_size
+    task, _ = CASES[name]
+    features, labels = _data(name, 10, seed=3)
+    model = _model(name)
+    before = model_weights(model)
+    reference, _ = _microbatch_reference(
+        _model(name), torch.from_numpy(features), torch.from_numpy(labels), task, bound=0.5
+    )
+    # Execute
+    outcome = dp_train(model, features, labels, _spec(batch_size=10, lr=1.0, max_grad_norm=0.5),
+                       task=task, generator_seed=0)  # fmt: skip
+    # Assert
+    for key, value in outcome.weights.items():
+        step = (before[key] - value) * 10
+        np.testing.assert_allclose(step, reference[key].numpy(), rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_clipped_sum_agrees_with_opacus_grad_samples() -> None:
+    # Prepare: Opacus' own per-example gradients, clipped and summed as its optimizer does
+    model = _model("pathmnist_cnn", seed=4)
+    x, y = (torch.from_numpy(a) for a in _data("pathmnist_cnn", 12, seed=4))
+    sampled = GradSampleModule(copy.deepcopy(model))
+    F.cross_entropy(sampled(x), y, reduction="sum").backward()
+    per_example = {name: p.grad_sample for name, p in sampled._module.named_parameters()}
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in per_example.values()]).norm(dim=0)
+    factors = (1.0 / (norms + 1e-6)).clamp(max=1.0)
+    # Execute
+    sums, _ = clipped_gradient_sum(model, x, y, task="pathmnist", max_grad_norm=1.0)
+    # Assert
+    for name, grad in per_example.items():
+        torch.testing.assert_close(sums[name], torch.einsum("b,b...->...", factors, grad),
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+
+
+def test_frozen_parameters_get_no_gradient_and_no_noise() -> None:
+    model = _model("ehr_mlp")
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    features, labels = _data("ehr_mlp", 20)
+    outcome = dp_train(model, features, labels, _spec(noise_multiplier=1.0), task="ehr",
+                       generator_seed=0)  # fmt: skip
+    np.testing.assert_array_equal(outcome.weights["0.weight"], frozen.numpy())
+    assert not np.array_equal(outcome.weights["0.bias"], _model("ehr_mlp")[0].bias.detach())
+
+
+def test_unsupported_layers_and_in_place_ops_are_refused() -> None:
+    x, y = torch.randn(4, 3, 28, 28), torch.zeros(4, dtype=torch.int64)
+    batch_norm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                               nn.LazyLinear(9))  # fmt: skip
+    with pytest.raises(ValueError, match="not BatchNorm2d"):
+        clipped_gradient_sum(batch_norm, x, y, task="pathmnist", max_grad_norm=1.0)
+    in_place = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 9), nn.ReLU(inplace=True))
+    with pytest.raises(ValueError, match="changed in place"):
+        clipped_gradient_sum(in_place, x, y, task="pathmnist", max_grad_norm=1.0)
+
+
+# --- (c) the noise has the standard deviation sigma * C ---------------------------------------
+
+
+def test_noise_std_on_coordinates_without_gradient() -> None:
+    # Prepare: all-zero features make every weight gradient exactly zero, so each weight's
+    # update is pure noise: update * batch_size / lr ~ N(0, (sigma * C)^2) per step.
+    features = np.zeros((64, N_FEATURES), np.float32)
+    labels = np.ones(64, np.float32)
+    spec = _spec(batch_size=64, lr=0.5, max_grad_norm=0.8, noise_multiplier=1.5)
+    noise = []
+    for seed in range(8):
+        model = _model("ehr_logistic")
+        before = model_weights(model)["0.weight"]
+        # Execute
+        after = dp_train(model, features, labels, spec, task="ehr", generator_seed=seed)
+        noise.append((after.weights["0.weight"] - before) * spec.batch_size / spec.lr)
+    # Assert: 8 * N_FEATURES draws; the std estimate is within ~3% at 4 standard errors
+    draws = np.concatenate(noise).ravel()
+    assert np.std(draws) == pytest.approx(1.5 * 0.8, rel=0.07)
+    assert abs(np.mean(draws)) < 4 * 1.2 / math.sqrt(draws.size)
+
+
+def test_noise_std_on_the_cnn_from_two_runs_differing_only_in_sigma() -> None:
+    # Prepare
+    features, labels = _data("pathmnist_cnn", 16)
+    runs = {}
+    for sigma in (0.0, 2.0):
+        spec = _spec(batch_size=16, lr=0.1, max_grad_norm=0.7, noise_multiplier=sigma)
+        # Execute
+        outcome = dp_train(_model("pathmnist_cnn"), features, labels, spec, task="pathmnist",
+                           generator_seed=5)  # fmt: skip
+        runs[sigma] = np.concatenate([w.ravel() for w in outcome.weights.values()])
+    # Assert: same seed, same batch, so the difference is the noise alone (52k draws)
+    noise = (runs[0.0] - runs[2.0]) * 16 / 0.1
+    assert np.std(noise) == pytest.approx(2.0 * 0.7, rel=0.02)
+    assert abs(np.mean(noise)) < 4 * 1.4 / math.sqrt(noise.size)
+
+
+def test_empty_batches_are_noised_too() -> None:
+    # Prepare: q = 1/100 leaves about 37% of the 300 steps empty; their noise must count.
+    features = np.zeros((100, N_FEATURES), np.float32)
+    labels = np.ones(100, np.float32)
+    spec = _spec(batch_size=1, lr=1.0, local_epochs=3, max_grad_norm=1.0, noise_multiplier=1.0)
+    model = _model("ehr_logistic")
+    before = model_weights(model)["0.weight"]
+    # Execute
+    outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=3)
+    # Assert: the sum of 300 unit-variance draws per weight, not of ~190 non-empty steps
+    drift = outcome.weights["0.weight"] - before
+    assert outcome.steps == 300
+    assert np.std(drift) == pytest.approx(math.sqrt(300), rel=0.15)
+    assert np.std(drift) > 1.15 * math.sqrt(300 * (1 - math.exp(-1)))
+
+
+def test_an_empty_batch_contributes_a_zero_sum() -> None:
+    model = _model("ehr_mlp")
+    sums, loss = clipped_gradient_sum(model, torch.zeros(0, N_FEATURES), torch.zeros(0),
+                                      task="ehr", max_grad_norm=1.0)  # fmt: skip
+    assert loss == 0.0
+    assert set(sums) == {name for name, _ in model.named_parameters()}
+    assert all(float(s.abs().sum()) == 0.0 for s in sums.values())
+
+
+def test_seed_reproduces_and_no_seed_is_unpredictable() -> None:
+    features, labels = _data("ehr_mlp", 40)
+    spec = _spec(batch_size=8, lr=0.1, noise_multiplier=1.0)
+
+    def run(seed: int | None) -> np.ndarray:
+        return dp_train(_model("ehr_mlp"), features, labels, spec, task="ehr",
+                        generator_seed=seed).weights["0.weight"]  # fmt: skip
+
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.array_equal(run(None), run(None))
+
+
+# --- (d) steps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "batch_size", "epochs", "steps"), [(10, 3, 2, 8), (9, 3, 1, 3),
+                                                                  (5, 5, 3, 3)])  # fmt: skip
+def test_steps_are_epochs_times_ceil_n_over_batch(
+    n: int, batch_size: int, epochs: int, steps: int
+) -> None:
+    features, labels = _data("ehr_logistic", n)
+    spec = _spec(batch_size=batch_size, local_epochs=epochs, noise_multiplier=1.0)
+    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr")
+    assert isinstance(outcome, TrainOutcome)
+    assert outcome.steps == steps == epochs * steps_per_epoch(n, batch_size)
+    assert outcome.sample_rate == pytest.approx(batch_size / n)
+    assert outcome.samples == n
+    assert math.isfinite(outcome.loss)
+
+
+# --- (e) Poisson sampling -----------------------------------------------------------------------
+
+
+def test_batches_are_poisson_sampled() -> None:
+    # Prepare: zero features, label 0, bias 0 and a tiny C: every sampled example's clipped
+    # gradient is exactly +C on the bias, so the bias moves by -lr * C * (examples) / B.
+    n, batch_size, bound = 1000, 100, 1e-3
+    features, labels = np.zeros((n, N_FEATURES), np.float32), np.zeros(n, np.float32)
+    spec = _spec(batch_size=batch_size, lr=1.0, max_grad_norm=bound, noise_multiplier=0.0)
+    totals = []
+    for seed in range(30):
+        model = _model("ehr_logistic")
+        nn.init.zeros_(model[0].bias)
+        # Execute
+        outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=seed)
+        totals.append(-float(outcome.weights["0.bias"][0]) * batch_size / bound)
+    # Assert: 10 steps of Binomial(1000, 0.1) each: mean 1000, variance 10 * 90 = 900
+    totals = np.array(totals)
+    np.testing.assert_allclose(totals, np.round(totals), atol=1e-2)
+    assert abs(totals.mean() - 1000) < 4 * math.sqrt(900 / 30)
+    assert 0.35 * 900 < totals.var(ddof=1) < 2.2 * 900
+
+
+# --- (f) sanity: DP training learns an EHR model ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ehr_logistic", "ehr_mlp"])
+def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
+    # Prepare
+    features, labels = encode_ehr(generate_ehr(3000, seed=1, identifiers=False))
+    model = _model(name)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    spec = TrainSpec(batch_size=128, lr=0.5, local_epochs=4, max_grad_norm=1.0,
+                     noise_multiplier=1.0, momentum=0.5)  # fmt: skip
+    with torch.no_grad():
+        before = float(_loss(model(x), y, "ehr"))
+    # Execute
+    dp_train(model, features, labels, spec, task="ehr", generator_seed=0)
+    with torch.no_grad():
+        after = float(_loss(model(x), y, "ehr"))
+    # Assert: from ~0.65 toward the entropy of a 10% base rate (0.33), noise permitting
+    assert after < before - 0.15
+    assert after < 0.5
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"batch_size": 2.5}, "batch_size must be a positive int"),
+        ({"local_epochs": True}, "local_epochs must be a positive int"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"lr": math.inf}, "lr must be a finite number"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be a finite number > 0"),
+        ({"noise_multiplier": -0.1}, "noise_multiplier must be a finite number >= 0"),
+        ({"noise_multiplier": math.nan}, "noise_multiplier must be a finite number"),
+        ({"momentum": 1.0}, "momentum must be a finite number >= 0.0 and < 1.0"),
+    ],
+)
+def test_train_spec_validation(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _spec(**overrides)
+
+
+def test_dp_train_input_errors() -> None:
+    features, labels = _data("ehr_logistic", 10)
+    model = _model("ehr_logistic")
+    with pytest.raises(ValueError, match="batch_size 11 exceeds the 10 training examples"):
+        dp_train(model, features, labels, _spec(batch_size=11), task="ehr")
+    with pytest.raises(ValueError, match="task must be one of ehr, pathmnist"):
+        dp_train(model, features, labels, _spec(), task="cifar")
+    with pytest.raises(ValueError, match=r"labels must have shape \(10,\)"):
+        dp_train(model, features, labels[:9], _spec(), task="ehr")
+    with pytest.raises(ValueError, match="one logit per row"):
+        dp_train(nn.Sequential(nn.Linear(N_FEATURES, 2)), features, labels, _spec(), task="ehr")
+    with pytest.raises(ValueError, match="generator_seed must be an int"):
+        dp_train(model, features, labels, _spec(), task="ehr", generator_seed="1")
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        steps_per_epoch(0, 1)

@@ -1,0 +1,94 @@
+"""The hospital runtime in-process: real ledger file, real DP training, no syft."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasites.assets import ehr_training_view
+from datasites.config import HOSPITAL_ROOT_ENV
+from datasites.policy import Policy
+from datasites.runtime import current_hospital, execute
+from scientist.config import DPConfig, StudyConfig
+from scientist.study import initial_weights
+from synthetic.ehr import generate_ehr
+
+MARKER = "PATIENT-SECRET-4242"
+CONFIG = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64, lr=0.5,
+                     dp=DPConfig(epsilon=2.0))  # fmt: skip
+
+
+@pytest.fixture
+def hospital(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "hospital-z"
+    Policy.write_default(root)
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(root))
+    current_hospital.cache_clear()
+    yield root
+    current_hospital.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def table():
+    return ehr_training_view(generate_ehr(1_500, seed=11, identifiers=False))
+
+
+def plan(study_id: str = "ehr-test-0001", **changes: object) -> dict:
+    return {**CONFIG.plan(study_id, "scientist@research.org"), **changes}
+
+
+def test_a_round_trains_and_is_charged(hospital: Path, table) -> None:
+    weights = initial_weights(CONFIG)
+    out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
+    assert "error" not in out, out
+    assert out["train"]["n"] > 0 and set(out["train"]["weights"]) == set(weights)
+    assert out["evaluation"]["after_round"] == 0
+    assert 0 < out["epsilon_study"] < 2.0 and out["epsilon_total"] == out["epsilon_study"]
+
+
+def test_private_value_in_an_error_does_not_reach_the_scientist(
+    hospital: Path, table, caplog: pytest.LogCaptureFixture
+) -> None:
+    poisoned = table.copy()
+    poisoned.loc[poisoned.index[7], "readmitted"] = MARKER
+    with caplog.at_level(logging.ERROR, logger="datasites.runtime"):
+        out = execute(plan(), train=poisoned, test=poisoned,
+                      request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    assert MARKER not in repr(out)
+    assert "incident" in out["error"] and out["refused"] == "InternalError"
+    incident = out["error"].split("incident ")[1][:8]
+    assert any(incident in r.getMessage() for r in caplog.records)
+    assert current_hospital().ledger.spent("ehr") == 0.0
+
+
+def test_bad_weights_are_refused_by_name_and_shape(hospital: Path, table) -> None:
+    weights = initial_weights(CONFIG)
+    name = next(iter(weights))
+    wrong = {**weights, name: np.full((3, 3), 1234.5, np.float32)}
+    out = execute(plan(), train=table, test=table, request={"round": 1, "weights": wrong})
+    assert out["refused"] == "RequestError" and name in out["error"]
+    assert "1234" not in out["error"]
+
+
+def test_plan_with_unknown_fields_is_refused(hospital: Path, table) -> None:
+    out = execute(plan(noise_multiplier=0.0), train=table, test=table,
+                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    assert out["refused"] == "PlanError" and "noise_multiplier" in out["error"]
+
+
+def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table) -> None:
+    weights = initial_weights(CONFIG)
+    assert "error" not in execute(plan(), train=table, test=table,
+                                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(plan(epsilon=8.0), train=table, test=table,
+                  request={"round": 2, "weights": weights})  # fmt: skip
+    assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
+
+
+def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
+    out = execute(plan(delta=1e-3), train=table, test=table,
+                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    assert out["refused"] == "RequestError" and "delta 1e-05" in out["error"]

@@ -1,0 +1,213 @@
+"""Federated DP studies end to end on the session's real datasites."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from datasites.encoding import N_FEATURES, encode_ehr
+from datasites.ledger import Ledger
+from datasites.models import build_model, load_weights
+from datasites.operator import Operator
+from scientist import DPConfig, Federation, StudyConfig
+from scientist.study import Study, StudyError, initial_weights
+from tests.conftest import REPO, Launch
+
+SMALL_EHR = dict(task="ehr", model="ehr_mlp", rounds=3, batch_size=128, lr=0.5,
+                 dp=DPConfig(epsilon=4.0, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fed(federation: Launch, tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    return Federation.connect(federation.data_dir, workdir=tmp_path_factory.mktemp("studies"))
+
+
+@pytest.fixture(scope="module")
+def operators(federation: Launch) -> dict[str, Operator]:
+    names = [h["name"] for h in federation.credentials()["hospitals"]]
+    return {name: Operator.open(federation.data_dir, name) for name in names}
+
+
+def decide(
+    study: Study, operators: dict[str, Operator], deny: dict[str, str] | None = None
+) -> None:
+    deny = deny or {}
+    for hospital, request_id in study.requests.items():
+        if hospital in deny:
+            operators[hospital].deny(request_id, deny[hospital])
+        else:
+            operators[hospital].approve(request_id)
+
+
+def ledger(federation: Launch, hospital: str) -> Ledger:
+    return Ledger(federation.data_dir / hospital / "ledger.sqlite")
+
+
+def call(fed: Federation, study: Study, hospital: str, request: Any) -> dict[str, Any]:
+    client = fed.client(hospital)
+    assets = client.datasets[study.config.task].assets
+    result = getattr(client.code, study.function)(
+        train=assets["train"], test=assets["test"], weights=request, blocking=True
+    )
+    return result.get()
+
+
+def test_pending_until_the_operators_decide(fed: Federation) -> None:
+    study = fed.submit(StudyConfig(**SMALL_EHR))
+    table = study.status()
+    assert set(table["status"]) == {"pending"}
+    assert sorted(table["hospital"]) == sorted(fed.hospitals)
+
+
+def exact_auroc(model: Any, tables: list[Any]) -> float:
+    """AUROC on the union of the hospitals' private test sets (the test is privileged)."""
+    features, labels = zip(*(encode_ehr(t) for t in tables), strict=True)
+    x, y = np.concatenate(features), np.concatenate(labels)
+    with torch.no_grad():
+        scores = model(torch.from_numpy(x)).reshape(-1).numpy()
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores)] = np.arange(1, len(scores) + 1)
+    positives = y == 1
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_study_learns_and_stays_within_its_budget(
+    fed: Federation, operators: dict[str, Operator], federation: Launch, tmp_path: Path,
+    admin_clients: dict[str, Any],
+) -> None:  # fmt: skip
+    config = StudyConfig(**{**SMALL_EHR, "rounds": 4, "local_epochs": 2, "eval_every": 2})
+    study = fed.submit(config)
+    decide(study, operators)
+    assert set(study.status()["status"]) == {"approved"}
+    result = study.run(progress=False)
+
+    rounds = {h["round"]: h for h in result.history}
+    assert sorted(rounds) == [0, 1, 2, 3, 4]
+    assert {r for r, h in rounds.items() if "metrics" in h} == {0, 2, 4}
+    assert all(rounds[r]["loss"] > 0 for r in (1, 2, 3, 4))
+    tests = [c.datasets["ehr"].assets["test"].data for c in admin_clients.values()]
+    initial = build_model(config.model)
+    load_weights(initial, initial_weights(config))
+    assert exact_auroc(result.model, tests) > exact_auroc(initial.eval(), tests) + 0.05
+    for name in fed.hospitals:
+        spent = ledger(federation, name).study_spent(study.id)
+        assert 0.97 * 4.0 <= spent <= 4.0 + 1e-9
+    assert max(h["epsilon"] for h in result.history if "epsilon" in h) <= 4.0 + 1e-9
+    out = result.save(tmp_path / "report")
+    assert {p.name for p in out.iterdir()} >= {"history.json", "model.pt", "curves.png"}
+    model_out = result.model(torch.zeros(2, N_FEATURES))
+    assert model_out.shape == (2, 1) and torch.isfinite(model_out).all()
+
+
+def test_denied_hospital_is_left_out_with_its_reason(
+    fed: Federation, operators: dict[str, Operator]
+) -> None:
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1}))
+    decide(study, operators, deny={"hospital-c": "no readmission studies this quarter"})
+    table = study.status().set_index("hospital")
+    assert table.loc["hospital-c", "status"] == "denied"
+    assert "no readmission studies this quarter" in table.loc["hospital-c", "reason"]
+    result = study.run(progress=False)
+    assert sorted(result.hospitals) == ["hospital-a", "hospital-b"]
+    assert "no readmission studies" in result.excluded["hospital-c"]
+    assert set(result.history[1]["hospitals"]) == {"hospital-a", "hospital-b"}
+
+
+def test_too_few_approvals_is_a_clear_error(
+    fed: Federation, operators: dict[str, Operator]
+) -> None:
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1, "min_hospitals": 3}))
+    decide(study, operators, deny={"hospital-b": "budget reserved"})
+    with pytest.raises(StudyError, match="min_hospitals=3.*hospital-b denied: budget reserved"):
+        study.run(progress=False)
+
+
+def test_resume_continues_at_the_next_round(
+    fed: Federation, operators: dict[str, Operator], federation: Launch
+) -> None:
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 3}))
+    decide(study, operators)
+
+    def crash(entry: dict[str, Any]) -> None:
+        if entry["round"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.run(progress=False, on_round=crash)
+    spent_after_one = ledger(federation, "hospital-a").study_spent(study.id)
+
+    resumed = fed.resume(study.id)
+    result = resumed.run(progress=False)
+    assert [h["round"] for h in result.history] == [0, 1, 2, 3]
+    events = ledger(federation, "hospital-a").events(study_id=study.id)
+    train_rounds = sorted(r for _, kind, r, _ in events if kind == "train")
+    assert train_rounds == [1, 2, 3]
+    assert ledger(federation, "hospital-a").study_spent(study.id) > spent_after_one
+
+
+def test_runtime_enforces_rounds_and_repeats_cost_nothing(
+    fed: Federation, operators: dict[str, Operator], federation: Launch
+) -> None:
+    config = StudyConfig(**{**SMALL_EHR, "rounds": 1})
+    study = fed.submit(config)
+    decide(study, operators)
+    weights = initial_weights(config)
+    first = call(fed, study, "hospital-a", {"round": 1, "weights": weights})
+    spent = ledger(federation, "hospital-a").spent("ehr")
+
+    shifted = {k: v + 1.0 for k, v in weights.items()}
+    again = call(fed, study, "hospital-a", {"round": 1, "weights": shifted})
+    for key, value in first["train"]["weights"].items():
+        np.testing.assert_array_equal(again["train"]["weights"][key], value)
+    assert ledger(federation, "hospital-a").spent("ehr") == spent
+
+    beyond = call(fed, study, "hospital-a", {"round": 3, "weights": weights})
+    assert "outside this study's approved rounds" in beyond["error"]
+    changed = call(fed, study, "hospital-a",
+                   {"round": 1, "weights": weights, "noise_multiplier": 0.0})  # fmt: skip
+    assert "DP parameters come from the approved plan" in changed["error"]
+    assert ledger(federation, "hospital-a").spent("ehr") == spent
+
+
+def test_a_study_above_the_cap_is_refused_even_when_approved(
+    fed: Federation, operators: dict[str, Operator], federation: Launch
+) -> None:
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1,
+                                      "dp": DPConfig(epsilon=60.0)}))  # fmt: skip
+    decide(study, operators)
+    before = ledger(federation, "hospital-b").spent("ehr")
+    with pytest.raises(StudyError, match="cap"):
+        study.run(progress=False)
+    assert ledger(federation, "hospital-b").spent("ehr") == before
+
+
+def test_operator_commands(federation: Launch, fed: Federation) -> None:
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 2}))
+    request_id = study.requests["hospital-a"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "datasites", *args, "--hospital", "hospital-a",
+             "--data-dir", str(federation.data_dir)],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+
+    listing = cli("requests")
+    assert listing.returncode == 0, listing.stderr
+    line = next(x for x in listing.stdout.splitlines() if x.startswith(request_id[:12]))
+    assert "pending" in line and "ehr_mlp on ehr, 2 rounds" in line and "epsilon 4.0" in line
+    denied = cli("deny", request_id[:12], "--reason", "rounds too high")
+    assert denied.returncode == 0 and "denied" in denied.stdout
+    table = study.status().set_index("hospital")
+    assert table.loc["hospital-a", "reason"] == "rounds too high"
+    missing = cli("approve", "ffffffffffff")
+    assert missing.returncode == 2 and "no requests match" in missing.stderr
+    budget = cli("budget", "--json")
+    assert budget.returncode == 0 and '"cap": 40.0' in budget.stdout
