@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import secrets
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -81,8 +82,13 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
     1..rounds trains; round rounds + 1 only evaluates the final model.
     """
     hospital = current_hospital()
+    started = time.perf_counter()
     try:
-        return _execute(hospital, Plan.from_dict(plan), train, test, request)
+        parsed = Plan.from_dict(plan)
+        out = _execute(hospital, parsed, train, test, request)
+        log.info("%s call %s: %.2f s in the runtime", parsed.study_id, out.get("round"),
+                 time.perf_counter() - started)  # fmt: skip
+        return out
     except (PlanError, RequestError, LedgerError) as error:
         log.warning("refused: %s", error)
         return {"hospital": hospital.name, "error": str(error), "refused": type(error).__name__}

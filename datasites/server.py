@@ -68,6 +68,9 @@ def serve(config: HospitalConfig) -> None:
     os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = build_worker(config, identity)
+    # syft sets the root logger to CRITICAL while building the server; the runtime's
+    # incident reports and per-round lines are for the operator, so keep them.
+    logging.getLogger("datasites").setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     uvicorn.run(
         build_app(worker),

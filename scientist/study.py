@@ -63,6 +63,7 @@ class Study:
         self.config = config
         self.requests = requests
         self.folder = folder
+        self._endpoints: dict[str, tuple[Any, Any]] = {}
 
     @property
     def function(self) -> str:
@@ -147,10 +148,18 @@ class Study:
             )
         return {r["hospital"]: r for r in replies}
 
+    def _endpoint(self, hospital: str, client: Any) -> tuple[Any, Any]:
+        """The study's function and the hospital's assets, looked up once: fetching a
+        dataset's pointers is a server round trip that costs about a second."""
+        if hospital not in self._endpoints:
+            assets = client.datasets[self.config.task].assets
+            self._endpoints[hospital] = (getattr(client.code, self.function), assets)
+        return self._endpoints[hospital]
+
     def _call_one(self, hospital: str, client: Any, payload: dict) -> dict[str, Any]:
         try:
-            assets = client.datasets[self.config.task].assets
-            result = getattr(client.code, self.function)(
+            function, assets = self._endpoint(hospital, client)
+            result = function(
                 train=assets["train"], test=assets["test"], weights=payload, blocking=True
             )
             value = result.get() if hasattr(result, "get") else result

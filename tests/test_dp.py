@@ -351,5 +351,8 @@ def test_dp_train_input_errors() -> None:
         dp_train(nn.Sequential(nn.Linear(N_FEATURES, 2)), features, labels, _spec(), task="ehr")
     with pytest.raises(ValueError, match="generator_seed must be an int"):
         dp_train(model, features, labels, _spec(), task="ehr", generator_seed="1")
+    features[2, 5] = np.nan
+    with pytest.raises(ValueError, match="features must be finite"):
+        dp_train(model, features, labels, _spec(), task="ehr")
     with pytest.raises(ValueError, match="n must be a positive int"):
         steps_per_epoch(0, 1)
