@@ -43,6 +43,9 @@ REQUEST_KEYS = frozenset({"round", "weights"})
 # drown the signal on a hospital's few hundred test patients; 0.3 costs training little
 # (sigma_train 4.40 -> 4.61 for a typical study) and makes the metrics readable.
 EVAL_SHARE = 0.3
+# Per-example loss is clipped to this bound before it is summed and released, so one
+# patient changes the released sum by at most LOSS_BOUND.
+LOSS_BOUND = 5.0
 log = logging.getLogger("datasites.runtime")
 
 
@@ -210,8 +213,9 @@ def _train(
         max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
     )  # fmt: skip
     outcome = dp_train(model, features, labels, spec, task=plan.task)
-    result = {"weights": outcome.weights, "n": outcome.samples, "loss": outcome.loss,
-              "steps": outcome.steps}  # fmt: skip
+    # The mean training loss is computed from private rows without noise, so it is not
+    # released: progress is shown by the noised test loss of each evaluation instead.
+    result = {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
     ledger.record(plan.study_id, "train", round_, record.budget().train, pickle.dumps(result))
     log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
     # A concurrent identical call may have recorded first: return what the ledger holds.
@@ -228,24 +232,48 @@ def _evaluate(
     ledger.check_round(plan.study_id, "eval", after)
     model = _model(plan, weights)
     features, labels = _encode(plan, test)
-    counts = _counts(plan, model, features, labels)
-    rng = np.random.default_rng(secrets.randbits(128))
-    released = {
-        "after_round": after,
-        "counts": noisy(counts, noise_multiplier=record.eval_noise_multiplier, rng=rng),
-        # Public (it follows from the plan and n): lets the scientist judge the metrics.
-        "noise_std": record.eval_noise_multiplier * sensitivity(counts),
-    }
+    released = _release(plan, model, features, labels, record.eval_noise_multiplier)
+    released["after_round"] = after
     ledger.record(plan.study_id, "eval", after, record.budget().evaluation, pickle.dumps(released))
     return pickle.loads(ledger.result(plan.study_id, "eval", after))
 
 
-def _counts(plan: Plan, model: Any, features: np.ndarray, labels: np.ndarray) -> Any:
+def _release(
+    plan: Plan, model: Any, features: np.ndarray, labels: np.ndarray, sigma: float
+) -> dict[str, Any]:
+    """One Gaussian mechanism over the histogram counts and the clipped test-loss sum.
+
+    The loss sum is scaled by 1 / LOSS_BOUND so that one patient moves it by at most 1;
+    with the counts' sensitivity S the joint L2 sensitivity is sqrt(S^2 + 1), and every
+    coordinate gets noise sigma * sqrt(S^2 + 1): one release at noise multiplier sigma.
+    """
+    counts, losses = _counts(plan, model, features, labels)
+    rng = np.random.default_rng(secrets.randbits(128))
+    base = sensitivity(counts)
+    joint = float(np.sqrt(base**2 + 1.0))
+    loss_sum = float(np.clip(losses, 0.0, LOSS_BOUND).sum()) / LOSS_BOUND
+    return {
+        "counts": noisy(counts, noise_multiplier=sigma * joint / base, rng=rng),
+        "loss_sum": (loss_sum + rng.normal(0.0, sigma * joint)) * LOSS_BOUND,
+        # Public (it follows from the plan and n): lets the scientist judge the metrics.
+        "noise_std": sigma * joint,
+    }
+
+
+def _counts(
+    plan: Plan, model: Any, features: np.ndarray, labels: np.ndarray
+) -> tuple[Any, np.ndarray]:
+    """Histogram counts and per-example losses of the model on the test rows."""
     import torch
+    import torch.nn.functional as F
 
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(features))
-    if plan.task == "ehr":
-        return binary_counts(torch.sigmoid(logits).reshape(-1).numpy(), labels)
-    return multiclass_counts(torch.softmax(logits, dim=1).numpy(), labels)
+        target = torch.from_numpy(labels)
+        if plan.task == "ehr":
+            logits = logits.reshape(-1)
+            losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            return binary_counts(torch.sigmoid(logits).numpy(), labels), losses.numpy()
+        losses = F.cross_entropy(logits, target, reduction="none")
+        return multiclass_counts(torch.softmax(logits, dim=1).numpy(), labels), losses.numpy()

@@ -43,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 def round_line(entry: dict[str, Any]) -> str:
     """One line per round: loss, headline metrics, epsilon spent."""
     parts = [f"round {entry['round']:>3}"]
+    if entry.get("n") is not None:
+        parts.append(f"n {entry['n']:>6,}")
     if entry.get("loss") is not None:
-        parts.append(f"loss {entry['loss']:.4f}")
+        parts.append(f"test loss {entry['loss']:.4f}")
     for key in ("auroc", "auprc", "accuracy", "macro_f1"):
         value = (entry.get("metrics") or {}).get(key)
         if value is not None:

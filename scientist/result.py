@@ -51,7 +51,7 @@ class StudyResult:
         rows = []
         for entry in self.history:
             m = entry.get("metrics") or {}
-            row = {"round": entry["round"], "loss": entry.get("loss"),
+            row = {"round": entry["round"], "test loss": entry.get("loss"),
                    "epsilon": entry.get("epsilon")}  # fmt: skip
             keys = (
                 ("auroc", "auprc", "f1")

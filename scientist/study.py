@@ -44,13 +44,25 @@ def initial_weights(config: StudyConfig) -> dict[str, np.ndarray]:
     return model_weights(build_model(config.model, **config.model_kwargs))
 
 
-def summed_metrics(task: str, counts: list[Any]) -> dict[str, Any]:
-    """Metrics of the global model from the hospitals' noised counts, summed."""
+def summed_metrics(task: str, released: list[dict[str, Any]]) -> dict[str, Any]:
+    """Metrics of the global model from the hospitals' noised releases, summed.
+
+    The test loss divides the summed noised loss by the summed noised counts: hospitals
+    never release their exact test sizes.
+    """
+    counts = [r["counts"] for r in released]
     if task == "ehr":
-        return binary_metrics(np.sum([np.asarray(c) for c in counts], axis=0))
-    confusion = np.sum([c["confusion"] for c in counts], axis=0)
-    ovr = np.sum([c["ovr"] for c in counts], axis=0)
-    return multiclass_metrics(confusion, ovr)
+        hist = np.sum([np.asarray(c) for c in counts], axis=0)
+        metrics, total = binary_metrics(hist), float(np.clip(hist, 0, None).sum())
+    else:
+        confusion = np.sum([c["confusion"] for c in counts], axis=0)
+        ovr = np.sum([c["ovr"] for c in counts], axis=0)
+        metrics = multiclass_metrics(confusion, ovr)
+        total = float(np.clip(confusion, 0, None).sum())
+    metrics["loss"] = sum(r["loss_sum"] for r in released) / max(total, 1.0)
+    # The std of the noise on each summed count: how far to trust these metrics.
+    metrics["count_noise_std"] = float(np.sqrt(sum(r["noise_std"] ** 2 for r in released)))
+    return metrics
 
 
 class Study:
@@ -128,8 +140,10 @@ class Study:
             self._absorb(state, replies)
             state.next_round += 1
             state.save(self.folder)
-            if on_round and state.next_round - 1 <= self.config.rounds:
-                on_round(state.history[-1])
+            # Call r completes round r - 1: its training came back in the previous call and
+            # its evaluation (if due) in this one.
+            if on_round:
+                on_round(_entry(state.history, state.next_round - 2))
             _advance(bar, state.history)
         if bar is not None:
             bar.close()
@@ -174,21 +188,21 @@ class Study:
         round_ = state.next_round
         released = [r["evaluation"] for r in replies.values() if "evaluation" in r]
         if released:
-            metrics = _plain(summed_metrics(self.config.task, [e["counts"] for e in released]))
-            # The std of the noise on each summed count: how far to trust these metrics.
-            metrics["count_noise_std"] = float(np.sqrt(sum(e["noise_std"] ** 2 for e in released)))
-            _entry(state.history, round_ - 1)["metrics"] = metrics
+            metrics = _plain(summed_metrics(self.config.task, released))
+            entry = _entry(state.history, round_ - 1)
+            entry["metrics"] = metrics
+            entry["loss"] = metrics["loss"]
         trained = {h: r["train"] for h, r in replies.items() if "train" in r}
         if trained:
             state.weights = fedavg([(t["weights"], t["n"]) for t in trained.values()])
             n = sum(t["n"] for t in trained.values())
             entry = _entry(state.history, round_)
             entry["hospitals"] = {
-                h: {"n": t["n"], "loss": t["loss"], "epsilon_study": replies[h]["epsilon_study"],
+                h: {"n": t["n"], "epsilon_study": replies[h]["epsilon_study"],
                     "epsilon_total": replies[h]["epsilon_total"]}
                 for h, t in trained.items()
             }  # fmt: skip
-            entry["loss"] = sum(t["loss"] * t["n"] for t in trained.values()) / n
+            entry["n"] = n
         spent = max(r["epsilon_study"] for r in replies.values())
         _entry(state.history, min(round_, self.config.rounds))["epsilon"] = spent
 

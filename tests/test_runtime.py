@@ -45,6 +45,8 @@ def test_a_round_trains_and_is_charged(hospital: Path, table) -> None:
     out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
     assert "error" not in out, out
     assert out["train"]["n"] > 0 and set(out["train"]["weights"]) == set(weights)
+    assert "loss" not in out["train"]  # computed from private rows without noise
+    assert np.isfinite(out["evaluation"]["loss_sum"]) and out["evaluation"]["noise_std"] > 0
     assert out["evaluation"]["after_round"] == 0
     assert 0 < out["epsilon_study"] < 2.0 and out["epsilon_total"] == out["epsilon_study"]
 
@@ -92,3 +94,26 @@ def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
     out = execute(plan(delta=1e-3), train=table, test=table,
                   request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
     assert out["refused"] == "RequestError" and "delta 1e-05" in out["error"]
+
+
+def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> None:
+    from datasites.encoding import encode_ehr
+    from datasites.evaluation import sensitivity
+    from datasites.models import build_model
+    from datasites.plan import Plan
+    from datasites.runtime import LOSS_BOUND, _counts, _release
+
+    parsed = Plan.from_dict(plan())
+    model = build_model("ehr_logistic")
+    features, labels = encode_ehr(table)
+    exact_counts, losses = _counts(parsed, model, features, labels)
+    exact_loss = float(np.clip(losses, 0, LOSS_BOUND).sum())
+    sigma, draws = 2.0, 400
+    joint = np.sqrt(sensitivity(exact_counts) ** 2 + 1)
+    releases = [_release(parsed, model, features, labels, sigma) for _ in range(draws)]
+    count_noise = np.stack([r["counts"] - exact_counts for r in releases])
+    loss_noise = np.array([r["loss_sum"] - exact_loss for r in releases])
+    # Std of a normal sample estimate: relative error ~ 1 / sqrt(2 * samples).
+    assert count_noise.std() == pytest.approx(sigma * joint, rel=4 / np.sqrt(2 * count_noise.size))
+    assert loss_noise.std() == pytest.approx(sigma * joint * LOSS_BOUND, rel=4 / np.sqrt(2 * draws))
+    assert abs(count_noise.mean()) < 4 * sigma * joint / np.sqrt(count_noise.size)
