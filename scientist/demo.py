@@ -18,10 +18,10 @@ from scientist.study import Study
 
 # Chosen to finish in a few minutes on 2 cores while still learning something real.
 DEMO_STUDIES = (
-    StudyConfig(task="ehr", model="ehr_mlp", rounds=8, local_epochs=1, batch_size=256,
-                lr=0.5, eval_every=4, dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0)),
-    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=5, local_epochs=1,
-                batch_size=128, lr=1.0, eval_every=5,
+    StudyConfig(task="ehr", model="ehr_mlp", rounds=6, local_epochs=1, batch_size=256,
+                lr=0.5, eval_every=3, dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0)),
+    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=4, local_epochs=1,
+                batch_size=128, lr=1.0, eval_every=4,
                 dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0)),
 )  # fmt: skip
 
