@@ -119,7 +119,8 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "round_overhead", "task": args.task, "scale": args.scale,
         "hospitals": args.hospitals, "local_epochs": args.local_epochs,
-        "federated_round_s": round(federated, 2), "federated_rounds_s": [round(r, 2) for r in rounds],
+        "federated_round_s": round(federated, 2),
+        "federated_rounds_s": [round(r, 2) for r in rounds],
         "sequential_round_s": round(sequential, 2), "ratio": round(federated / sequential, 3),
         "target": 1.10, "met": federated / sequential <= 1.10,
     }))  # fmt: skip
