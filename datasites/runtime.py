@@ -20,6 +20,7 @@ import os
 import pickle
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -198,44 +199,52 @@ def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
     return all(getattr(stored, k) == v for k, v in expected.items())
 
 
+def _once(
+    hospital: Hospital, study_id: str, kind: str, round_: int, event: Any,
+    compute: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Make a release at most once: a repeat returns the recorded result and spends nothing.
+
+    The result is written with its DP event in one ledger transaction; if a concurrent
+    identical call recorded first, the ledger's copy is the one returned.
+    """
+    ledger = hospital.ledger
+    recorded = ledger.result(study_id, kind, round_)
+    if recorded is None:
+        ledger.check_round(study_id, kind, round_)
+        ledger.record(study_id, kind, round_, event, pickle.dumps(compute()))
+        recorded = ledger.result(study_id, kind, round_)
+    return pickle.loads(recorded)
+
+
 def _train(
     hospital: Hospital, plan: Plan, record: StudyRecord, round_: int, weights: dict,
     features: np.ndarray, labels: np.ndarray,
 ) -> dict[str, Any]:  # fmt: skip
-    ledger = hospital.ledger
-    recorded = ledger.result(plan.study_id, "train", round_)
-    if recorded is not None:
-        return pickle.loads(recorded)
-    ledger.check_round(plan.study_id, "train", round_)
-    model = _model(plan, weights)
-    spec = TrainSpec(
-        batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
-        max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
-    )  # fmt: skip
-    outcome = dp_train(model, features, labels, spec, task=plan.task)
-    # The mean training loss is computed from private rows without noise, so it is not
-    # released: progress is shown by the noised test loss of each evaluation instead.
-    result = {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
-    ledger.record(plan.study_id, "train", round_, record.budget().train, pickle.dumps(result))
-    log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
-    # A concurrent identical call may have recorded first: return what the ledger holds.
-    return pickle.loads(ledger.result(plan.study_id, "train", round_))
+    def compute() -> dict[str, Any]:
+        spec = TrainSpec(
+            batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
+            max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
+        )  # fmt: skip
+        outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
+        log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
+        # The mean training loss is computed from private rows without noise, so it is not
+        # released: progress is shown by the noised test loss of each evaluation instead.
+        return {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
+
+    return _once(hospital, plan.study_id, "train", round_, record.budget().train, compute)
 
 
 def _evaluate(
     hospital: Hospital, plan: Plan, record: StudyRecord, after: int, weights: dict, test: Any
 ) -> dict[str, Any]:
-    ledger = hospital.ledger
-    recorded = ledger.result(plan.study_id, "eval", after)
-    if recorded is not None:
-        return pickle.loads(recorded)
-    ledger.check_round(plan.study_id, "eval", after)
-    model = _model(plan, weights)
-    features, labels = _encode(plan, test)
-    released = _release(plan, model, features, labels, record.eval_noise_multiplier)
-    released["after_round"] = after
-    ledger.record(plan.study_id, "eval", after, record.budget().evaluation, pickle.dumps(released))
-    return pickle.loads(ledger.result(plan.study_id, "eval", after))
+    def compute() -> dict[str, Any]:
+        features, labels = _encode(plan, test)
+        model = _model(plan, weights)
+        released = _release(plan, model, features, labels, record.eval_noise_multiplier)
+        return {**released, "after_round": after}
+
+    return _once(hospital, plan.study_id, "eval", after, record.budget().evaluation, compute)
 
 
 def _release(

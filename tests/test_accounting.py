@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import pytest
 from opacus.accountants import RDPAccountant
@@ -17,6 +16,7 @@ from datasites.accounting import (
     epsilon,
     epsilon_floor,
 )
+from tests.privacy_reference import opacus_epsilon
 
 # Calibration passes through huge epsilons, where Opacus notes that order 1.1 is optimal.
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
@@ -25,18 +25,6 @@ DELTA = 1e-5
 TRAIN = DpEvent(noise_multiplier=1.5, sample_rate=0.02, steps=40)
 OTHER_TRAIN = DpEvent(noise_multiplier=2.0, sample_rate=0.05, steps=20)
 EVAL = DpEvent(noise_multiplier=30.0, sample_rate=1.0, steps=1)
-
-
-def opacus_epsilon(events: list[DpEvent], delta: float = DELTA) -> float:
-    """Step Opacus's accountant once per DP-SGD step, mechanism by mechanism."""
-    accountant = RDPAccountant()
-    steps = Counter()
-    for event in events:
-        steps[(event.noise_multiplier, event.sample_rate)] += event.steps
-    for (sigma, q), count in sorted(steps.items()):
-        for _ in range(count):
-            accountant.step(noise_multiplier=sigma, sample_rate=q)
-    return accountant.get_epsilon(delta=delta, alphas=list(ALPHAS))
 
 
 def test_epsilon_equals_opacus_accountant_exactly() -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from opacus.accountants import RDPAccountant
 
-from datasites.accounting import ALPHAS, DpEvent, epsilon
+from datasites.accounting import epsilon
 from datasites.ledger import (
     BudgetExceeded,
     Ledger,
@@ -20,6 +18,7 @@ from datasites.ledger import (
     StudyConflict,
     StudyRecord,
 )
+from tests.privacy_reference import opacus_epsilon
 
 DELTA = 1e-5
 
@@ -33,17 +32,6 @@ def study(study_id: str, **changes: object) -> StudyRecord:
         steps_per_round=20, evaluations=4,
     )  # fmt: skip
     return replace(base, **changes)
-
-
-def opacus_epsilon(events: list[DpEvent]) -> float:
-    accountant = RDPAccountant()
-    steps = Counter()
-    for event in events:
-        steps[(event.noise_multiplier, event.sample_rate)] += event.steps
-    for (sigma, q), count in sorted(steps.items()):
-        for _ in range(count):
-            accountant.step(noise_multiplier=sigma, sample_rate=q)
-    return accountant.get_epsilon(delta=DELTA, alphas=list(ALPHAS))
 
 
 def run_all(record: StudyRecord, ledger: Ledger) -> None:
