@@ -201,7 +201,8 @@ def test_degenerate_histograms_give_nan_not_errors() -> None:
     assert math.isnan(no_positives["auroc"]) and math.isnan(no_positives["auprc"])
     assert math.isnan(no_positives["recall"]) and no_positives["accuracy"] == 0.5
     assert all(math.isnan(empty[k]) for k in ("auroc", "auprc", "accuracy", "f1"))
-    assert empty["n"] == 0.0 and all_negative_noise["n"] == 0.0
+    assert empty["n"] == 0.0 and all_negative_noise["n"] == -2.0 * N_BINS
+    assert math.isnan(all_negative_noise["accuracy"]) and math.isnan(all_negative_noise["auroc"])
     assert math.isnan(nothing_called["precision"]) and nothing_called["recall"] == 0.0
     assert nothing_called["f1"] == 0.0
 
@@ -244,3 +245,17 @@ def test_the_two_rooms_do_not_import_each_other() -> None:
     assert "datasites" not in imports(REPO / "scientist" / "metrics.py")
     for name in ("accounting.py", "ledger.py", "evaluation.py"):
         assert "scientist" not in imports(REPO / "datasites" / name)
+
+
+def test_accuracy_from_noised_confusion_is_unbiased() -> None:
+    """Clipping each noised cell at zero would inflate the total by ~0.4 sigma per empty
+    off-diagonal cell and pull accuracy far down; summing raw cells does not."""
+    rng = np.random.default_rng(5)
+    confusion = np.diag(np.full(9, 200.0)) + np.full((9, 9), 600.0 / 72) * (1 - np.eye(9))
+    truth = np.trace(confusion) / confusion.sum()
+    ovr = np.zeros((9, 2, N_BINS))
+    estimates = [
+        multiclass_metrics(confusion + rng.normal(0, 60.0, confusion.shape), ovr)["accuracy"]
+        for _ in range(300)
+    ]
+    assert np.mean(estimates) == pytest.approx(truth, abs=0.02)
