@@ -103,7 +103,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1.0)
     p.add_argument("--epsilon", type=float, default=3.0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the sequential run")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the sequential run (1, as in each datasite)")  # fmt: skip
     p.add_argument("--base-port", type=int, default=8181)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="round-overhead-") as tmp:
