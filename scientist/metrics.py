@@ -3,11 +3,13 @@
 Hospitals release histograms of predicted probabilities over fixed bins (and a confusion
 matrix for several classes), each cell noised; the scientist sums them across hospitals and
 computes everything here. That is post-processing of DP releases, so it costs no privacy.
-Noise can make cells negative; they are summed as they are (sums of noise are unbiased)
-and only each final proportion is clipped into [0, 1]. Within a bin all scores are tied,
-so AUROC is the Mann-Whitney statistic with ties counted 1/2 (the trapezoid under the ROC
-over bin thresholds) and AUPRC is average precision over bin thresholds. Undefined metrics
-(no positives, nothing predicted, a noised total that is not positive) are nan.
+Noise can make cells negative. For proportions (accuracy, precision, recall, F1) cells are
+summed as they are (sums of noise are unbiased) and only the final value is clipped into
+[0, 1]; for the rank metrics (AUROC, AUPRC) cells are clipped at 0 first, which is
+bounded. Within a bin all scores are tied, so AUROC is the Mann-Whitney statistic with
+ties counted 1/2 (the trapezoid under the ROC over bin thresholds) and AUPRC is average
+precision over bin thresholds. Undefined metrics (no positives, nothing predicted, a noised
+total that is not positive) are nan.
 
 Bins are taken as equal-width on [0, 1] from the histogram's shape unless `edges` is given.
 """
@@ -31,6 +33,16 @@ def _ratio(num: float, den: float) -> float:
     third in a real study. Only the final proportion is clipped.
     """
     return float(np.clip(num / den, 0.0, 1.0)) if den > 0 else NAN
+
+
+def _ranked(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells clipped at zero for the rank metrics (AUROC, AUPRC).
+
+    Those are ratios of products of cumulative sums; with a noise-dominated row (a few
+    hundred positives at epsilon 1) raw cells make them swing far outside [0, 1], where
+    clipping is bounded and only mildly biased. Sums (accuracy, recall...) stay raw.
+    """
+    return np.clip(negatives, 0.0, None), np.clip(positives, 0.0, None)
 
 
 def _hist(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +97,8 @@ def binary_metrics(
     fn, tn = positives[~called].sum(), negatives[~called].sum()
     n = tp + fp + fn + tn
     return {
-        "auroc": _auroc(negatives, positives),
-        "auprc": _average_precision(negatives, positives),
+        "auroc": _auroc(*_ranked(negatives, positives)),
+        "auprc": _average_precision(*_ranked(negatives, positives)),
         "accuracy": _ratio(tp + tn, n),
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
@@ -123,7 +135,7 @@ def multiclass_metrics(confusion: np.ndarray, ovr: np.ndarray) -> dict[str, Any]
     return {
         "accuracy": _ratio(tp.sum(), confusion.sum()),
         "macro_f1": _mean_defined(f1),
-        "auroc": _mean_defined([_auroc(*_hist(ovr[c])) for c in range(classes)]),
+        "auroc": _mean_defined([_auroc(*_ranked(*_hist(ovr[c]))) for c in range(classes)]),
         "per_class_recall": [_ratio(tp[c], actual[c]) for c in range(classes)],
         "n": float(confusion.sum()),
     }
