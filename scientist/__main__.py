@@ -51,6 +51,9 @@ def round_line(entry: dict[str, Any]) -> str:
         value = (entry.get("metrics") or {}).get(key)
         if value is not None:
             parts.append(f"{key} {value:.3f}")
+    noise = (entry.get("metrics") or {}).get("count_noise_std")
+    if noise is not None:
+        parts.append(f"(noise sd {noise:.0f} per count)")
     if entry.get("epsilon") is not None:
         parts.append(f"epsilon {entry['epsilon']:.3f}")
     return "  ".join(parts)
