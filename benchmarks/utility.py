@@ -298,15 +298,18 @@ def exact_metric(task: str, model: torch.nn.Module, test: tuple[np.ndarray, np.n
 
 
 def binned_auroc(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray]) -> float:
-    """The AUROC the hospitals' evaluation release would give without its noise: the same
-    fixed probability bins (`datasites.evaluation`) and the scientist's formula. It tells how
-    much of the gap between the noised and the exact AUROC is binning, how much noise."""
+    """The AUROC the hospitals' evaluation release would give without its noise: ten bins at
+    quantiles of the predictions (as the study picks them from the mocks) and the scientist's
+    formula. It tells how much of the gap between the noised and the exact AUROC is binning,
+    how much noise."""
     from datasites.evaluation import binary_counts
+    from scientist.bins import THRESHOLD, quantile_edges
     from scientist.metrics import binary_metrics
 
     features, labels = test
     probs = torch.sigmoid(torch.from_numpy(predict(model, features).reshape(-1))).numpy()
-    return binary_metrics(binary_counts(probs, labels))["auroc"]
+    edges = quantile_edges(probs, threshold=THRESHOLD)
+    return binary_metrics(binary_counts(probs, labels, edges), edges=edges)["auroc"]
 
 
 # --- centralized, non-private --------------------------------------------------------------------

@@ -150,8 +150,9 @@ class Federation:
             table, columns=["hospital", "dataset", "asset", "mock rows", "description"]
         )
 
-    def mock(self, dataset: str, asset: str = "train") -> dict[str, Any]:
-        """Each hospital's mock: a DataFrame (ehr) or (images, labels) (pathmnist)."""
+    def mock(self, dataset: str, asset: str = "train", *,
+             hospitals: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Each hospital's mock (or the named ones'): a DataFrame (ehr) or (images, labels)."""
 
         def fetch(hospital: str, client: Any) -> Any:
             try:
@@ -162,7 +163,8 @@ class Federation:
                 ) from None
             return (value["images"], value["labels"]) if isinstance(value, dict) else value
 
-        return self._map(fetch)
+        names = hospitals or self.hospitals
+        return dict(zip(names, self._map_hospitals(fetch, names), strict=True))
 
     def show_samples(self, dataset: str, path: str | Path, *, per_class: int = 3) -> Path:
         """Write a PNG grid of mock images: rows are classes, columns hospitals."""

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from datasites.models import build_model, model_weights
+from datasites.plan import Plan
+from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
 from scientist.connect import FederationError
@@ -51,9 +53,13 @@ def summed_metrics(task: str, released: list[dict[str, Any]]) -> dict[str, Any]:
     never release their exact test sizes.
     """
     counts = [r["counts"] for r in released]
+    edges = [r.get("edges") for r in released]
+    if any(not np.array_equal(e, edges[0]) for e in edges):
+        raise StudyError("hospitals binned this evaluation differently; it cannot be summed.")
     if task == "ehr":
         hist = np.sum([np.asarray(c) for c in counts], axis=0)
-        metrics, total = binary_metrics(hist), float(np.clip(hist, 0, None).sum())
+        metrics = binary_metrics(hist, edges=edges[0])
+        total = float(np.clip(hist, 0, None).sum())
     else:
         confusion = np.sum([c["confusion"] for c in counts], axis=0)
         ovr = np.sum([c["ovr"] for c in counts], axis=0)
@@ -76,6 +82,7 @@ class Study:
         self.requests = requests
         self.folder = folder
         self._endpoints: dict[str, tuple[Any, Any]] = {}
+        self._scorer: MockScorer | None = None
 
     @property
     def function(self) -> str:
@@ -135,8 +142,10 @@ class Study:
         state = Checkpoint.load(self.folder) or Checkpoint(1, initial_weights(self.config))
         last_call = self.config.rounds + 1
         bar = _progress(progress, last_call, state.next_round - 1, self.id)
+        due = Plan.from_dict(self.config.plan(self.id, "-")).eval_rounds()
         while state.next_round <= last_call:
-            replies = self._call(approved, state.next_round, state.weights)
+            edges = self._edges(approved, state.weights) if state.next_round - 1 in due else None
+            replies = self._call(approved, state.next_round, state.weights, edges)
             self._absorb(state, replies)
             state.next_round += 1
             state.save(self.folder)
@@ -150,8 +159,22 @@ class Study:
         return StudyResult(self.id, self.config.to_dict(), state.weights, state.history,
                            approved, excluded)  # fmt: skip
 
-    def _call(self, hospitals: list[str], round_: int, weights: dict) -> dict[str, dict]:
-        payload = {"round": round_, "weights": weights}
+    def _edges(self, hospitals: list[str], weights: dict) -> list | None:
+        """Bin edges for evaluating `weights`: quantiles of its predictions on the mocks
+        (public, so free); None leaves the hospitals' fixed default bins."""
+        if self._scorer is None:
+            try:
+                mocks = self.fed.mock(self.config.task, "test", hospitals=hospitals)
+            except FederationError:
+                mocks = {}
+            self._scorer = MockScorer(self.config, mocks)
+        return self._scorer.edges(weights)
+
+    def _call(self, hospitals: list[str], round_: int, weights: dict,
+              edges: list | None = None) -> dict[str, dict]:  # fmt: skip
+        payload: dict[str, Any] = {"round": round_, "weights": weights}
+        if edges is not None:
+            payload["edges"] = edges
         replies = self.fed._map_hospitals(lambda h, c: self._call_one(h, c, payload), hospitals)
         failed = [r for r in replies if "error" in r]
         if failed:
@@ -192,6 +215,7 @@ class Study:
             entry = _entry(state.history, round_ - 1)
             entry["metrics"] = metrics
             entry["loss"] = metrics["loss"]
+            entry["edges"] = _plain(released[0].get("edges"))
         trained = {h: r["train"] for h, r in replies.items() if "train" in r}
         if trained:
             state.weights = fedavg([(t["weights"], t["n"]) for t in trained.values()])

@@ -11,14 +11,16 @@ import pytest
 from scipy.stats import rankdata
 
 from datasites.evaluation import (
-    BIN_EDGES,
-    N_BINS,
+    MAX_BINS,
     binary_counts,
+    check_edges,
+    default_edges,
     multiclass_counts,
     noisy,
     release_event,
     sensitivity,
 )
+from scientist.bins import quantile_edges
 from scientist.metrics import binary_metrics, multiclass_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,8 +29,12 @@ REPO = Path(__file__).resolve().parent.parent
 # -- direct references: per-example computations on scores quantised to the same bins -------
 
 
-def quantised(scores: np.ndarray) -> np.ndarray:
-    return np.digitize(scores, BIN_EDGES[1:-1])  # bin index 0..N_BINS-1, 1.0 in the last
+BINARY_EDGES, MULTI_EDGES = default_edges("binary"), default_edges("multiclass")
+N_BINS = BINARY_EDGES.size - 1
+
+
+def quantised(scores: np.ndarray, edges: np.ndarray = BINARY_EDGES) -> np.ndarray:
+    return np.digitize(scores, edges[1:-1])  # bin index 0..bins-1, 1.0 in the last
 
 
 def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -77,7 +83,7 @@ def test_binary_metrics_equal_direct_computation() -> None:
     scores, labels = binary_data(3000)
     bins, truth, called = quantised(scores), labels == 1, scores >= 0.5
 
-    metrics = binary_metrics(binary_counts(scores, labels))
+    metrics = binary_metrics(binary_counts(scores, labels), edges=BINARY_EDGES)
 
     assert metrics["auroc"] == pytest.approx(rank_auroc(bins, labels), abs=1e-12)
     assert metrics["auprc"] == pytest.approx(average_precision(bins, labels), abs=1e-12)
@@ -105,7 +111,9 @@ def test_multiclass_metrics_equal_direct_computation() -> None:
         np.mean([f1(labels == c, predicted == c) for c in range(classes)])
     )
     assert metrics["auroc"] == pytest.approx(
-        np.mean([rank_auroc(quantised(probs[:, c]), labels == c) for c in range(classes)])
+        np.mean(
+            [rank_auroc(quantised(probs[:, c], MULTI_EDGES), labels == c) for c in range(classes)]
+        )  # fmt: skip
     )
     assert metrics["per_class_recall"] == pytest.approx(
         [np.mean(predicted[labels == c] == c) for c in range(classes)]
@@ -114,13 +122,71 @@ def test_multiclass_metrics_equal_direct_computation() -> None:
 
 
 def test_bins_follow_the_published_edges() -> None:
-    width = 1.0 / N_BINS
-    scores = np.array([0.0, width - 1e-4, width, 0.5, 0.999, 1.0])
+    edges = np.array([0.0, 0.01, 0.02, 0.5, 1.0])
+    scores = np.array([0.0, 0.01 - 1e-9, 0.01, 0.5, 0.999, 1.0])
 
-    counts = binary_counts(scores, np.zeros(6, dtype=int))
+    counts = binary_counts(scores, np.zeros(6, dtype=int), edges)
+    default = binary_counts(np.array([0.0, 0.4999, 0.5, 1.0]), np.zeros(4, dtype=int))
+    half = int(np.flatnonzero(BINARY_EDGES == 0.5)[0])
 
-    assert counts[0, 0] == 2 and counts[0, 1] == 1 and counts[0, N_BINS // 2] == 1
-    assert counts[0, N_BINS - 1] == 2 and counts.sum() == 6
+    assert counts[0].tolist() == [2, 1, 0, 3] and counts.shape == (2, 4)
+    assert default[0, 0] == 1 and default[0, half - 1] == 1 and default[0, half] == 1
+    assert default[0, N_BINS - 1] == 1 and default.sum() == 4
+
+
+def test_default_edges_spread_on_the_logit_scale() -> None:
+    logits = np.log(BINARY_EDGES[1:-1] / (1 - BINARY_EDGES[1:-1]))
+
+    assert np.allclose(np.diff(logits), 2 / 3) and logits[0] == pytest.approx(-8)
+    assert 0.5 in BINARY_EDGES and MULTI_EDGES.size == 17
+    # DP-trained readmission models predict 0.002-0.04: that band spans several bins.
+    assert np.unique(quantised(np.linspace(0.002, 0.04, 100))).size >= 5
+
+
+def test_per_class_edges_bin_each_class_on_its_own() -> None:
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]])
+    edges = np.array([[0.0, 0.5, 1.0], [0.0, 0.2, 0.4, 1.0]][0:1] * 2)  # shared row
+    per_class = [[0.0, 0.95, 1.0], [0.0, 0.05, 1.0]]
+
+    shared = multiclass_counts(probs, np.array([0, 1]), edges)["ovr"]
+    own = multiclass_counts(probs, np.array([0, 1]), per_class)["ovr"]
+
+    assert shared[0].tolist() == [[1, 0], [0, 1]] and shared[1].tolist() == [[1, 0], [0, 1]]
+    assert own[0].tolist() == [[1, 0], [1, 0]] and own[1].tolist() == [[0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("edges", "classes", "message"),
+    [
+        ([0.0, 0.5, 0.4, 1.0], None, "strictly increase"),
+        ([0.1, 0.5, 1.0], None, "start at 0, end at 1"),
+        ([0.0, 1.0], None, "2 to 32 bins, found 1"),
+        (np.linspace(0, 1, MAX_BINS + 2), None, "2 to 32 bins, found 33"),
+        ([[0.0, 0.5, 1.0]], None, "shape (bins + 1,)"),
+        ([[0.0, 0.5, 1.0]] * 2, 3, "shape (3, bins + 1)"),
+        (["a", "b"], None, "an array of numbers"),
+        ([0.0, np.nan, 1.0], None, "strictly increase"),
+    ],
+)
+def test_bad_edges_are_refused(edges: object, classes: int | None, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        check_edges(edges, classes)
+
+    assert message in str(error.value)
+
+
+def test_quantile_edges_fill_every_bin_and_keep_the_threshold() -> None:
+    rng = np.random.default_rng(2)
+    scores = 1 / (1 + np.exp(-rng.normal(-4.5, 0.5, 5000)))  # a DP readmission model
+
+    edges = quantile_edges(scores, 10, threshold=0.5)
+    counts = binary_counts(scores, np.zeros(scores.size, dtype=int), edges)[0]
+    constant = quantile_edges(np.full(50, 0.3), 10, threshold=0.5)
+
+    assert edges.size == 12 and 0.5 in edges and check_edges(edges) is not None
+    assert counts[:10] == pytest.approx(np.full(10, 500), abs=2) and counts[10] == 0
+    assert constant.tolist() == [0.0, 0.3, 0.5, 1.0]
+    assert quantile_edges(rng.random(10_000), 100).size - 1 <= MAX_BINS
 
 
 # -- sensitivity and noise -----------------------------------------------------------------
@@ -170,12 +236,14 @@ def test_noise_must_be_positive() -> None:
 def test_noisy_counts_give_sane_metrics() -> None:
     rng = np.random.default_rng(3)
     scores, labels = binary_data(20000)
-    exact = binary_metrics(binary_counts(scores, labels))
+    exact = binary_metrics(binary_counts(scores, labels), edges=BINARY_EDGES)
     probs, classes = multiclass_data(5000, 4)
     counts = multiclass_counts(probs, classes)
     exact_multi = multiclass_metrics(counts["confusion"], counts["ovr"])
 
-    released = binary_metrics(noisy(binary_counts(scores, labels), noise_multiplier=5.0, rng=rng))
+    released = binary_metrics(
+        noisy(binary_counts(scores, labels), noise_multiplier=5.0, rng=rng), edges=BINARY_EDGES
+    )
     noised = noisy(counts, noise_multiplier=5.0, rng=rng)
     released_multi = multiclass_metrics(noised["confusion"], noised["ovr"])
     tiny = binary_metrics(noisy(binary_counts(scores[:30], labels[:30]), noise_multiplier=50.0,
@@ -193,10 +261,14 @@ def test_noisy_counts_give_sane_metrics() -> None:
 
 
 def test_degenerate_histograms_give_nan_not_errors() -> None:
-    no_positives = binary_metrics(binary_counts(np.array([0.2, 0.7]), np.array([0, 0])))
+    no_positives = binary_metrics(
+        binary_counts(np.array([0.2, 0.7]), np.array([0, 0])), edges=BINARY_EDGES
+    )
     empty = binary_metrics(np.zeros((2, N_BINS)))
     all_negative_noise = binary_metrics(-np.ones((2, N_BINS)))
-    nothing_called = binary_metrics(binary_counts(np.array([0.1, 0.2]), np.array([0, 1])))
+    nothing_called = binary_metrics(
+        binary_counts(np.array([0.1, 0.2]), np.array([0, 1])), edges=BINARY_EDGES
+    )
 
     assert math.isnan(no_positives["auroc"]) and math.isnan(no_positives["auprc"])
     assert math.isnan(no_positives["recall"]) and no_positives["accuracy"] == 0.5

@@ -98,7 +98,7 @@ def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
 
 def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> None:
     from datasites.encoding import encode_ehr
-    from datasites.evaluation import sensitivity
+    from datasites.evaluation import default_edges, sensitivity
     from datasites.models import build_model
     from datasites.plan import Plan
     from datasites.runtime import LOSS_BOUND, _counts, _release
@@ -106,14 +106,52 @@ def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> N
     parsed = Plan.from_dict(plan())
     model = build_model("ehr_logistic")
     features, labels = encode_ehr(table)
-    exact_counts, losses = _counts(parsed, model, features, labels)
+    edges = default_edges("binary")
+    exact_counts, losses = _counts(parsed, model, edges, features, labels)
     exact_loss = float(np.clip(losses, 0, LOSS_BOUND).sum())
     sigma, draws = 2.0, 400
     joint = np.sqrt(sensitivity(exact_counts) ** 2 + 1)
-    releases = [_release(parsed, model, features, labels, sigma) for _ in range(draws)]
+    releases = [_release(exact_counts, losses, sigma) for _ in range(draws)]
     count_noise = np.stack([r["counts"] - exact_counts for r in releases])
     loss_noise = np.array([r["loss_sum"] - exact_loss for r in releases])
     # Std of a normal sample estimate: relative error ~ 1 / sqrt(2 * samples).
     assert count_noise.std() == pytest.approx(sigma * joint, rel=4 / np.sqrt(2 * count_noise.size))
     assert loss_noise.std() == pytest.approx(sigma * joint * LOSS_BOUND, rel=4 / np.sqrt(2 * draws))
     assert abs(count_noise.mean()) < 4 * sigma * joint / np.sqrt(count_noise.size)
+
+
+def test_evaluation_uses_the_requested_edges_and_returns_them(hospital: Path, table) -> None:
+    weights = initial_weights(CONFIG)
+    edges = [0.0, 0.1, 0.3, 0.5, 1.0]
+    out = execute(plan(), train=table, test=table,
+                  request={"round": 1, "weights": weights, "edges": edges})  # fmt: skip
+    again = execute(plan(), train=table, test=table,
+                    request={"round": 1, "weights": weights})  # fmt: skip
+    assert np.shape(out["evaluation"]["counts"]) == (2, 4)
+    assert out["evaluation"]["edges"] == edges
+    # The repeat returns the recorded release, edges included, and spends nothing.
+    assert again["evaluation"]["edges"] == edges
+    assert again["epsilon_study"] == out["epsilon_study"]
+
+
+@pytest.mark.parametrize(
+    ("edges", "message"),
+    [([0.0, 0.6, 0.4, 1.0], "strictly increase"), ([0.0, 1.0], "2 to 32 bins")],
+)
+def test_bad_edges_are_refused_before_anything_is_spent(
+    hospital: Path, table, edges: list, message: str
+) -> None:
+    out = execute(
+        plan(),
+        train=table,
+        test=table,
+        request={"round": 1, "weights": initial_weights(CONFIG), "edges": edges},
+    )
+    assert out["refused"] == "RequestError" and message in out["error"]
+    assert current_hospital().ledger.spent("ehr") == 0.0
+
+
+def test_unknown_request_keys_are_refused(hospital: Path, table) -> None:
+    request = {"round": 1, "weights": initial_weights(CONFIG), "noise_multiplier": 0.0}
+    out = execute(plan(), train=table, test=table, request=request)
+    assert out["refused"] == "RequestError" and "DP parameters" in out["error"]

@@ -16,6 +16,7 @@ from datasites.ledger import Ledger
 from datasites.models import build_model, load_weights
 from datasites.operator import Operator
 from scientist import DPConfig, Federation, StudyConfig
+from scientist.bins import MockScorer
 from scientist.study import Study, StudyError, initial_weights
 from tests.conftest import REPO, Launch
 
@@ -93,6 +94,10 @@ def test_study_learns_and_stays_within_its_budget(
     assert {r for r, h in rounds.items() if "metrics" in h} == {0, 2, 4}
     assert all(rounds[r]["n"] > 0 and "loss" not in rounds[r] for r in (1, 3))
     assert all(np.isfinite(rounds[r]["loss"]) for r in (0, 2, 4))
+    # Each evaluation was binned at quantiles of that model's predictions on the mocks.
+    scorer = MockScorer(config, fed.mock("ehr", "test"))
+    assert rounds[4]["edges"] == scorer.edges(result.weights)
+    assert rounds[0]["edges"] == scorer.edges(initial_weights(config)) != rounds[4]["edges"]
     tests = [c.datasets["ehr"].assets["test"].data for c in admin_clients.values()]
     initial = build_model(config.model)
     load_weights(initial, initial_weights(config))
