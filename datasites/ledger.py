@@ -26,7 +26,7 @@ from datasites.accounting import DpEvent, StudyBudget, epsilon
 
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS studies (
     lr REAL NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL, max_grad_norm REAL NOT NULL,
     n INTEGER NOT NULL, sample_rate REAL NOT NULL, noise_multiplier REAL NOT NULL,
     eval_noise_multiplier REAL NOT NULL, steps_per_round INTEGER NOT NULL,
-    evaluations INTEGER NOT NULL, registered_at TEXT NOT NULL
+    evaluations INTEGER NOT NULL, registered_at TEXT NOT NULL,
+    plan_sha256 TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS studies_dataset ON studies (dataset);
 CREATE TABLE IF NOT EXISTS events (
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS events (
 _STUDY_COLUMNS = (
     "study_id, scientist, dataset, rounds, local_epochs, batch_size, lr, epsilon, delta, "
     "max_grad_norm, n, sample_rate, noise_multiplier, eval_noise_multiplier, steps_per_round, "
-    "evaluations"
+    "evaluations, plan_sha256"
 )
 _EVENT_QUERY = (
     "SELECT e.study_id, e.kind, e.round, e.noise_multiplier, e.sample_rate, e.steps "
@@ -94,11 +95,17 @@ class StudyRecord:
     eval_noise_multiplier: float
     steps_per_round: int
     evaluations: int
+    # SHA-256 of the whole approved plan: a reused study id is refused when any plan field
+    # differs, including those not stored here (model, label, evaluation schedule).
+    plan_sha256: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.type == "str" and not (isinstance(value, str) and value):
+            if field.name == "plan_sha256":
+                if not isinstance(value, str):
+                    raise ValueError(f"plan_sha256 must be a str, found {type(value).__name__}.")
+            elif field.type == "str" and not (isinstance(value, str) and value):
                 raise ValueError(f"{field.name} must be a non-empty str, found {value!r}.")
             if field.type == "int":
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -168,6 +175,7 @@ class Ledger:
             # One statement at a time: executescript() would commit the open transaction.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            _migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections -------------------------------------------------------------------
@@ -218,7 +226,7 @@ class Ledger:
             stored = _study(conn, record.study_id)
             if stored is not None:
                 if stored != record:
-                    changed = [f.name for f in fields(record)
+                    changed = [f.name.replace("plan_sha256", "plan") for f in fields(record)
                                if getattr(stored, f.name) != getattr(record, f.name)]  # fmt: skip
                     raise StudyConflict(
                         f"study {record.study_id} is already registered with different "
@@ -242,7 +250,7 @@ class Ledger:
                 )
             conn.execute(
                 f"INSERT INTO studies ({_STUDY_COLUMNS}, registered_at) "
-                f"VALUES ({', '.join('?' * 17)})",
+                f"VALUES ({', '.join('?' * 18)})",
                 (*astuple(record), _now()),
             )
         return record
@@ -377,6 +385,13 @@ class Ledger:
 
     def cap(self, dataset: str) -> float:
         return float(self._caps.get(dataset, self._default_cap))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Schema 1 ledgers (before plan digests) gain the column; their studies keep ''."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(studies)")}
+    if "plan_sha256" not in columns:
+        conn.execute("ALTER TABLE studies ADD COLUMN plan_sha256 TEXT NOT NULL DEFAULT ''")
 
 
 def _study(conn: sqlite3.Connection, study_id: str) -> StudyRecord | None:

@@ -7,6 +7,9 @@ so what the operator read at review time is exactly what runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -53,6 +56,8 @@ class Plan:
     eval_every: int = 5
     label: str = "readmitted_30"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    momentum: float = 0.0
+    """Heavy-ball momentum of the local SGD on the privatized gradient: post-processing."""
 
     @classmethod
     def from_dict(cls, plan: Any) -> Plan:
@@ -90,6 +95,8 @@ class Plan:
         _number(values, "epsilon", float, 1e-3, 100.0)
         _number(values, "delta", float, 1e-12, 0.1)
         _number(values, "max_grad_norm", float, 1e-4, 1e4)
+        if _number(values, "momentum", float, 0.0, 1.0) == 1.0:
+            raise PlanError("plan field momentum must be below 1, found 1.0.")
 
     @property
     def dataset(self) -> str:
@@ -101,7 +108,18 @@ class Plan:
         return sorted(due)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        # Plans from before local momentum existed keep their exact form (and digest).
+        if not out["momentum"]:
+            del out["momentum"]
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the plan's canonical JSON: equal exactly when every field is equal."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
-_DEFAULTS: dict[str, Any] = {"eval_every": 5, "label": "readmitted_30", "model_kwargs": {}}
+_DEFAULTS: dict[str, Any] = {
+    "eval_every": 5, "label": "readmitted_30", "model_kwargs": {}, "momentum": 0.0,
+}  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,25 @@ DEFAULT_POLICY = """\
 epsilon_cap = 10.0
 # The delta at which this hospital accounts; studies must use the same delta.
 delta = 1e-5
+
+[study]
+# What a study may ask for. `approve` refuses a plan outside these limits.
+allowed_models = ["ehr_logistic", "ehr_mlp", "pathmnist_cnn"]
+max_rounds = 50
+min_batch_size = 32
+# Most a single study may spend here (its approved epsilon).
+max_epsilon = 5.0
+
+[auto_approve]
+# `python -m datasites watch` (and launch.py --auto-approve) approves a request only when
+# all of these hold, and leaves every other request for a person.
+enabled = false
+# Scientists (emails) whose requests may be approved automatically; empty means nobody.
+scientists = []
+# Only the exact template the scientist library generates (never custom code).
+vetted_only = true
+# Most epsilon a study approved automatically may spend.
+max_epsilon = 1.0
 """
 
 
@@ -42,9 +62,96 @@ class BudgetPolicy:
             raise PolicyError(f"budget.delta must be in (0, 1), found {self.delta}.")
 
 
+def _strings(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{name} must be a list of strings, found {value!r}.")
+    return tuple(value)
+
+
+def _limit(name: str, value: Any, low: float, kind: type = float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+        raise PolicyError(f"{name} must be a number >= {low}, found {value!r}.")
+    if kind is int and not float(value).is_integer():
+        raise PolicyError(f"{name} must be an integer, found {value!r}.")
+
+
+@dataclass(frozen=True)
+class StudyPolicy:
+    """Limits on what any single study may ask for at this hospital."""
+
+    allowed_models: tuple[str, ...] = ("ehr_logistic", "ehr_mlp", "pathmnist_cnn")
+    max_rounds: int = 50
+    min_batch_size: int = 32
+    max_epsilon: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_models",
+                           _strings("study.allowed_models", self.allowed_models))  # fmt: skip
+        _limit("study.max_rounds", self.max_rounds, 1, int)
+        _limit("study.min_batch_size", self.min_batch_size, 1, int)
+        _limit("study.max_epsilon", self.max_epsilon, 0.0)
+
+    def violations(self, plan: Mapping[str, Any]) -> list[str]:
+        """What in `plan` this policy does not allow; one short sentence each."""
+        out = []
+        if plan.get("model") not in self.allowed_models:
+            out.append(f"model {plan.get('model')} is not in study.allowed_models "
+                       f"{list(self.allowed_models)}")  # fmt: skip
+        if _num(plan, "rounds") > self.max_rounds:
+            out.append(f"{plan.get('rounds')} rounds exceed study.max_rounds {self.max_rounds}")
+        if _num(plan, "batch_size", math.inf) < self.min_batch_size:
+            out.append(f"batch size {plan.get('batch_size')} is below study.min_batch_size "
+                       f"{self.min_batch_size}")  # fmt: skip
+        if _num(plan, "epsilon") > self.max_epsilon:
+            out.append(f"epsilon {plan.get('epsilon')} exceeds study.max_epsilon "
+                       f"{self.max_epsilon:g}")  # fmt: skip
+        return out
+
+
+@dataclass(frozen=True)
+class AutoApprovePolicy:
+    """Which requests `watch` may approve without a person."""
+
+    enabled: bool = False
+    scientists: tuple[str, ...] = ()
+    vetted_only: bool = True
+    max_epsilon: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "vetted_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"auto_approve.{name} must be true or false.")
+        object.__setattr__(self, "scientists",
+                           _strings("auto_approve.scientists", self.scientists))  # fmt: skip
+        _limit("auto_approve.max_epsilon", self.max_epsilon, 0.0)
+
+    def refusals(self, scientist: str, vetted: bool, epsilon: float) -> list[str]:
+        """Why a request may not be approved automatically; [] when it may."""
+        out = []
+        if not self.enabled:
+            out.append("auto_approve.enabled is false")
+        if scientist not in self.scientists:
+            out.append(f"{scientist or 'the requester'} is not in auto_approve.scientists")
+        if self.vetted_only and not vetted:
+            out.append("the code is custom and auto_approve.vetted_only is true")
+        if not epsilon <= self.max_epsilon:
+            out.append(f"epsilon {epsilon:g} exceeds auto_approve.max_epsilon "
+                       f"{self.max_epsilon:g}")  # fmt: skip
+        return out
+
+
+def _num(plan: Mapping[str, Any], key: str, missing: float = -math.inf) -> float:
+    value = plan.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return missing if value is None else math.inf
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Policy:
     budget: BudgetPolicy = BudgetPolicy()
+    study: StudyPolicy = StudyPolicy()
+    auto_approve: AutoApprovePolicy = AutoApprovePolicy()
 
     @classmethod
     def load(cls, root: Path) -> Policy:
@@ -56,7 +163,9 @@ class Policy:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise PolicyError(f"{path} is not valid TOML ({error}); fix or delete it.") from None
-        return cls(**_sections(raw, {"budget": BudgetPolicy}, path))
+        sections = {"budget": BudgetPolicy, "study": StudyPolicy,
+                    "auto_approve": AutoApprovePolicy}  # fmt: skip
+        return cls(**_sections(raw, sections, path))
 
     @staticmethod
     def write_default(root: Path) -> Path:
@@ -80,5 +189,8 @@ def _sections(raw: dict[str, Any], types: dict[str, type], path: Path) -> dict[s
         if extra:
             keys = ", ".join(f"{name}.{k}" for k in extra)
             raise PolicyError(f"{path} has unknown keys: {keys}; allowed: {sorted(allowed)}.")
-        out[name] = kind(**section)
+        try:
+            out[name] = kind(**section)
+        except PolicyError as error:
+            raise PolicyError(f"{path}: {error}") from None
     return out

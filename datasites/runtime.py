@@ -209,6 +209,7 @@ def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
         noise_multiplier=budget.train.noise_multiplier,
         eval_noise_multiplier=budget.evaluation.noise_multiplier,
         steps_per_round=budget.train.steps, evaluations=evaluations,
+        plan_sha256=plan.digest(),
     )  # fmt: skip
     return hospital.ledger.register_study(record)
 
@@ -218,7 +219,7 @@ def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
         "scientist": plan.scientist, "dataset": plan.dataset, "rounds": plan.rounds,
         "local_epochs": plan.local_epochs, "batch_size": min(plan.batch_size, n), "lr": plan.lr,
         "epsilon": plan.epsilon, "delta": plan.delta, "max_grad_norm": plan.max_grad_norm,
-        "n": n, "evaluations": len(plan.eval_rounds()),
+        "n": n, "evaluations": len(plan.eval_rounds()), "plan_sha256": plan.digest(),
     }  # fmt: skip
     return all(getattr(stored, k) == v for k, v in expected.items())
 
@@ -249,6 +250,7 @@ def _train(
         spec = TrainSpec(
             batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
             max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
+            momentum=plan.momentum,
         )  # fmt: skip
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)

@@ -189,6 +189,31 @@ def test_ledger_survives_reopening(tmp_path: Path) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_schema_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
+    """Ledgers written before plan digests keep their studies and spending."""
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite"
+    old = Ledger(path)
+    record = old.register_study(study("s-old"))
+    old.record("s-old", "train", 1, record.budget().train, b"w1")
+    spent = old.spent("ehr")
+    with sqlite3.connect(path) as conn:  # undo the migration: the schema-1 table
+        conn.execute("ALTER TABLE studies DROP COLUMN plan_sha256")
+
+    reopened = Ledger(path)
+
+    assert reopened.study("s-old") == record and reopened.spent("ehr") == spent
+    assert reopened.register_study(study("s-new", plan_sha256="ab" * 32)).plan_sha256 == "ab" * 32
+
+
+def test_the_plan_digest_is_part_of_the_study(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.register_study(study("s-1", plan_sha256="a" * 64))
+    with pytest.raises(StudyConflict, match="different plan;"):
+        ledger.register_study(study("s-1", plan_sha256="b" * 64))
+
+
 def _race(workers: int, job) -> list:
     barrier = threading.Barrier(workers)
     results: list = [None] * workers

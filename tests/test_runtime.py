@@ -90,6 +90,18 @@ def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table)
     assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
 
 
+@pytest.mark.parametrize("change", [{"eval_every": 1}, {"model": "ehr_mlp"}])
+def test_reused_study_id_with_another_plan_is_refused(hospital: Path, table, change) -> None:
+    """Fields the study record does not store (model, evaluation schedule) are covered by the
+    plan's digest: a second request under the same id cannot change them."""
+    weights = initial_weights(CONFIG)
+    assert "error" not in execute(plan(), train=table, test=table,
+                                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(plan(**change), train=table, test=table,
+                  request={"round": 2, "weights": weights})  # fmt: skip
+    assert out["refused"] == "StudyConflict" and "plan; submit the change" in out["error"]
+
+
 def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
     out = execute(plan(delta=1e-3), train=table, test=table,
                   request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
