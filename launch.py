@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -19,7 +20,7 @@ from datasites.process import DatasiteStartError
 from synthetic.errors import DataFormatError
 
 
-def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool]:
+def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
     p = argparse.ArgumentParser(prog="python launch.py", description=__doc__.splitlines()[0])
     p.add_argument("--hospitals", type=int, default=5, help="number of hospitals (default 5)")
     p.add_argument("--base-port", type=int, default=8081, help="first port (default 8081)")
@@ -31,13 +32,15 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool]:
     p.add_argument("--seed", type=int, default=0, help="seed for data and splits")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew for images")
     p.add_argument("--demo", action="store_true", help="run the scientist demo, then stop")
+    watch_help = "run a watcher per hospital approving what its policy.toml allows"
+    p.add_argument("--auto-approve", action="store_true", help=watch_help)
     a = p.parse_args(argv)
     settings = LaunchSettings(
         hospitals=a.hospitals, base_port=a.base_port, data_dir=a.data_dir, reset=a.reset,
         scale=a.scale, ehr_csv=a.ehr_csv, pathmnist_npz=a.pathmnist_npz, seed=a.seed,
         alpha=a.alpha,
     )  # fmt: skip
-    return settings, a.demo
+    return settings, a.demo, a.auto_approve
 
 
 def print_table(federation: LocalFederation) -> None:
@@ -74,6 +77,27 @@ def serve(federation: LocalFederation) -> int:
         time.sleep(0.5)
 
 
+def start_watchers(federation: LocalFederation, stop: threading.Event) -> list[threading.Thread]:
+    """One `datasites watch` loop per hospital, in this process, until `stop` is set."""
+    from datasites.operator import Operator
+    from datasites.report import watch
+
+    threads = []
+    for config in federation.configs:
+        op = Operator.open(federation.settings.data_dir, config.name, name="watch")
+
+        def run(op: Operator = op, name: str = config.name) -> None:
+            from datasites.watch import watch as loop
+
+            watch(op, name, interval=2.0, once=True)  # prints the policy hint once
+            loop(op, stop=stop, report=lambda d: print(d.line(name), flush=True))
+
+        thread = threading.Thread(target=run, name=f"watch-{config.name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
 def run_demo(federation: LocalFederation) -> None:
     """Play the scientist and, for each request, every hospital's operator."""
     from datasites.operator import Operator
@@ -95,8 +119,9 @@ def run_demo(federation: LocalFederation) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     federation = None
+    stop_watchers = threading.Event()
     try:
-        settings, demo = parse_args(argv)
+        settings, demo, auto_approve = parse_args(argv)
         federation = LocalFederation(settings)
         print(f"preparing {settings.hospitals} hospitals in {settings.data_dir} ...")
         federation.prepare()
@@ -107,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.data_dir / 'federation.json'}",
             flush=True,
         )
+        if auto_approve:
+            start_watchers(federation, stop_watchers)
         if demo:
             run_demo(federation)
             return 0
@@ -120,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        stop_watchers.set()
         if federation is not None and federation.processes:
             print("stopping datasites ...", flush=True)
             federation.stop()

@@ -1,8 +1,8 @@
 """The hospital's command line: `python -m datasites <command> --hospital H [--data-dir D]`.
 
 `serve` runs one datasite in the foreground (launch.py starts one per hospital);
-`requests`, `approve`, `deny` and `budget` are the operator's commands, the same as the
-`Operator` class offers in Python.
+`requests`, `show`, `approve`, `deny`, `budget`, `audit` and `watch` are the operator's
+commands, the same as the `Operator` class offers in Python.
 """
 
 from __future__ import annotations
@@ -30,14 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     command("serve", "run one hospital datasite on 127.0.0.1").add_argument(
         "--port", type=int, required=True
     )
-    command("requests", "list code requests with their plans")
-    command("approve", "approve a request").add_argument("id", help="request id (or prefix)")
+    command("requests", "list code requests with their verdicts and plans")
+    show = command("show", "everything about one request: verdict, plan, cost, code, diff")
+    show.add_argument("id", help="request id (or prefix)")
+    show.add_argument("--json", action="store_true")
+    approve = command("approve", "approve a request (refused for custom code, policy, cap)")
+    approve.add_argument("id", help="request id (or prefix)")
+    custom_help = "approve code that is not the vetted template (the override is recorded)"
+    approve.add_argument("--allow-custom-code", action="store_true", help=custom_help)
     deny = command("deny", "deny a request, with a reason the scientist sees")
     deny.add_argument("id", help="request id (or prefix)")
     deny.add_argument("--reason", required=True)
     command("budget", "epsilon cap, spent and remaining per dataset").add_argument(
         "--json", action="store_true"
     )
+    audit = command("audit", "print the audit log; --verify checks its hash chain")
+    audit.add_argument("--verify", action="store_true")
+    audit.add_argument("--json", action="store_true", help="entries as JSON lines")
+    watch = command("watch", "approve what policy.toml allows, leave the rest for a person")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    watch.add_argument("--once", action="store_true", help="decide pending requests, then exit")
     return parser
 
 
@@ -54,8 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _operate(args: argparse.Namespace) -> int:
+    from datasites import report
     from datasites.operator import Operator
 
+    if args.command == "audit":  # reads the hospital's files; the datasite may be down
+        return report.audit(args.data_dir / args.hospital, args.verify, args.json)
     op = Operator.open(args.data_dir, args.hospital)
     if args.command == "requests":
         views = op.requests()
@@ -63,18 +78,19 @@ def _operate(args: argparse.Namespace) -> int:
             print(f"{args.hospital}: no requests.")
         for v in views:
             print(f"{v.id[:12]}  {v.status:<8}  {v.scientist:<28}  {v.summary()}")
+    elif args.command == "show":
+        review = op.show(args.id)
+        print(json.dumps(review.to_dict(), indent=2) if args.json else report.review(review))
     elif args.command == "approve":
-        print(op.approve_line(args.id))
+        print(op.approve_line(args.id, allow_custom_code=args.allow_custom_code))
     elif args.command == "deny":
         v = op.deny(args.id, args.reason)
         print(f"{args.hospital} denied {v.id[:12]} from {v.scientist}: {args.reason}")
     elif args.command == "budget":
         budget = op.budget()
-        if args.json:
-            print(json.dumps(budget, indent=2))
-        for dataset, b in ({} if args.json else budget).items():
-            print(f"{dataset:<10} cap {b['cap']:.2f}  spent {b['spent']:.3f}  "
-                  f"remaining {b['remaining']:.3f}")  # fmt: skip
+        print(json.dumps(budget, indent=2) if args.json else report.budget(budget))
+    elif args.command == "watch":
+        return report.watch(op, args.hospital, args.interval, args.once)
     return 0
 
 

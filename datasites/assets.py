@@ -26,6 +26,7 @@ from synthetic.pathology import Stain, generate_pathmnist
 
 EHR_TEST_FRACTION = 0.2
 MOCK_ID_START = 900_000_000
+MOCK_MARK = "mock"  # key set to True in image mocks
 MOCK_EHR_ENCOUNTERS = {"train": 700, "test": 250}
 MOCK_IMAGES = {"train": 300, "test": 120}
 ASSETS = ("train", "test")
@@ -51,6 +52,18 @@ class AssetPair:
 
 def _rows(value: Any) -> int:
     return len(value["labels"]) if isinstance(value, dict) else len(value)
+
+
+def is_mock(asset: Any) -> bool:
+    """Whether `asset` is one of these mocks (EHR ids in the mock range, or the image
+    mock's mark). syft runs approved code a second time on the mocks, to give the twin
+    result a mock half; the runtime recognizes that run and spends nothing on it."""
+    if isinstance(asset, dict):
+        return asset.get(MOCK_MARK) is True
+    ids = getattr(asset, "get", lambda _: None)("encounter_id")
+    if ids is None or not len(ids):
+        return False
+    return bool(pd.to_numeric(ids, errors="coerce").ge(MOCK_ID_START).all())
 
 
 def mock_seed(hospital: str, dataset: str) -> int:
@@ -107,7 +120,7 @@ def pathmnist_assets(
             AssetPair(
                 name=name,
                 private={"images": images, "labels": labels},
-                mock={"images": mock_images, "labels": mock_labels},
+                mock={"images": mock_images, "labels": mock_labels, MOCK_MARK: True},
                 description=(
                     f"{name} split: 28x28 RGB H&E patches, uint8 (N, 28, 28, 3), labels "
                     "uint8 (N, 1) in 0-8 (PathMNIST classes)."

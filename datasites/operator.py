@@ -1,12 +1,17 @@
-"""A hospital operator's view of its datasite: requests, decisions, the privacy budget.
+"""A hospital operator's view of its datasite: requests, decisions, budget and audit.
 
 The command line (`python -m datasites ...`) and notebooks use this one class, so both show
-the same facts and make the same checks.
+the same facts and make the same checks. Every decision is checked before syft is told:
+custom code (anything but the scientist library's template, which would run unsandboxed in
+the datasite) needs an explicit, recorded override; a plan outside the site policy or whose
+projected epsilon would pass the cap is refused with the reason. Every decision and
+refusal is appended to the hospital's tamper-evident audit log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import io
 import json
 from dataclasses import dataclass
@@ -14,14 +19,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datasites.audit import AuditLog, Verification
 from datasites.config import HospitalConfig
 from datasites.identity import Identity
-from datasites.review import extract_plan
+from datasites.verify import Verdict, classify, code_diff
 
 if TYPE_CHECKING:
+    from datasites.plan import Plan
+    from datasites.projection import Projection
     from datasites.runtime import Hospital
 
 FEDERATION_FILE = "federation.json"
+PENDING = "pending"
 
 
 class OperatorError(RuntimeError):
@@ -30,7 +39,7 @@ class OperatorError(RuntimeError):
 
 @dataclass(frozen=True)
 class RequestView:
-    """One code request as the operator sees it."""
+    """One code request as the operator sees it, with the verifier's verdict."""
 
     id: str
     status: str
@@ -39,14 +48,35 @@ class RequestView:
     submitted: str
     plan: dict[str, Any] | None
     code: str
+    verdict: Verdict
 
     def summary(self) -> str:
         p = self.plan or {}
         if not p:
-            return f"{self.function}: not a study plan"
-        return (f"{p.get('model')} on {p.get('task')}, {p.get('rounds')} rounds x "
-                f"{p.get('local_epochs')} epochs, batch {p.get('batch_size')}, "
+            return f"{self.verdict.kind}: {self.function} carries no study plan"
+        return (f"{self.verdict.kind}: {p.get('model')} on {p.get('task')}, {p.get('rounds')} "
+                f"rounds x {p.get('local_epochs')} epochs, batch {p.get('batch_size')}, "
                 f"epsilon {p.get('epsilon')} at delta {p.get('delta')}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Review:
+    """Everything `show` prints: the request, its cost here, what blocks it, the diff."""
+
+    view: RequestView
+    projection: Projection | None
+    problems: tuple[str, ...]  # why approve would refuse (without an override)
+    diff: str  # against the same scientist's previously approved request; "" if none
+
+    def to_dict(self) -> dict[str, Any]:
+        v = self.view
+        return {
+            "id": v.id, "status": v.status, "scientist": v.scientist, "submitted": v.submitted,
+            "function": v.function, "verdict": v.verdict.kind, "reasons": list(v.verdict.reasons),
+            "plan": v.plan, "plan_error": v.verdict.plan_error,
+            "projection": self.projection.to_dict() if self.projection else None,
+            "problems": list(self.problems), "code": v.code, "diff": self.diff,
+        }  # fmt: skip
 
 
 def _url(data_dir: Path, hospital: str) -> str:
@@ -62,20 +92,23 @@ def _url(data_dir: Path, hospital: str) -> str:
 class Operator:
     """Log in as one hospital's operator and act on its requests."""
 
-    def __init__(self, root: Path, client: Any) -> None:
+    def __init__(self, root: Path, client: Any, name: str | None = None) -> None:
         self.root = root
         self.client = client
+        self.name = name or getpass.getuser()  # who decides, for the audit log
+        self.audit_log = AuditLog.open(root)
+        self._rows: dict[str, int] = {}
 
     @cached_property
     def hospital(self) -> Hospital:
         """The hospital's policy and ledger, loaded on first use (the ledger pulls in
-        Opacus, which listing or approving requests does not need)."""
+        Opacus, which listing requests does not need)."""
         from datasites.runtime import Hospital
 
         return Hospital.open(self.root)
 
     @classmethod
-    def open(cls, data_dir: str | Path, hospital: str) -> Operator:
+    def open(cls, data_dir: str | Path, hospital: str, *, name: str | None = None) -> Operator:
         data_dir = Path(data_dir).resolve()
         root = data_dir / hospital
         if not (root / "identity.json").exists():
@@ -93,7 +126,9 @@ class Operator:
             raise OperatorError(
                 f"{hospital} does not answer at {url}; start it with python launch.py."
             ) from None
-        return cls(root, client)
+        return cls(root, client, name)
+
+    # -- requests ----------------------------------------------------------------------
 
     def requests(self) -> list[RequestView]:
         return [_view(r) for r in self.client.requests]
@@ -101,23 +136,125 @@ class Operator:
     def request(self, request_id: str) -> Any:
         """The syft request whose id starts with `request_id` (unique prefix)."""
         matches = [r for r in self.client.requests if str(r.id).startswith(request_id)]
-        if len(matches) != 1:
-            found = "no" if not matches else "several"
+        if len(matches) != 1 or not request_id:
+            found = "several" if len(matches) > 1 else "no"
             raise OperatorError(f"{found} requests match id {request_id!r}; see the requests list.")
         return matches[0]
 
-    def show(self, request_id: str) -> RequestView:
-        return _view(self.request(request_id))
+    def show(self, request_id: str) -> Review:
+        """The full review of one request; recorded as shown in the audit log."""
+        review = self.review(self.request(request_id))
+        self.audit_log.append("request_shown", request=review.view.id, operator=self.name,
+                              verdict=review.view.verdict.kind)  # fmt: skip
+        return review
 
-    def approve(self, request_id: str) -> RequestView:
+    def review(self, request: Any) -> Review:
+        view = _view(request)
+        parsed = self._plan(view)
+        projection = None
+        if parsed is not None:
+            from datasites.projection import project
+
+            projection = project(self.hospital, parsed, self._training_rows(parsed))
+        problems = self._problems(view, parsed, projection)
+        return Review(view, projection, tuple(problems), self._diff(view))
+
+    def _plan(self, view: RequestView) -> Plan | None:
+        from datasites.plan import Plan, PlanError
+
+        if view.plan is None or view.verdict.plan_error:
+            return None
+        try:
+            return Plan.from_dict(view.plan)
+        except PlanError:
+            return None
+
+    def _problems(self, view: RequestView, plan: Plan | None,
+                  projection: Projection | None) -> list[str]:  # fmt: skip
+        """Why approving would be refused; custom code comes first (it needs an override)."""
+        problems = []
+        if not view.verdict.vetted:
+            problems.append("custom code: " + "; ".join(view.verdict.reasons))
+        if view.verdict.plan_error:
+            problems.append(f"invalid plan: {view.verdict.plan_error}")
+        if plan is not None:
+            problems += [f"policy: {p}" for p in self.hospital.policy.study.violations(view.plan)]
+            delta = self.hospital.policy.budget.delta
+            if plan.delta != delta:
+                problems.append(f"policy: delta {plan.delta:g} differs from this hospital's "
+                                f"{delta:g}")  # fmt: skip
+        if plan is not None:
+            problems += self._reused_id(view, plan)
+        if projection is not None and not projection.within_cap:
+            problems.append(
+                f"budget: {projection.dataset} would reach epsilon {projection.total_after:.3f}, "
+                f"above its cap {projection.cap:g}"
+            )
+        return problems
+
+    def _reused_id(self, view: RequestView, plan: Plan) -> list[str]:
+        """A second request under an approved study id, with another plan, is how a
+        scientist would change DP parameters after approval; the runtime refuses it too."""
+        stored = self.hospital.ledger.study(plan.study_id)
+        if stored is not None and stored.plan_sha256 not in ("", plan.digest()):
+            return [f"study id {plan.study_id} already ran here with a different plan"]
+        others = [r for r in self.requests() if r.id != view.id and r.status == "approved"
+                  and (r.plan or {}).get("study_id") == plan.study_id and r.code != view.code]
+        if others:
+            return [f"study id {plan.study_id} was approved before ({others[0].id[:12]}) "
+                    "with other code"]  # fmt: skip
+        return []
+
+    def _training_rows(self, plan: Plan) -> int:
+        """This hospital's training rows for the plan, as the runtime will count them."""
+        key = f"{plan.task}/{plan.label}"
+        if key not in self._rows:
+            from datasites.runtime import training_rows
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                train = self.client.datasets[plan.task].assets["train"].data
+            self._rows[key] = training_rows(plan, train)
+        return self._rows[key]
+
+    def _diff(self, view: RequestView) -> str:
+        earlier = [r for r in self.requests()
+                   if r.scientist == view.scientist and r.status == "approved" and r.id != view.id]
+        if not earlier:
+            return ""
+        latest = max(earlier, key=lambda r: r.submitted)
+        return code_diff(latest.code, view.code, f"approved {latest.id[:12]}", view.id[:12])
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def approve(self, request_id: str, *, allow_custom_code: bool = False,
+                by: str | None = None) -> RequestView:  # fmt: skip
+        """Approve if nothing blocks it; custom code only with `allow_custom_code`."""
         request = self.request(request_id)
+        review = self.review(request)
+        view = review.view
+        blocking = [p for p in review.problems
+                    if not (allow_custom_code and p.startswith("custom code"))]  # fmt: skip
+        if view.status != PENDING:
+            blocking.insert(0, f"the request is already {view.status}")
+        if blocking:
+            self.audit_log.append("refused", layer="operator", request=view.id,
+                                  operator=by or self.name, reason="; ".join(blocking))  # fmt: skip
+            hint = "" if view.verdict.vetted or allow_custom_code else (
+                " (pass --allow-custom-code only after reading every line)")
+            raise OperatorError(f"not approved: {'; '.join(blocking)}{hint}.")
         with contextlib.redirect_stdout(io.StringIO()):
             request.approve()
+        self.audit_log.append(
+            "approved", request=view.id, study=(view.plan or {}).get("study_id"),
+            scientist=view.scientist, operator=by or self.name, verdict=view.verdict.kind,
+            override=allow_custom_code and not view.verdict.vetted,
+            projected_epsilon=review.projection.study_epsilon if review.projection else None,
+        )  # fmt: skip
         return _view(request)
 
-    def approve_line(self, request_id: str) -> str:
-        """Approve and say what was approved and what it may cost here (the CLI's output)."""
-        view = self.approve(request_id)
+    def approve_line(self, request_id: str, *, allow_custom_code: bool = False) -> str:
+        """Approve and say what was approved and what it costs here (the CLI's output)."""
+        view = self.approve(request_id, allow_custom_code=allow_custom_code)
         dataset = (view.plan or {}).get("task", "")
         spent = self.hospital.ledger.spent(dataset) if dataset else 0.0
         cap = self.hospital.ledger.cap(dataset) if dataset else 0.0
@@ -126,30 +263,61 @@ class Operator:
             f"{view.summary()}; {dataset} spent so far {spent:.2f} of cap {cap:.1f}"
         )
 
-    def deny(self, request_id: str, reason: str) -> RequestView:
+    def deny(self, request_id: str, reason: str, *, by: str | None = None) -> RequestView:
         if not reason.strip():
             raise OperatorError("a denial needs a reason the scientist can act on; pass --reason.")
         request = self.request(request_id)
         with contextlib.redirect_stdout(io.StringIO()):
             request.deny(reason=reason)
-        return _view(request)
+        view = _view(request)
+        self.audit_log.append("denied", request=view.id, study=(view.plan or {}).get("study_id"),
+                              scientist=view.scientist, operator=by or self.name,
+                              reason=reason)  # fmt: skip
+        return view
 
-    def budget(self) -> dict[str, dict[str, float]]:
+    # -- budget and audit --------------------------------------------------------------
+
+    def budget(self) -> dict[str, dict[str, Any]]:
+        """Per dataset: cap, composed spent, remaining, and the studies and events behind."""
         ledger = self.hospital.ledger
-        return {d: {"cap": ledger.cap(d), "spent": ledger.spent(d),
-                    "remaining": ledger.cap(d) - ledger.spent(d)}
-                for d in ("ehr", "pathmnist")}  # fmt: skip
+        out = {}
+        for dataset in ("ehr", "pathmnist"):
+            spent = ledger.spent(dataset)
+            studies = [{"study_id": s.study_id, "scientist": s.scientist, "epsilon": s.epsilon,
+                        "rounds": s.rounds, "noise_multiplier": s.noise_multiplier,
+                        "spent": ledger.study_spent(s.study_id)}
+                       for s in ledger.studies(dataset)]  # fmt: skip
+            events = [{"study_id": sid, "kind": kind, "round": rnd,
+                       "noise_multiplier": e.noise_multiplier, "sample_rate": e.sample_rate,
+                       "steps": e.steps}
+                      for sid, kind, rnd, e in ledger.events(dataset=dataset)]  # fmt: skip
+            out[dataset] = {"cap": ledger.cap(dataset), "spent": spent,
+                            "remaining": ledger.cap(dataset) - spent,
+                            "studies": studies, "events": events}  # fmt: skip
+        return out
+
+    def audit(self, verify: bool = False) -> list[dict[str, Any]] | Verification:
+        """The audit log's entries, or with `verify` the check of its hash chain."""
+        return self.audit_log.verify() if verify else self.audit_log.entries()
 
 
 def _view(request: Any) -> RequestView:
     code = request.code
     source = getattr(code, "raw_code", "") or ""
+    function = str(getattr(code, "service_func_name", ""))
+    verdict = classify(source, function or None)
     return RequestView(
         id=str(request.id),
-        status=str(request.status.name).lower(),
+        status=_status(request),
         scientist=str(getattr(request, "requesting_user_email", "") or ""),
-        function=str(getattr(code, "service_func_name", "")),
+        function=function,
         submitted=str(getattr(request, "request_time", "")),
-        plan=extract_plan(source),
+        plan=verdict.plan,
         code=source,
+        verdict=verdict,
     )
+
+
+def _status(request: Any) -> str:
+    name = str(request.status.name).lower()
+    return {"rejected": "denied"}.get(name, name)

@@ -7,22 +7,40 @@ malicious request cannot run it.
 from __future__ import annotations
 
 import ast
-from typing import Any
+from typing import Any, TypeGuard
+
+# What parsing hostile text may raise besides SyntaxError: null bytes are a ValueError in
+# Python 3.11, and deeply nested input exhausts the parser's recursion.
+PARSE_ERRORS = (SyntaxError, ValueError, RecursionError)
 
 
 def extract_plan(source: str) -> dict[str, Any] | None:
     """The literal `plan = {...}` assigned in the request's function, or None."""
     try:
         tree = ast.parse(source)
-    except SyntaxError:
+    except PARSE_ERRORS:
         return None
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "plan" for t in node.targets
-        ):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) else None
+        if is_plan_assignment(node):
+            return literal_plan(node.value)
     return None
+
+
+def is_plan_assignment(node: ast.AST) -> TypeGuard[ast.Assign]:
+    """Whether `node` is an assignment whose targets include the name `plan`."""
+    return isinstance(node, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == "plan" for t in node.targets
+    )
+
+
+def literal_plan(node: ast.expr) -> dict[str, Any] | None:
+    """The dict that `node` spells as a pure literal, or None if it is anything else.
+
+    literal_eval raises TypeError, not ValueError, for a literal with an unhashable key
+    (`{[]: 1}`), so a request built to crash the operator's listing is read as no plan.
+    """
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None

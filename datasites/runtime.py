@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from datasites.accounting import calibrate_study
+from datasites.accounting import StudyBudget, calibrate_study
+from datasites.assets import is_mock
+from datasites.audit import AuditLog, weights_digest
 from datasites.config import HOSPITAL_ROOT_ENV
 from datasites.dp import TrainSpec, dp_train
 from datasites.encoding import N_CLASSES, encode_ehr, encode_images
@@ -65,19 +67,21 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Hospital:
-    """The datasite this process serves: its name, policy and ledger."""
+    """The datasite this process serves: its name, policy, ledger and audit log."""
 
     name: str
     root: Path
     policy: Policy
     ledger: Ledger
+    audit: AuditLog
 
     @classmethod
     def open(cls, root: Path) -> Hospital:
         policy = Policy.load(root)
         ledger = Ledger(root / LEDGER_FILE, cap=policy.budget.epsilon_cap,
                         delta=policy.budget.delta)  # fmt: skip
-        return cls(name=root.name, root=root, policy=policy, ledger=ledger)
+        audit = AuditLog.open(root)
+        return cls(name=root.name, root=root, policy=policy, ledger=ledger, audit=audit)
 
 
 @cache
@@ -96,6 +100,10 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
     1..rounds trains; round rounds + 1 only evaluates the final model.
     """
     hospital = current_hospital()
+    if is_mock(train) or is_mock(test):
+        # syft's second run of the approved code, on the mocks (the twin result's mock
+        # half): nothing private is involved, so nothing is trained, recorded or spent.
+        return {"hospital": hospital.name, "mock": True}
     started = time.perf_counter()
     try:
         parsed = Plan.from_dict(plan)
@@ -105,16 +113,30 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
         return out
     except (PlanError, RequestError, LedgerError) as error:
         log.warning("refused: %s", error)
+        hospital.audit.append("refused", **_call_fields(plan, request), reason=str(error),
+                              refusal=type(error).__name__)  # fmt: skip
         return {"hospital": hospital.name, "error": str(error), "refused": type(error).__name__}
     except Exception:
         incident = secrets.token_hex(4)
         log.exception("incident %s", incident)
+        hospital.audit.append("incident", **_call_fields(plan, request), incident=incident)
         return {
             "hospital": hospital.name,
             "error": f"{hospital.name} could not complete this call (incident {incident}); its "
             "operator can find the details in the datasite log.",
             "refused": "InternalError",
         }
+
+
+def _call_fields(plan: Any, request: Any) -> dict[str, Any]:
+    """Study id and round of a call, for the audit log; only if they are what they claim
+    (a refused call's arguments are the scientist's, possibly malformed)."""
+    study = plan.get("study_id") if isinstance(plan, dict) else None
+    round_ = request.get("round") if isinstance(request, dict) else None
+    return {
+        "study": study[:64] if isinstance(study, str) else None,
+        "round": round_ if isinstance(round_, int) and not isinstance(round_, bool) else None,
+    }
 
 
 def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any) -> dict:
@@ -185,6 +207,21 @@ def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
     return encode_images(asset["images"], asset["labels"])
 
 
+def study_budget(plan: Plan, n: int) -> StudyBudget:
+    """The events a study will spend at a hospital with n training rows: its noise is
+    calibrated so that training and evaluation together cost the plan's epsilon."""
+    return calibrate_study(
+        epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
+        local_epochs=plan.local_epochs, rounds=plan.rounds,
+        evaluations=len(plan.eval_rounds()), eval_share=EVAL_SHARE,
+    )  # fmt: skip
+
+
+def training_rows(plan: Plan, train: Any) -> int:
+    """How many rows of `train` this plan trains on (the n its noise is calibrated for)."""
+    return len(_encode(plan, train)[1])
+
+
 def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
     """Calibrate this study's noise from this hospital's own n once; reuse it after.
 
@@ -196,11 +233,7 @@ def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
     if stored is not None and _same_plan(stored, plan, n):
         return stored
     evaluations = len(plan.eval_rounds())
-    budget = calibrate_study(
-        epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
-        local_epochs=plan.local_epochs, rounds=plan.rounds, evaluations=evaluations,
-        eval_share=EVAL_SHARE,
-    )  # fmt: skip
+    budget = study_budget(plan, n)
     record = StudyRecord(
         study_id=plan.study_id, scientist=plan.scientist, dataset=plan.dataset,
         rounds=plan.rounds, local_epochs=plan.local_epochs, batch_size=min(plan.batch_size, n),
@@ -235,11 +268,32 @@ def _once(
     """
     ledger = hospital.ledger
     recorded = ledger.result(study_id, kind, round_)
-    if recorded is None:
-        ledger.check_round(study_id, kind, round_)
-        ledger.record(study_id, kind, round_, event, pickle.dumps(compute()))
-        recorded = ledger.result(study_id, kind, round_)
-    return pickle.loads(recorded)
+    if recorded is not None:
+        hospital.audit.append("repeat_served", study=study_id, kind=kind, round=round_,
+                              note="the recorded release was returned; nothing spent")  # fmt: skip
+        return pickle.loads(recorded)
+    ledger.check_round(study_id, kind, round_)
+    mine = pickle.dumps(compute())
+    ledger.record(study_id, kind, round_, event, mine)
+    recorded = ledger.result(study_id, kind, round_)
+    result = pickle.loads(recorded)
+    if recorded == mine:  # a concurrent identical call may have recorded first
+        _audit_release(hospital, study_id, kind, round_, result)
+    return result
+
+
+def _audit_release(
+    hospital: Hospital, study_id: str, kind: str, round_: int, result: dict[str, Any]
+) -> None:
+    """What left the hospital: sample count and weights digest, or the evaluation's noise."""
+    spent = {"epsilon_study": hospital.ledger.study_spent(study_id)}
+    if kind == "train":
+        digest = weights_digest(result["weights"])
+        hospital.audit.append("round_executed", study=study_id, round=round_, n=result["n"],
+                              weights_sha256=digest, **spent)  # fmt: skip
+    else:
+        hospital.audit.append("evaluation_released", study=study_id, after_round=round_,
+                              noise_std=result["noise_std"], **spent)  # fmt: skip
 
 
 def _train(

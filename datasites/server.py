@@ -13,8 +13,10 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from datasites.audit import AuditLog
 from datasites.config import HOSPITAL_ROOT_ENV, HospitalConfig
 from datasites.identity import Identity
+from datasites.server_audit import audit_api_calls, audit_auth_routes
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -67,8 +69,9 @@ def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
     )
 
 
-def build_app(worker: Datasite) -> FastAPI:
-    """The HTTP API a syft client talks to, without syft's allow-all CORS policy."""
+def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
+    """The HTTP API a syft client talks to, without syft's allow-all CORS policy; with an
+    audit log, refused calls, logins and registrations and new requests are recorded."""
     from fastapi import APIRouter, FastAPI
     from syft.server.routes import make_routes
     from syft.server.uvicorn import get_lifetime
@@ -77,6 +80,9 @@ def build_app(worker: Datasite) -> FastAPI:
     router = APIRouter()
     router.include_router(make_routes(worker=worker))
     app.include_router(router, prefix=API_PREFIX)
+    if audit is not None:
+        audit_api_calls(worker, audit)
+        audit_auth_routes(app, worker, audit, API_PREFIX)
     return app
 
 
@@ -93,7 +99,7 @@ def serve(config: HospitalConfig) -> None:
     logging.getLogger("datasites").setLevel(logging.INFO)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     uvicorn.run(
-        build_app(worker),
+        build_app(worker, AuditLog.open(config.root)),
         host=config.host,
         port=config.port,
         log_level="warning",

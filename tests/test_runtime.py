@@ -167,3 +167,18 @@ def test_unknown_request_keys_are_refused(hospital: Path, table) -> None:
     request = {"round": 1, "weights": initial_weights(CONFIG), "noise_multiplier": 0.0}
     out = execute(plan(), train=table, test=table, request=request)
     assert out["refused"] == "RequestError" and "DP parameters" in out["error"]
+
+
+def test_syft_mock_run_spends_nothing(hospital: Path, table) -> None:
+    """syft runs approved code again on the mocks; the runtime must neither train nor
+    charge that run (the mock EHR rows carry ids in the mock range)."""
+    from datasites.assets import MOCK_ID_START, is_mock
+
+    mock = table.assign(encounter_id=table["encounter_id"] + MOCK_ID_START)
+    out = execute(plan(), train=mock, test=mock,
+                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    assert out == {"hospital": "hospital-z", "mock": True}
+    assert current_hospital().ledger.spent("ehr") == 0.0
+    assert current_hospital().ledger.study(plan()["study_id"]) is None
+    assert not is_mock(table) and is_mock({"images": [], "labels": [], "mock": True})
+    assert not is_mock({"images": [], "labels": []})

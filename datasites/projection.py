@@ -1,0 +1,82 @@
+"""What a study would cost this hospital, computed before anyone approves it.
+
+The scientist states a target epsilon; what the hospital loses is decided here: the noise is
+calibrated from this hospital's own training rows, and the dataset's total is the RDP
+composition of everything already spent with every event the study plans. An operator sees
+these figures in `show`, and `approve` refuses a study whose projected total passes the cap,
+so a study that the runtime would have to stop half-way is never approved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from datasites.accounting import epsilon
+
+if TYPE_CHECKING:
+    from datasites.plan import Plan
+    from datasites.runtime import Hospital
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A study's cost at one hospital and the dataset's budget around it."""
+
+    dataset: str
+    n: int  # training rows the noise is calibrated for
+    noise_multiplier: float  # DP-SGD noise the hospital would use
+    study_epsilon: float  # what the study costs here, training and evaluation
+    spent: float  # the dataset's composed epsilon so far, all studies
+    total_after: float  # spent composed with every event the study still plans
+    cap: float
+
+    @property
+    def remaining_after(self) -> float:
+        return self.cap - self.total_after
+
+    @property
+    def within_cap(self) -> bool:
+        return self.total_after <= self.cap
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "remaining_after": self.remaining_after}
+
+    def lines(self) -> list[str]:
+        return [
+            f"projected cost here: epsilon {self.study_epsilon:.3f} (noise multiplier "
+            f"{self.noise_multiplier:.3f} for this hospital's {self.n} training rows)",
+            f"{self.dataset} spent so far: {self.spent:.3f} of cap {self.cap:g}",
+            f"after this study: {self.total_after:.3f}, remaining {self.remaining_after:.3f}"
+            + ("" if self.within_cap else "  ABOVE THE CAP"),
+        ]
+
+
+def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
+    """The projection for `plan` at `hospital` with `n` training rows.
+
+    A study already running here counts only the events it has not spent yet.
+    """
+    from datasites.runtime import study_budget
+
+    ledger = hospital.ledger
+    budget = study_budget(plan, n)
+    planned = budget.planned_events()
+    recorded = ledger.events(study_id=plan.study_id)
+    if recorded:
+        done = {"train": 0, "eval": 0}
+        for _, kind, _, _ in recorded:
+            done[kind] += 1
+        planned = [budget.train] * max(0, budget.rounds - done["train"]) + [
+            budget.evaluation
+        ] * max(0, budget.evaluations - done["eval"])
+    spent_events = [event for *_, event in ledger.events(dataset=plan.dataset)]
+    return Projection(
+        dataset=plan.dataset,
+        n=n,
+        noise_multiplier=budget.train.noise_multiplier,
+        study_epsilon=budget.total_epsilon(ledger.delta),
+        spent=epsilon(spent_events, ledger.delta),
+        total_after=epsilon(spent_events + planned, ledger.delta),
+        cap=ledger.cap(plan.dataset),
+    )
