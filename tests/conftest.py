@@ -21,6 +21,13 @@ SESSION_HOSPITALS = 3
 # Many studies share the session's datasites; a roomy cap keeps them from exhausting each
 # other's budget (tests of the cap itself ask for more than this).
 SESSION_CAP = 40.0
+SESSION_POLICY = f"""
+[budget]
+epsilon_cap = {SESSION_CAP}
+
+[study]
+max_epsilon = 100.0
+"""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -102,7 +109,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
     data_dir = tmp_path_factory.mktemp("federation") / "datasites"
     for name in ("hospital-a", "hospital-b", "hospital-c")[:SESSION_HOSPITALS]:
         (data_dir / name).mkdir(parents=True)
-        (data_dir / name / "policy.toml").write_text(f"[budget]\nepsilon_cap = {SESSION_CAP}\n")
+        (data_dir / name / "policy.toml").write_text(SESSION_POLICY)
     launch = start_launch(
         "--hospitals", str(SESSION_HOSPITALS), "--base-port", str(SESSION_BASE_PORT),
         "--seed", "7",
