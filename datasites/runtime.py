@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from datasites.evaluation import (
 from datasites.ledger import Ledger, LedgerError, StudyRecord
 from datasites.models import build_model, load_weights
 from datasites.plan import Plan, PlanError
-from datasites.policy import Policy
+from datasites.policy import POLICY_FILE, Policy
 
 LEDGER_FILE = "ledger.sqlite"
 REQUEST_KEYS = frozenset({"round", "weights"})
@@ -63,6 +63,11 @@ log = logging.getLogger("datasites.runtime")
 
 class RequestError(ValueError):
     """The call's arguments are wrong; the message carries no private value."""
+
+
+class PolicyRefusal(RequestError):
+    """The study is outside the hospital's site policy (which may have changed since the
+    approval): the runtime enforces it on every call, not only `approve`."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +89,23 @@ class Hospital:
         return cls(name=root.name, root=root, policy=policy, ledger=ledger, audit=audit)
 
 
-@cache
 def current_hospital() -> Hospital:
+    """The hospital this datasite serves, reopened when its operator edits policy.toml (a
+    lowered cap or a tightened study limit applies from the next call, no restart)."""
     root = os.environ.get(HOSPITAL_ROOT_ENV)
     if not root:
         raise RuntimeError(f"{HOSPITAL_ROOT_ENV} is not set: the runtime runs inside a datasite.")
+    policy = Path(root) / POLICY_FILE
+    stamp = policy.stat().st_mtime_ns if policy.exists() else 0
+    return _hospital(root, stamp)
+
+
+@lru_cache(maxsize=2)
+def _hospital(root: str, policy_stamp: int) -> Hospital:
     return Hospital.open(Path(root))
+
+
+current_hospital.cache_clear = _hospital.cache_clear  # type: ignore[attr-defined]
 
 
 def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]:
@@ -146,6 +162,10 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
             f"{hospital.name} accounts at delta {hospital.policy.budget.delta:g}; set the "
             "study's delta to that value."
         )
+    violations = hospital.policy.study.violations(plan.to_dict())
+    if violations:
+        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study: "
+                            f"{'; '.join(violations)}.")  # fmt: skip
     features, labels = _encode(plan, train)
     record = _register(hospital, plan, n=len(labels))
     out: dict[str, Any] = {"hospital": hospital.name, "round": round_}

@@ -85,7 +85,7 @@ def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table)
     weights = initial_weights(CONFIG)
     assert "error" not in execute(plan(), train=table, test=table,
                                   request={"round": 1, "weights": weights})  # fmt: skip
-    out = execute(plan(epsilon=8.0), train=table, test=table,
+    out = execute(plan(epsilon=3.0), train=table, test=table,
                   request={"round": 2, "weights": weights})  # fmt: skip
     assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
 
@@ -182,3 +182,18 @@ def test_syft_mock_run_spends_nothing(hospital: Path, table) -> None:
     assert current_hospital().ledger.study(plan()["study_id"]) is None
     assert not is_mock(table) and is_mock({"images": [], "labels": [], "mock": True})
     assert not is_mock({"images": [], "labels": []})
+
+
+def test_the_site_policy_is_enforced_at_every_call(hospital: Path, table) -> None:
+    """An approval outside the policy (or a policy tightened since) still runs nothing;
+    edits to policy.toml apply from the next call."""
+    weights = initial_weights(CONFIG)
+    (hospital / "policy.toml").write_text("[study]\nmax_rounds = 1\n")
+    out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
+    assert out["refused"] == "PolicyRefusal"
+    assert "2 rounds exceed study.max_rounds 1" in out["error"]
+    assert current_hospital().ledger.spent("ehr") == 0.0
+
+    (hospital / "policy.toml").write_text("[study]\nmax_rounds = 2\n")
+    out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
+    assert "error" not in out and out["train"]["n"] > 0
