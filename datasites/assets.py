@@ -49,6 +49,16 @@ class AssetPair:
     def mock_rows(self) -> int:
         return _rows(self.mock)
 
+    @property
+    def usable_rows(self) -> int:
+        """Rows a study trains or evaluates on (EHR drops death and hospice discharges):
+        the n each study's noise is calibrated for, recorded so `show` need not fetch it."""
+        if isinstance(self.private, dict):
+            return _rows(self.private)
+        from datasites.encoding import usable_rows
+
+        return int(usable_rows(self.private).sum())
+
 
 def _rows(value: Any) -> int:
     return len(value["labels"]) if isinstance(value, dict) else len(value)

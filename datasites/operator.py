@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from datasites.runtime import Hospital
 
 FEDERATION_FILE = "federation.json"
+MANIFEST_FILE = "manifest.json"
 PENDING = "pending"
 
 
@@ -98,6 +99,7 @@ class Operator:
         self.name = name or getpass.getuser()  # who decides, for the audit log
         self.audit_log = AuditLog.open(root)
         self._rows: dict[str, int] = {}
+        self._codes: dict[str, tuple[str, str, Verdict]] = {}
 
     @cached_property
     def hospital(self) -> Hospital:
@@ -131,7 +133,7 @@ class Operator:
     # -- requests ----------------------------------------------------------------------
 
     def requests(self) -> list[RequestView]:
-        return [_view(r) for r in self.client.requests]
+        return [self._view(r) for r in self.client.requests]
 
     def request(self, request_id: str) -> Any:
         """The syft request whose id starts with `request_id` (unique prefix)."""
@@ -149,7 +151,7 @@ class Operator:
         return review
 
     def review(self, request: Any) -> Review:
-        view = _view(request)
+        view = self._view(request)
         parsed = self._plan(view)
         projection = None
         if parsed is not None:
@@ -198,16 +200,28 @@ class Operator:
         stored = self.hospital.ledger.study(plan.study_id)
         if stored is not None and stored.plan_sha256 not in ("", plan.digest()):
             return [f"study id {plan.study_id} already ran here with a different plan"]
-        others = [r for r in self.requests() if r.id != view.id and r.status == "approved"
-                  and (r.plan or {}).get("study_id") == plan.study_id and r.code != view.code]
+        others = [
+            r
+            for r in self.requests()
+            if r.id != view.id
+            and r.status == "approved"
+            and (r.plan or {}).get("study_id") == plan.study_id
+            and r.code != view.code
+        ]
         if others:
             return [f"study id {plan.study_id} was approved before ({others[0].id[:12]}) "
                     "with other code"]  # fmt: skip
         return []
 
     def _training_rows(self, plan: Plan) -> int:
-        """This hospital's training rows for the plan, as the runtime will count them."""
+        """This hospital's training rows for the plan, as the runtime will count them: from
+        the upload manifest, or (older manifests) by fetching the private asset."""
         key = f"{plan.task}/{plan.label}"
+        manifest = self.root / MANIFEST_FILE
+        if key not in self._rows and manifest.exists():
+            counts = json.loads(manifest.read_text()).get(plan.task, {}).get("train", {})
+            if "usable_rows" in counts:
+                self._rows[key] = int(counts["usable_rows"])
         if key not in self._rows:
             from datasites.runtime import training_rows
 
@@ -217,18 +231,42 @@ class Operator:
         return self._rows[key]
 
     def _diff(self, view: RequestView) -> str:
-        earlier = [r for r in self.requests()
-                   if r.scientist == view.scientist and r.status == "approved" and r.id != view.id]
+        earlier = [
+            r
+            for r in self.requests()
+            if r.scientist == view.scientist and r.status == "approved" and r.id != view.id
+        ]
         if not earlier:
             return ""
         latest = max(earlier, key=lambda r: r.submitted)
         return code_diff(latest.code, view.code, f"approved {latest.id[:12]}", view.id[:12])
+
+    def _view(self, request: Any) -> RequestView:
+        """The request as the operator sees it; its code is fetched and verified once per
+        operator session (a request's code never changes, its status does)."""
+        request_id = str(request.id)
+        if request_id not in self._codes:
+            self._codes[request_id] = _code(request)
+        source, function, verdict = self._codes[request_id]
+        return RequestView(
+            id=request_id,
+            status=_status(request),
+            scientist=str(getattr(request, "requesting_user_email", "") or ""),
+            function=function,
+            submitted=str(getattr(request, "request_time", "")),
+            plan=verdict.plan,
+            code=source,
+            verdict=verdict,
+        )
 
     # -- decisions ---------------------------------------------------------------------
 
     def approve(self, request_id: str, *, allow_custom_code: bool = False,
                 by: str | None = None) -> RequestView:  # fmt: skip
         """Approve if nothing blocks it; custom code only with `allow_custom_code`."""
+        return self._approve(request_id, allow_custom_code, by).view
+
+    def _approve(self, request_id: str, allow_custom_code: bool, by: str | None) -> Review:
         request = self.request(request_id)
         review = self.review(request)
         view = review.view
@@ -239,8 +277,11 @@ class Operator:
         if blocking:
             self.audit_log.append("refused", layer="operator", request=view.id,
                                   operator=by or self.name, reason="; ".join(blocking))  # fmt: skip
-            hint = "" if view.verdict.vetted or allow_custom_code else (
-                " (pass --allow-custom-code only after reading every line)")
+            hint = (
+                ""
+                if view.verdict.vetted or allow_custom_code
+                else (" (pass --allow-custom-code only after reading every line)")
+            )
             raise OperatorError(f"not approved: {'; '.join(blocking)}{hint}.")
         with contextlib.redirect_stdout(io.StringIO()):
             request.approve()
@@ -250,17 +291,17 @@ class Operator:
             override=allow_custom_code and not view.verdict.vetted,
             projected_epsilon=review.projection.study_epsilon if review.projection else None,
         )  # fmt: skip
-        return _view(request)
+        return Review(self._view(request), review.projection, review.problems, review.diff)
 
     def approve_line(self, request_id: str, *, allow_custom_code: bool = False) -> str:
         """Approve and say what was approved and what it costs here (the CLI's output)."""
-        view = self.approve(request_id, allow_custom_code=allow_custom_code)
-        dataset = (view.plan or {}).get("task", "")
-        spent = self.hospital.ledger.spent(dataset) if dataset else 0.0
-        cap = self.hospital.ledger.cap(dataset) if dataset else 0.0
-        return (
-            f"{self.hospital.name} approved {view.id[:12]} from {view.scientist}: "
-            f"{view.summary()}; {dataset} spent so far {spent:.2f} of cap {cap:.1f}"
+        review = self._approve(request_id, allow_custom_code, None)
+        view, p = review.view, review.projection
+        cost = "" if p is None else (
+            f"; costs epsilon {p.study_epsilon:.3f} here ({p.n} rows), {p.dataset} "
+            f"{p.spent:.2f} -> {p.total_after:.2f} of cap {p.cap:g}")  # fmt: skip
+        return f"{self.hospital.name} approved {view.id[:12]} from {view.scientist}: " + (
+            f"{view.summary()}{cost}"
         )
 
     def deny(self, request_id: str, reason: str, *, by: str | None = None) -> RequestView:
@@ -269,7 +310,7 @@ class Operator:
         request = self.request(request_id)
         with contextlib.redirect_stdout(io.StringIO()):
             request.deny(reason=reason)
-        view = _view(request)
+        view = self._view(request)
         self.audit_log.append("denied", request=view.id, study=(view.plan or {}).get("study_id"),
                               scientist=view.scientist, operator=by or self.name,
                               reason=reason)  # fmt: skip
@@ -301,21 +342,12 @@ class Operator:
         return self.audit_log.verify() if verify else self.audit_log.entries()
 
 
-def _view(request: Any) -> RequestView:
+def _code(request: Any) -> tuple[str, str, Verdict]:
+    """(source, function name, verdict) of a request's code: one server round trip."""
     code = request.code
     source = getattr(code, "raw_code", "") or ""
     function = str(getattr(code, "service_func_name", ""))
-    verdict = classify(source, function or None)
-    return RequestView(
-        id=str(request.id),
-        status=_status(request),
-        scientist=str(getattr(request, "requesting_user_email", "") or ""),
-        function=function,
-        submitted=str(getattr(request, "request_time", "")),
-        plan=verdict.plan,
-        code=source,
-        verdict=verdict,
-    )
+    return source, function, classify(source, function or None)
 
 
 def _status(request: Any) -> str:

@@ -74,7 +74,8 @@ def upload(admin: Any, dataset: str, pairs: list[AssetPair]) -> None:
 
 
 def _counts(pairs: list[AssetPair]) -> dict[str, dict[str, int]]:
-    return {p.name: {"rows": p.rows, "mock_rows": p.mock_rows} for p in pairs}
+    return {p.name: {"rows": p.rows, "mock_rows": p.mock_rows, "usable_rows": p.usable_rows}
+            for p in pairs}  # fmt: skip
 
 
 def provision(config: HospitalConfig, identity: Identity, seed: int) -> dict[str, Any]:

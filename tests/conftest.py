@@ -138,3 +138,32 @@ def admin_clients(federation: Launch) -> dict[str, Any]:
         h["name"]: login(h["url"], h["admin"]["email"], h["admin"]["password"])
         for h in federation.credentials()["hospitals"]
     }
+
+
+@pytest.fixture(scope="module")
+def fed(federation: Launch, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The data scientist's federation over the session's hospitals (own workdir per module)."""
+    from scientist import Federation
+
+    return Federation.connect(federation.data_dir, workdir=tmp_path_factory.mktemp("studies"))
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The addresses a TCP server listens on at `port`."""
+    import psutil
+
+    return [c.laddr.ip for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port]  # fmt: skip
+
+
+def outside_address() -> str | None:
+    """One of this machine's non-loopback IPv4 addresses, if it has any."""
+    import socket
+
+    import psutil
+
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return None

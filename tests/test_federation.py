@@ -10,13 +10,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 from syft.types.errors import SyftException
 
 from scientist import Federation, FederationError
 from synthetic.ehr import EHR_COLUMNS, IDENTIFIER_COLUMNS, load_ehr_csv
-from tests.conftest import SESSION_BASE_PORT, SESSION_HOSPITALS, Launch, login
+from tests.conftest import (
+    SESSION_BASE_PORT,
+    SESSION_HOSPITALS,
+    Launch,
+    listening_addresses,
+    login,
+    outside_address,
+)
 
 NAMES = [f"hospital-{c}" for c in "abc"][:SESSION_HOSPITALS]
 
@@ -156,27 +162,11 @@ def test_hospitals_hold_different_data(hosted: dict) -> None:
     assert max(np.abs(shares[0] - s).max() for s in shares[1:]) > 0.05
 
 
-def _listening(port: int) -> list[str]:
-    return [
-        c.laddr.ip
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-    ]
-
-
-def _outside_address() -> str | None:
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family == socket.AF_INET and not a.address.startswith("127."):
-                return a.address
-    return None
-
-
 def test_datasites_listen_on_loopback_only(federation: Launch) -> None:
-    outside = _outside_address()
+    outside = outside_address()
     for i in range(SESSION_HOSPITALS):
         port = SESSION_BASE_PORT + i
-        assert _listening(port) == ["127.0.0.1"]
+        assert listening_addresses(port) == ["127.0.0.1"]
         if outside:
             with socket.socket() as s, pytest.raises(OSError):
                 s.settimeout(2)

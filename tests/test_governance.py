@@ -24,11 +24,6 @@ STUDY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
 
 
 @pytest.fixture(scope="module")
-def fed(federation: Launch, tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return Federation.connect(federation.data_dir, workdir=tmp_path_factory.mktemp("gov"))
-
-
-@pytest.fixture(scope="module")
 def op(federation: Launch) -> Operator:
     return Operator.open(federation.data_dir, "hospital-c", name="test-operator")
 
@@ -89,9 +84,7 @@ def test_approve_refuses_a_plan_outside_the_site_policy(
     assert any(e["event"] == "refused" and "min_batch_size" in e["reason"] for e in entries)
 
 
-def test_show_diffs_against_the_scientists_previous_approval(
-    fed: Federation, op: Operator
-) -> None:
+def test_show_diffs_against_the_scientists_previous_approval(fed: Federation, op: Operator) -> None:
     first = fed.submit(StudyConfig(**STUDY), hospitals=["hospital-c"])
     op.approve(first.requests["hospital-c"])
     second = fed.submit(StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}),
@@ -138,7 +131,9 @@ def test_audit_records_the_digest_of_the_weights_that_left(
     federation: Launch, fed: Federation, op: Operator
 ) -> None:
     study = fed.submit(StudyConfig(**STUDY), hospitals=["hospital-c"])
-    op.approve(study.requests["hospital-c"])
+    approved = cli(federation, "approve", study.requests["hospital-c"][:12])
+    assert approved.returncode == 0, approved.stderr
+    assert "hospital-c approved" in approved.stdout and "costs epsilon " in approved.stdout
     client = fed.client("hospital-c")
     assets = client.datasets["ehr"].assets
     start = audit_length(federation)
@@ -202,7 +197,9 @@ def test_watch_approves_only_what_the_policy_allows(
     decisions = [e for e in entries_after(federation, "hospital-c", start)
                  if e["event"] == "policy_decision"]  # fmt: skip
     assert {(e["request"], e["approved"]) for e in decisions} >= {
-        (small.requests["hospital-c"], True), (large.requests["hospital-c"], False)}
+        (small.requests["hospital-c"], True),
+        (large.requests["hospital-c"], False),
+    }
     assert small.requests["hospital-c"][:12] not in second.stdout  # decided once
 
 

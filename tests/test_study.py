@@ -25,11 +25,6 @@ SMALL_EHR = dict(task="ehr", model="ehr_mlp", rounds=3, batch_size=128, lr=0.5,
 
 
 @pytest.fixture(scope="module")
-def fed(federation: Launch, tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    return Federation.connect(federation.data_dir, workdir=tmp_path_factory.mktemp("studies"))
-
-
-@pytest.fixture(scope="module")
 def operators(federation: Launch) -> dict[str, Operator]:
     names = [h["name"] for h in federation.credentials()["hospitals"]]
     return {name: Operator.open(federation.data_dir, name) for name in names}

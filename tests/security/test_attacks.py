@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from datasites.ledger import Ledger
@@ -27,7 +26,7 @@ from datasites.operator import Operator, OperatorError
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import Study, StudyError, initial_weights
 from scientist.submit import _request
-from tests.conftest import REPO, Launch, login
+from tests.conftest import REPO, Launch, listening_addresses, login, outside_address
 from tests.security.conftest import GUARDED_BASE_PORT, GUARDED_CAP, HOSPITALS
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
@@ -238,8 +237,9 @@ def request_custom(client: Any, function: Callable[..., Any]) -> str:
     policy = sy.MixedInputPolicy(train=assets["train"], test=assets["test"], weights=dict,
                                  client=client)  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
-        code = sy.syft_function(input_policy=policy,
-                                output_policy=OutputPolicyExecuteCount(limit=1))(function)
+        code = sy.syft_function(
+            input_policy=policy, output_policy=OutputPolicyExecuteCount(limit=1)
+        )(function)
         return str(client.code.request_code_execution(code).id)  # fmt: skip
 
 
@@ -373,20 +373,10 @@ def test_11_audit_tampering_is_caught(
 # 12 -----------------------------------------------------------------------------------------
 
 
-def outside_address() -> str | None:
-    for addresses in psutil.net_if_addrs().values():
-        for a in addresses:
-            if a.family == socket.AF_INET and not a.address.startswith("127."):
-                return a.address
-    return None
-
-
 def test_12_datasites_cannot_be_reached_off_loopback() -> None:
     for i in range(len(HOSPITALS)):
         port = GUARDED_BASE_PORT + i
-        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}  # fmt: skip
-        assert listening == {"127.0.0.1"}
+        assert listening_addresses(port) == ["127.0.0.1"]
         address = outside_address()
         if address is None:
             pytest.skip("this machine has no non-loopback IPv4 address to try")
