@@ -1,8 +1,9 @@
 """A study's progress on the scientist's disk, so a crash costs nothing but a restart.
 
-After every round the global weights, the history and the next round are written to one
-file, atomically (temporary file, then rename): either the previous checkpoint or the new
-one exists, never half of one. `Federation.resume(study_id)` reads it back.
+After every round the global weights, the server's FedAvgM momentum buffer (if any), the
+history and the next round are written to one file, atomically (temporary file, then
+rename): either the previous checkpoint or the new one exists, never half of one.
+`Federation.resume(study_id)` reads it back.
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 @dataclass
 class Checkpoint:
-    """Where a study stands: the next call's round, the global weights, the history."""
+    """Where a study stands: the next call's round, the global weights, the history, and
+    the FedAvgM momentum buffer (empty without server momentum)."""
 
     next_round: int
     weights: dict[str, np.ndarray]
     history: list[dict[str, Any]] = field(default_factory=list)
+    momentum: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         meta = json.dumps({"next_round": self.next_round, "history": self.history})
         arrays = {f"w/{k}": v for k, v in self.weights.items()}
+        arrays.update({f"m/{k}": v for k, v in self.momentum.items()})
         _atomic_write(
             folder / CHECKPOINT_FILE, lambda f: np.savez(f, __meta__=np.array(meta), **arrays)
         )
@@ -55,7 +59,9 @@ class Checkpoint:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["__meta__"]))
             weights = {k[2:]: data[k] for k in data.files if k.startswith("w/")}
-        return cls(next_round=meta["next_round"], weights=weights, history=meta["history"])
+            momentum = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
+        return cls(next_round=meta["next_round"], weights=weights, history=meta["history"],
+                   momentum=momentum)  # fmt: skip
 
 
 def save_study(folder: Path, record: dict[str, Any]) -> None:

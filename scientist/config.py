@@ -25,6 +25,13 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be positive and finite, found {value}.")
 
 
+def _fraction(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, found {type(value).__name__}.")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), found {value}.")
+
+
 def _count(name: str, value: int, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, found {value!r}.")
@@ -52,7 +59,13 @@ class DPConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A federated study: R rounds of local DP-SGD at every approving hospital, then FedAvg."""
+    """A federated study: R rounds of local DP-SGD at every approving hospital, then FedAvg.
+
+    `momentum` is the hospitals' local heavy-ball momentum on the privatized gradient (it
+    goes into the plan). `server_lr` and `server_momentum` are the scientist's own FedAvgM
+    step (`scientist.fedavg.fedavgm`): post-processing of DP weights, never sent to the
+    hospitals. The defaults (0, 1, 0) are plain FedAvg over plain DP-SGD.
+    """
 
     task: str
     model: str | None = None
@@ -66,6 +79,9 @@ class StudyConfig:
     eval_every: int = 5
     min_hospitals: int = 1
     seed: int = 0
+    momentum: float = 0.0
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -79,14 +95,21 @@ class StudyConfig:
         for name in ("rounds", "local_epochs", "batch_size", "eval_every", "min_hospitals"):
             _count(name, getattr(self, name))
         _positive("lr", self.lr)
+        _positive("server_lr", self.server_lr)
+        _fraction("momentum", self.momentum)
+        _fraction("server_momentum", self.server_momentum)
         if self.label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
         if isinstance(self.dp, dict):
             object.__setattr__(self, "dp", DPConfig(**self.dp))
 
     def plan(self, study_id: str, scientist: str) -> dict[str, Any]:
-        """The literal plan the hospitals' runtime executes (and their operators read)."""
-        return {
+        """The literal plan the hospitals' runtime executes (and their operators read).
+
+        `momentum` appears only when non-zero, so plans without it stay as they were; the
+        server-side FedAvgM settings never appear: they are not the hospitals' business.
+        """
+        plan = {
             "study_id": study_id,
             "scientist": scientist,
             "task": self.task,
@@ -102,6 +125,9 @@ class StudyConfig:
             "max_grad_norm": float(self.dp.max_grad_norm),
             "eval_every": self.eval_every,
         }
+        if self.momentum:
+            plan["momentum"] = float(self.momentum)
+        return plan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,10 +2,11 @@
 
 Round r sends the global weights after round r - 1 to every approving hospital at once.
 Each hospital evaluates them if an evaluation is due (noised counts) and trains round r
-(DP-SGD in its own runtime); the scientist averages the returned weights (FedAvg) and sums
-the counts into metrics. Call rounds + 1 only evaluates the final model. A checkpoint is
-written after every call, so `Federation.resume` continues at the next call and redoes
-nothing: a hospital asked again for a round it completed returns its recorded result.
+(DP-SGD in its own runtime); the scientist averages the returned weights (FedAvg, or
+FedAvgM with the config's server momentum) and sums the counts into metrics. Call
+rounds + 1 only evaluates the final model. A checkpoint is written after every call, so
+`Federation.resume` continues at the next call and redoes nothing: a hospital asked again
+for a round it completed returns its recorded result.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
 from scientist.connect import FederationError
-from scientist.fedavg import fedavg
+from scientist.fedavg import fedavgm
 from scientist.metrics import binary_metrics, multiclass_metrics
 from scientist.result import StudyResult
 from scientist.study_code import function_name
@@ -218,7 +219,10 @@ class Study:
             entry["edges"] = _plain(released[0].get("edges"))
         trained = {h: r["train"] for h, r in replies.items() if "train" in r}
         if trained:
-            state.weights = fedavg([(t["weights"], t["n"]) for t in trained.values()])
+            state.weights, state.momentum = fedavgm(
+                state.weights, [(t["weights"], t["n"]) for t in trained.values()], state.momentum,
+                server_lr=self.config.server_lr, server_momentum=self.config.server_momentum,
+            )  # fmt: skip
             n = sum(t["n"] for t in trained.values())
             entry = _entry(state.history, round_)
             entry["hospitals"] = {

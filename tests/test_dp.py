@@ -97,6 +97,32 @@ def test_noise_free_unclipped_full_batch_step_equals_plain_sgd(name: str) -> Non
         np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["ehr_mlp", "pathmnist_cnn"])
+def test_noise_free_unclipped_momentum_steps_equal_hand_rolled_heavy_ball(name: str) -> None:
+    # Prepare: q = 1, so each of the 4 steps (4 epochs) is a full-batch gradient step
+    task, _ = CASES[name]
+    features, labels = _data(name, 12, seed=4)
+    private, plain = _model(name), _model(name)
+    lr, momentum = 0.2, 0.9
+    spec = _spec(batch_size=12, lr=lr, local_epochs=4, max_grad_norm=1e6, momentum=momentum)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    # Execute
+    outcome = dp_train(private, features, labels, spec, task=task, generator_seed=1)
+    velocity = {n: torch.zeros_like(p) for n, p in plain.named_parameters()}
+    for _ in range(4):  # v <- momentum * v + g; w <- w - lr * v
+        plain.zero_grad()
+        _loss(plain(x), y, task).backward()
+        with torch.no_grad():
+            for n, p in plain.named_parameters():
+                velocity[n].mul_(momentum).add_(p.grad)
+                p.sub_(lr * velocity[n])
+    # Assert
+    assert outcome.steps == 4
+    expected = model_weights(plain)
+    for key, value in outcome.weights.items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
 # --- (b) per-example clipping is exact --------------------------------------------------------
 
 

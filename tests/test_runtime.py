@@ -90,7 +90,7 @@ def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table)
     assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
 
 
-@pytest.mark.parametrize("change", [{"eval_every": 1}, {"model": "ehr_mlp"}])
+@pytest.mark.parametrize("change", [{"eval_every": 1}, {"model": "ehr_mlp"}, {"momentum": 0.5}])
 def test_reused_study_id_with_another_plan_is_refused(hospital: Path, table, change) -> None:
     """Fields the study record does not store (model, evaluation schedule) are covered by the
     plan's digest: a second request under the same id cannot change them."""
@@ -196,4 +196,16 @@ def test_the_site_policy_is_enforced_at_every_call(hospital: Path, table) -> Non
 
     (hospital / "policy.toml").write_text("[study]\nmax_rounds = 2\n")
     out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
+    assert "error" not in out and out["train"]["n"] > 0
+
+
+def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
+    hospital: Path, table
+) -> None:
+    weights = initial_weights(CONFIG)
+    out = execute(plan(momentum=1.0), train=table, test=table,
+                  request={"round": 1, "weights": weights})  # fmt: skip
+    assert out["refused"] == "PlanError" and "momentum must be below 1" in out["error"]
+    out = execute(plan(momentum=0.9), train=table, test=table,
+                  request={"round": 1, "weights": weights})  # fmt: skip
     assert "error" not in out and out["train"]["n"] > 0
