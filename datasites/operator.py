@@ -158,8 +158,10 @@ class Operator:
             from datasites.projection import project
 
             projection = project(self.hospital, parsed, self._training_rows(parsed))
-        problems = self._problems(view, parsed, projection)
-        return Review(view, projection, tuple(problems), self._diff(view))
+        # The other approved requests, listed once: for reused study ids and for the diff.
+        approved = [r for r in self.requests() if r.status == "approved" and r.id != view.id]
+        problems = self._problems(view, parsed, projection, approved)
+        return Review(view, projection, tuple(problems), _diff(view, approved))
 
     def _plan(self, view: RequestView) -> Plan | None:
         from datasites.plan import Plan, PlanError
@@ -171,8 +173,8 @@ class Operator:
         except PlanError:
             return None
 
-    def _problems(self, view: RequestView, plan: Plan | None,
-                  projection: Projection | None) -> list[str]:  # fmt: skip
+    def _problems(self, view: RequestView, plan: Plan | None, projection: Projection | None,
+                  approved: list[RequestView]) -> list[str]:  # fmt: skip
         """Why approving would be refused; custom code comes first (it needs an override)."""
         problems = []
         if not view.verdict.vetted:
@@ -185,8 +187,7 @@ class Operator:
             if plan.delta != delta:
                 problems.append(f"policy: delta {plan.delta:g} differs from this hospital's "
                                 f"{delta:g}")  # fmt: skip
-        if plan is not None:
-            problems += self._reused_id(view, plan)
+            problems += self._reused_id(view, plan, approved)
         if projection is not None and not projection.within_cap:
             problems.append(
                 f"budget: {projection.dataset} would reach epsilon {projection.total_after:.3f}, "
@@ -194,7 +195,8 @@ class Operator:
             )
         return problems
 
-    def _reused_id(self, view: RequestView, plan: Plan) -> list[str]:
+    def _reused_id(self, view: RequestView, plan: Plan,
+                   approved: list[RequestView]) -> list[str]:  # fmt: skip
         """A second request under an approved study id, with another plan, is how a
         scientist would change DP parameters after approval; the runtime refuses it too."""
         stored = self.hospital.ledger.study(plan.study_id)
@@ -202,11 +204,8 @@ class Operator:
             return [f"study id {plan.study_id} already ran here with a different plan"]
         others = [
             r
-            for r in self.requests()
-            if r.id != view.id
-            and r.status == "approved"
-            and (r.plan or {}).get("study_id") == plan.study_id
-            and r.code != view.code
+            for r in approved
+            if (r.plan or {}).get("study_id") == plan.study_id and r.code != view.code
         ]
         if others:
             return [f"study id {plan.study_id} was approved before ({others[0].id[:12]}) "
@@ -229,17 +228,6 @@ class Operator:
                 train = self.client.datasets[plan.task].assets["train"].data
             self._rows[key] = training_rows(plan, train)
         return self._rows[key]
-
-    def _diff(self, view: RequestView) -> str:
-        earlier = [
-            r
-            for r in self.requests()
-            if r.scientist == view.scientist and r.status == "approved" and r.id != view.id
-        ]
-        if not earlier:
-            return ""
-        latest = max(earlier, key=lambda r: r.submitted)
-        return code_diff(latest.code, view.code, f"approved {latest.id[:12]}", view.id[:12])
 
     def _view(self, request: Any) -> RequestView:
         """The request as the operator sees it; its code is fetched and verified once per
@@ -340,6 +328,15 @@ class Operator:
     def audit(self, verify: bool = False) -> list[dict[str, Any]] | Verification:
         """The audit log's entries, or with `verify` the check of its hash chain."""
         return self.audit_log.verify() if verify else self.audit_log.entries()
+
+
+def _diff(view: RequestView, approved: list[RequestView]) -> str:
+    """The diff against the same scientist's latest other approved request; "" if none."""
+    earlier = [r for r in approved if r.scientist == view.scientist]
+    if not earlier:
+        return ""
+    latest = max(earlier, key=lambda r: r.submitted)
+    return code_diff(latest.code, view.code, f"approved {latest.id[:12]}", view.id[:12])
 
 
 def _code(request: Any) -> tuple[str, str, Verdict]:

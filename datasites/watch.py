@@ -11,7 +11,6 @@ is recorded once in the audit log as a `policy_decision`.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,4 +91,3 @@ def watch(op: Operator, *, interval: float = 2.0, once: bool = False,
             count += 1
         if once or stop.wait(interval):
             return count
-        time.sleep(0)
