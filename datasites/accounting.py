@@ -175,6 +175,7 @@ def calibrate_study(
     rounds: int,
     evaluations: int,
     eval_share: float = 0.1,
+    local_steps: int = 0,
 ) -> StudyBudget:
     """The least noise that keeps a whole study (training and evaluations) within epsilon.
 
@@ -185,6 +186,7 @@ def calibrate_study(
     `total_epsilon(delta) <= epsilon`. The training event samples at `batch_size / n`: the
     runtime must Poisson-sample at that rate (or lower) for the figure to hold.
     With no evaluations the evaluation noise is still set (as for one) but never spent.
+    A round is `local_steps` steps if that is set, else `local_epochs * ceil(n / batch_size)`.
     Deterministic, so a hospital recalibrating the same study gets the same record.
     """
     return _calibrate(
@@ -192,13 +194,14 @@ def calibrate_study(
         _count("n", n, minimum=1), _count("batch_size", batch_size, minimum=1),
         _count("local_epochs", local_epochs, minimum=1), _count("rounds", rounds, minimum=1),
         _count("evaluations", evaluations, minimum=0), _positive_finite("eval_share", eval_share),
+        _count("local_steps", local_steps, minimum=0),
     )  # fmt: skip
 
 
 @lru_cache(maxsize=256)
 def _calibrate(
     target: float, delta: float, n: int, batch_size: int, local_epochs: int, rounds: int,
-    evaluations: int, eval_share: float,
+    evaluations: int, eval_share: float, local_steps: int,
 ) -> StudyBudget:  # fmt: skip
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n, found {batch_size} > {n}.")
@@ -215,7 +218,7 @@ def _calibrate(
         lambda s: epsilon([DpEvent(s, 1.0, releases)], delta), eval_share * target
     )
     evaluation = DpEvent(sigma_eval, 1.0, 1)
-    train_steps = local_epochs * math.ceil(n / batch_size)
+    train_steps = local_steps or local_epochs * math.ceil(n / batch_size)
     rate = batch_size / n
 
     def budget(sigma: float) -> StudyBudget:

@@ -63,6 +63,9 @@ class TrainSpec:
     noise_multiplier: float
     """sigma: the noise added to the summed clipped gradients has std sigma * C."""
     momentum: float = 0.0
+    local_steps: int = 0
+    """If set, exactly this many steps (the ledger's steps per round) instead of
+    `local_epochs * ceil(n / batch_size)`."""
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
@@ -71,6 +74,8 @@ class TrainSpec:
         _check_number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
         _check_number("noise_multiplier", self.noise_multiplier, low=0.0)
         _check_number("momentum", self.momentum, low=0.0, high=1.0)
+        if self.local_steps:
+            _check_positive_int("local_steps", self.local_steps)
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ def dp_train(
             f"batch_size {spec.batch_size} exceeds the {n} training examples; "
             "the sampling rate batch_size / n must be at most 1."
         )
-    steps = spec.local_epochs * steps_per_epoch(n, spec.batch_size)
+    steps = spec.local_steps or spec.local_epochs * steps_per_epoch(n, spec.batch_size)
     generator = torch.Generator().manual_seed(_seed(generator_seed))
     was_training = model.training
     model.train()

@@ -55,8 +55,10 @@ class RequestView:
         p = self.plan or {}
         if not p:
             return f"{self.verdict.kind}: {self.function} carries no study plan"
+        local = (f"{p['local_steps']} steps" if p.get("local_steps")
+                 else f"{p.get('local_epochs')} epochs")  # fmt: skip
         return (f"{self.verdict.kind}: {p.get('model')} on {p.get('task')}, {p.get('rounds')} "
-                f"rounds x {p.get('local_epochs')} epochs, batch {p.get('batch_size')}, "
+                f"rounds x {local}, batch {p.get('batch_size')}, "
                 f"epsilon {p.get('epsilon')} at delta {p.get('delta')}")  # fmt: skip
 
 

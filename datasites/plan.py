@@ -20,6 +20,7 @@ TASKS = ("ehr", "pathmnist")
 EHR_LABELS = ("readmitted_30", "readmitted_any")
 _STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
 MAX_ROUNDS = 1_000
+MAX_LOCAL_STEPS = 100_000
 
 
 class PlanError(ValueError):
@@ -57,6 +58,9 @@ class Plan:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     momentum: float = 0.0
     """Heavy-ball momentum of the local SGD on the privatized gradient: post-processing."""
+    local_steps: int = 0
+    """If set, each round takes exactly this many DP-SGD steps instead of `local_epochs`
+    passes: shorter rounds let non-IID hospitals drift less from each other."""
 
     @classmethod
     def from_dict(cls, plan: Any) -> Plan:
@@ -96,6 +100,11 @@ class Plan:
         _number(values, "max_grad_norm", float, 1e-4, 1e4)
         if _number(values, "momentum", float, 0.0, 1.0) == 1.0:
             raise PlanError("plan field momentum must be below 1, found 1.0.")
+        if _number(values, "local_steps", int, 0, MAX_LOCAL_STEPS) and self.local_epochs != 1:
+            raise PlanError(
+                "plan fields local_steps and local_epochs exclude each other; keep "
+                "local_epochs at 1 when setting local_steps."
+            )
 
     @property
     def dataset(self) -> str:
@@ -108,9 +117,10 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        # Plans from before local momentum existed keep their exact form (and digest).
-        if not out["momentum"]:
-            del out["momentum"]
+        # Plans from before these options existed keep their exact form (and digest).
+        for optional in ("momentum", "local_steps"):
+            if not out[optional]:
+                del out[optional]
         return out
 
     def digest(self) -> str:
@@ -121,4 +131,5 @@ class Plan:
 
 _DEFAULTS: dict[str, Any] = {
     "eval_every": 5, "label": "readmitted_30", "model_kwargs": {}, "momentum": 0.0,
+    "local_steps": 0,
 }  # fmt: skip

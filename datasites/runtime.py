@@ -233,7 +233,7 @@ def study_budget(plan: Plan, n: int) -> StudyBudget:
     return calibrate_study(
         epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
         local_epochs=plan.local_epochs, rounds=plan.rounds,
-        evaluations=len(plan.eval_rounds()), eval_share=EVAL_SHARE,
+        evaluations=len(plan.eval_rounds()), eval_share=EVAL_SHARE, local_steps=plan.local_steps,
     )  # fmt: skip
 
 
@@ -324,7 +324,7 @@ def _train(
         spec = TrainSpec(
             batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
             max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
-            momentum=plan.momentum,
+            momentum=plan.momentum, local_steps=record.steps_per_round,
         )  # fmt: skip
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)

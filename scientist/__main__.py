@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--delta", type=float, default=1e-5)
     run.add_argument("--max-grad-norm", type=float, default=1.0)
     run.add_argument("--local-epochs", type=int, default=1)
+    run.add_argument("--local-steps", type=int, default=0, help="steps per round, not epochs")
     run.add_argument("--batch-size", type=int, default=256)
     run.add_argument("--lr", type=float, default=0.5)
     run.add_argument("--momentum", type=float, default=0.0, help="hospitals' local momentum")
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     config = StudyConfig(
         task=args.task, model=args.model, rounds=args.rounds, local_epochs=args.local_epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        server_lr=args.server_lr, server_momentum=args.server_momentum,
+        local_steps=args.local_steps, server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
         dp=DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm),
     )  # fmt: skip
     fed = Federation.connect(args.federation)

@@ -65,6 +65,9 @@ class StudyConfig:
     goes into the plan). `server_lr` and `server_momentum` are the scientist's own FedAvgM
     step (`scientist.fedavg.fedavgm`): post-processing of DP weights, never sent to the
     hospitals. The defaults (0, 1, 0) are plain FedAvg over plain DP-SGD.
+    `local_steps`, if set (with `local_epochs` 1), makes every round exactly that many
+    local DP-SGD steps instead of whole epochs: hospitals with different label mixes and
+    stains drift apart within a long round, and shorter rounds average them more often.
     """
 
     task: str
@@ -82,6 +85,7 @@ class StudyConfig:
     momentum: float = 0.0
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    local_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -98,6 +102,10 @@ class StudyConfig:
         _positive("server_lr", self.server_lr)
         _fraction("momentum", self.momentum)
         _fraction("server_momentum", self.server_momentum)
+        if self.local_steps:
+            _count("local_steps", self.local_steps)
+            if self.local_epochs != 1:
+                raise ValueError("set local_steps or local_epochs, not both (keep local_epochs 1).")
         if self.label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
         if isinstance(self.dp, dict):
@@ -106,7 +114,8 @@ class StudyConfig:
     def plan(self, study_id: str, scientist: str) -> dict[str, Any]:
         """The literal plan the hospitals' runtime executes (and their operators read).
 
-        `momentum` appears only when non-zero, so plans without it stay as they were; the
+        `momentum` and `local_steps` appear only when set, so plans without them stay as they
+        were; the
         server-side FedAvgM settings never appear: they are not the hospitals' business.
         """
         plan = {
@@ -127,6 +136,8 @@ class StudyConfig:
         }
         if self.momentum:
             plan["momentum"] = float(self.momentum)
+        if self.local_steps:
+            plan["local_steps"] = int(self.local_steps)
         return plan
 
     def to_dict(self) -> dict[str, Any]:

@@ -159,6 +159,19 @@ def test_eval_share_sets_the_evaluations_cost() -> None:
     assert 0.98 * 2.0 <= budget.total_epsilon(DELTA) <= 2.0
 
 
+def test_local_steps_set_the_steps_per_round_and_the_noise_follows() -> None:
+    # Prepare: a quarter epoch per round for four times the rounds
+    common = dict(epsilon=2.0, delta=DELTA, n=2000, batch_size=100, evaluations=2)
+    epochs = calibrate_study(**common, local_epochs=1, rounds=5)
+    steps = calibrate_study(**common, local_epochs=1, rounds=20, local_steps=5)
+    # Assert: the same 100 steps in all, charged as they are taken
+    assert steps.train.steps == 5 and epochs.train.steps == 20
+    assert steps.train.noise_multiplier == pytest.approx(epochs.train.noise_multiplier, rel=2e-3)
+    assert 0.98 * 2.0 <= steps.total_epsilon(DELTA) <= 2.0
+    more = calibrate_study(**common, local_epochs=1, rounds=20, local_steps=10)
+    assert more.train.noise_multiplier > steps.train.noise_multiplier
+
+
 def test_calibration_is_deterministic() -> None:
     kwargs = dict(epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10,
                   evaluations=11)  # fmt: skip
@@ -182,6 +195,7 @@ def test_calibration_is_deterministic() -> None:
         ({"local_epochs": 0}, "local_epochs must be at least 1, found 0"),
         ({"rounds": 0}, "rounds must be at least 1, found 0"),
         ({"evaluations": -1}, "evaluations must be at least 0, found -1"),
+        ({"local_steps": -1}, "local_steps must be at least 0, found -1"),
         ({"eval_share": 1.0}, "eval_share must be in (0, 1), found 1.0"),
         ({"eval_share": 0.0}, "eval_share must be a positive finite number, found 0.0"),
     ],

@@ -342,6 +342,14 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
     assert after < 0.5
 
 
+def test_local_steps_replace_the_epochs() -> None:
+    features, labels = _data("ehr_logistic", 100)
+    spec = _spec(batch_size=10, local_epochs=1, local_steps=3, noise_multiplier=1.0)
+    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr",
+                       generator_seed=0)  # fmt: skip
+    assert outcome.steps == 3 and outcome.sample_rate == 0.1
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 
@@ -357,6 +365,7 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
         ({"noise_multiplier": -0.1}, "noise_multiplier must be a finite number >= 0"),
         ({"noise_multiplier": math.nan}, "noise_multiplier must be a finite number"),
         ({"momentum": 1.0}, "momentum must be a finite number >= 0.0 and < 1.0"),
+        ({"local_steps": -2}, "local_steps must be a positive int"),
     ],
 )
 def test_train_spec_validation(overrides: dict, message: str) -> None:

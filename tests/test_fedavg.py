@@ -245,3 +245,20 @@ def test_plan_with_momentum_carries_it_and_the_hospital_validates_it() -> None:
         Plan.from_dict({**plan, "momentum": -0.5})
     with pytest.raises(PlanError, match="unknown plan fields: server_momentum"):
         Plan.from_dict({**plan, "server_momentum": 0.5})
+
+
+def test_plan_with_local_steps_carries_them_and_the_hospital_validates_them() -> None:
+    config = StudyConfig(task="pathmnist", local_steps=20)
+    plan = config.plan("path-0002", "ana@research.org")
+    assert plan["local_steps"] == 20 and plan["local_epochs"] == 1
+    assert Plan.from_dict(plan).to_dict() == plan
+    without = StudyConfig(task="pathmnist").plan("path-0002", "ana@research.org")
+    assert Plan.from_dict(without).digest() != Plan.from_dict(plan).digest()
+    with pytest.raises(PlanError, match="local_steps and local_epochs exclude each other"):
+        Plan.from_dict({**plan, "local_epochs": 2})
+    with pytest.raises(PlanError, match="local_steps must be within"):
+        Plan.from_dict({**plan, "local_steps": -1})
+    with pytest.raises(ValueError, match="set local_steps or local_epochs, not both"):
+        StudyConfig(task="pathmnist", local_steps=20, local_epochs=2)
+    with pytest.raises(ValueError, match="local_steps must be an integer"):
+        StudyConfig(task="pathmnist", local_steps=2.5)

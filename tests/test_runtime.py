@@ -209,3 +209,20 @@ def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
     out = execute(plan(momentum=0.9), train=table, test=table,
                   request={"round": 1, "weights": weights})  # fmt: skip
     assert "error" not in out and out["train"]["n"] > 0
+
+
+def test_local_steps_take_exactly_the_steps_the_ledger_charges(hospital: Path, table) -> None:
+    weights = initial_weights(CONFIG)
+    out = execute(plan(local_steps=3), train=table, test=table,
+                  request={"round": 1, "weights": weights})  # fmt: skip
+    record = current_hospital().ledger.study("ehr-test-0001")
+    assert "error" not in out, out
+    assert out["train"]["steps"] == 3 == record.steps_per_round
+    assert record.budget().train.steps == 3
+
+
+def test_local_steps_and_local_epochs_exclude_each_other(hospital: Path, table) -> None:
+    out = execute(plan(local_steps=3, local_epochs=2), train=table, test=table,
+                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    assert out["refused"] == "PlanError" and "exclude each other" in out["error"]
+    assert current_hospital().ledger.spent("ehr") == 0.0
