@@ -103,12 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for prefix in ("ehr", "path"):
         fed.add_argument(f"--{prefix}-rounds", type=int)
         fed.add_argument(f"--{prefix}-local-epochs", type=int)
+        fed.add_argument(f"--{prefix}-local-steps", type=int, help="steps per round, not epochs")
         fed.add_argument(f"--{prefix}-batch-size", type=int)
         fed.add_argument(f"--{prefix}-lr", type=float)
         fed.add_argument(f"--{prefix}-max-grad-norm", type=float)
         fed.add_argument(f"--{prefix}-momentum", type=float, help="hospitals' local momentum")
         fed.add_argument(f"--{prefix}-server-momentum", type=float, help="FedAvgM beta")
         fed.add_argument(f"--{prefix}-server-lr", type=float, help="FedAvgM server lr")
+        fed.add_argument(f"--{prefix}-average-decay", type=float, help="weight average decay")
     fed.add_argument("--ehr-hidden", help="ehr_mlp hidden sizes, both sides, e.g. 64,32")
     fed.add_argument("--path-width", type=int, help="pathmnist_cnn width, both sides")
     central = p.add_argument_group("centralized baseline (defaults depend on --scale)")
@@ -131,8 +133,8 @@ def _settings(a: argparse.Namespace) -> tuple[dict[str, dict], dict[str, dict]]:
     federated = {task: dict(values) for task, values in FEDERATED[a.scale].items()}
     centralized = {task: dict(values) for task, values in CENTRALIZED[a.scale].items()}
     for task, prefix in (("ehr", "ehr"), ("pathmnist", "path")):
-        for key in ("rounds", "local_epochs", "batch_size", "lr", "max_grad_norm", "momentum",
-                    "server_momentum", "server_lr"):  # fmt: skip
+        for key in ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "max_grad_norm",
+                    "momentum", "server_momentum", "server_lr", "average_decay"):  # fmt: skip
             value = getattr(a, f"{prefix}_{key}")
             if value is not None:
                 federated[task][key] = value
@@ -373,6 +375,8 @@ def federated(fed: Any, operators: dict[str, Any], task: str, settings: dict[str
         momentum=settings["momentum"],
         server_lr=settings["server_lr"],
         server_momentum=settings["server_momentum"],
+        local_steps=settings.get("local_steps", 0),
+        average_decay=settings.get("average_decay", 0.0),
     )
     study = fed.submit(config)
     for hospital, request_id in study.requests.items():

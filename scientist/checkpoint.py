@@ -36,17 +36,20 @@ def _atomic_write(path: Path, write: Any) -> None:
 @dataclass
 class Checkpoint:
     """Where a study stands: the next call's round, the global weights, the history, and
-    the FedAvgM momentum buffer (empty without server momentum)."""
+    the FedAvgM momentum buffer (empty without server momentum) and the running average of
+    the global weights (empty without `StudyConfig.average_decay`)."""
 
     next_round: int
     weights: dict[str, np.ndarray]
     history: list[dict[str, Any]] = field(default_factory=list)
     momentum: dict[str, np.ndarray] = field(default_factory=dict)
+    average: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         meta = json.dumps({"next_round": self.next_round, "history": self.history})
         arrays = {f"w/{k}": v for k, v in self.weights.items()}
         arrays.update({f"m/{k}": v for k, v in self.momentum.items()})
+        arrays.update({f"a/{k}": v for k, v in self.average.items()})
         _atomic_write(
             folder / CHECKPOINT_FILE, lambda f: np.savez(f, __meta__=np.array(meta), **arrays)
         )
@@ -60,8 +63,9 @@ class Checkpoint:
             meta = json.loads(str(data["__meta__"]))
             weights = {k[2:]: data[k] for k in data.files if k.startswith("w/")}
             momentum = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
+            average = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
         return cls(next_round=meta["next_round"], weights=weights, history=meta["history"],
-                   momentum=momentum)  # fmt: skip
+                   momentum=momentum, average=average)  # fmt: skip
 
 
 def save_study(folder: Path, record: dict[str, Any]) -> None:

@@ -68,6 +68,9 @@ class StudyConfig:
     `local_steps`, if set (with `local_epochs` 1), makes every round exactly that many
     local DP-SGD steps instead of whole epochs: hospitals with different label mixes and
     stains drift apart within a long round, and shorter rounds average them more often.
+    `average_decay`, if set, makes the final model an exponential moving average of the
+    global weights over rounds (the scientist's post-processing, not in the plan); the
+    final evaluation and `result.model` use that average.
     """
 
     task: str
@@ -86,6 +89,7 @@ class StudyConfig:
     server_lr: float = 1.0
     server_momentum: float = 0.0
     local_steps: int = 0
+    average_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -102,6 +106,7 @@ class StudyConfig:
         _positive("server_lr", self.server_lr)
         _fraction("momentum", self.momentum)
         _fraction("server_momentum", self.server_momentum)
+        _fraction("average_decay", self.average_decay)
         if self.local_steps:
             _count("local_steps", self.local_steps)
             if self.local_epochs != 1:

@@ -83,3 +83,30 @@ def _check_server(server_lr: float, server_momentum: float) -> None:
         raise ValueError(f"server_lr must be positive and finite, found {server_lr}.")
     if not 0.0 <= server_momentum < 1.0:
         raise ValueError(f"server_momentum must be in [0, 1), found {server_momentum}.")
+
+
+def weight_average(
+    average: Mapping[str, np.ndarray] | None, weights: Mapping[str, np.ndarray], decay: float
+) -> dict[str, np.ndarray]:
+    """Exponential moving average of the global weights over rounds: decay * average +
+    (1 - decay) * weights, starting from the first weights.
+
+    On non-IID hospitals the global model oscillates from round to round; averaging the
+    iterates (Polyak & Juditsky, 1992) lands between the swings. It only post-processes
+    the DP weights, so it costs no privacy.
+    """
+    _check_decay(decay)
+    if average is None or not average:
+        return {name: np.array(value, np.float32, copy=True) for name, value in weights.items()}
+    if set(average) != set(weights):
+        raise ValueError("the weight average and the new weights disagree on names.")
+    return {
+        name: (decay * np.asarray(average[name], np.float64)
+               + (1.0 - decay) * np.asarray(weights[name], np.float64)).astype(np.float32)
+        for name in weights
+    }  # fmt: skip
+
+
+def _check_decay(decay: float) -> None:
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 <= decay < 1.0:
+        raise ValueError(f"the averaging decay must be in [0, 1), found {decay!r}.")

@@ -25,7 +25,7 @@ from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
 from scientist.connect import FederationError
-from scientist.fedavg import fedavgm
+from scientist.fedavg import fedavgm, weight_average
 from scientist.metrics import binary_metrics, multiclass_metrics
 from scientist.result import StudyResult
 from scientist.study_code import function_name
@@ -145,8 +145,9 @@ class Study:
         bar = _progress(progress, last_call, state.next_round - 1, self.id)
         due = Plan.from_dict(self.config.plan(self.id, "-")).eval_rounds()
         while state.next_round <= last_call:
-            edges = self._edges(approved, state.weights) if state.next_round - 1 in due else None
-            replies = self._call(approved, state.next_round, state.weights, edges)
+            weights = self._sent_weights(state, last_call)
+            edges = self._edges(approved, weights) if state.next_round - 1 in due else None
+            replies = self._call(approved, state.next_round, weights, edges)
             self._absorb(state, replies)
             state.next_round += 1
             state.save(self.folder)
@@ -157,8 +158,16 @@ class Study:
             _advance(bar, state.history)
         if bar is not None:
             bar.close()
-        return StudyResult(self.id, self.config.to_dict(), state.weights, state.history,
+        final = state.average or state.weights
+        return StudyResult(self.id, self.config.to_dict(), final, state.history,
                            approved, excluded)  # fmt: skip
+
+    def _sent_weights(self, state: Checkpoint, last_call: int) -> dict[str, np.ndarray]:
+        """What a call sends: the global weights, except that the last call (evaluation
+        only) sends their running average when the study keeps one."""
+        if state.next_round >= last_call and state.average:
+            return state.average
+        return state.weights
 
     def _edges(self, hospitals: list[str], weights: dict) -> list | None:
         """Bin edges for evaluating `weights`: quantiles of its predictions on the mocks
@@ -223,6 +232,9 @@ class Study:
                 state.weights, [(t["weights"], t["n"]) for t in trained.values()], state.momentum,
                 server_lr=self.config.server_lr, server_momentum=self.config.server_momentum,
             )  # fmt: skip
+            if self.config.average_decay:
+                state.average = weight_average(state.average, state.weights,
+                                               self.config.average_decay)  # fmt: skip
             n = sum(t["n"] for t in trained.values())
             entry = _entry(state.history, round_)
             entry["hospitals"] = {

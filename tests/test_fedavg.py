@@ -11,7 +11,7 @@ import pytest
 from datasites.plan import Plan, PlanError
 from scientist.checkpoint import Checkpoint
 from scientist.config import DPConfig, StudyConfig
-from scientist.fedavg import fedavg, fedavgm
+from scientist.fedavg import fedavg, fedavgm, weight_average
 from scientist.study import Study, initial_weights
 
 
@@ -262,3 +262,28 @@ def test_plan_with_local_steps_carries_them_and_the_hospital_validates_them() ->
         StudyConfig(task="pathmnist", local_steps=20, local_epochs=2)
     with pytest.raises(ValueError, match="local_steps must be an integer"):
         StudyConfig(task="pathmnist", local_steps=2.5)
+
+
+def test_the_weight_average_is_the_exponential_moving_average() -> None:
+    first, second = _previous(1), _previous(2)
+    start = weight_average(None, first, 0.8)
+    after = weight_average(start, second, 0.8)
+    for key in first:
+        np.testing.assert_array_equal(start[key], first[key])
+        np.testing.assert_allclose(after[key], 0.8 * first[key] + 0.2 * second[key], rtol=1e-6)
+    assert start["w"] is not first["w"]
+    with pytest.raises(ValueError, match=r"averaging decay must be in \[0, 1\)"):
+        weight_average(start, second, 1.0)
+    with pytest.raises(ValueError, match="disagree on names"):
+        weight_average({"w": first["w"]}, second, 0.5)
+
+
+def test_checkpoint_round_trips_the_weight_average(tmp_path: Path) -> None:
+    average = weight_average(None, _previous(5), 0.5)
+    Checkpoint(2, _previous(6), [{"round": 1}], average=average).save(tmp_path)
+    loaded = Checkpoint.load(tmp_path)
+    assert loaded is not None and set(loaded.average) == set(average)
+    for key in average:
+        np.testing.assert_array_equal(loaded.average[key], average[key])
+    Checkpoint(2, _previous(6)).save(tmp_path)
+    assert Checkpoint.load(tmp_path).average == {}

@@ -17,6 +17,7 @@ from datasites.models import build_model, load_weights
 from datasites.operator import Operator, OperatorError
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.bins import MockScorer
+from scientist.checkpoint import Checkpoint
 from scientist.study import Study, StudyError, initial_weights
 from tests.conftest import REPO, Launch
 
@@ -216,3 +217,35 @@ def test_operator_commands(federation: Launch, fed: Federation) -> None:
     assert missing.returncode == 2 and "no requests match" in missing.stderr
     budget = cli("budget", "--json")
     assert budget.returncode == 0 and '"cap": 40.0' in budget.stdout
+
+
+def test_short_rounds_and_the_weight_average_end_to_end(
+    fed: Federation, operators: dict[str, Operator], federation: Launch
+) -> None:
+    """local_steps: every hospital trains (and is charged) exactly that many steps a round;
+    average_decay: the final call evaluates, and the result holds, the running average."""
+    config = StudyConfig(**{**SMALL_EHR, "model": "ehr_logistic", "rounds": 3, "eval_every": 3,
+                            "local_steps": 4, "average_decay": 0.5})  # fmt: skip
+    study = fed.submit(config)
+    decide(study, operators)
+    globals_after: dict[int, dict[str, np.ndarray]] = {}
+
+    def snapshot(entry: dict[str, Any]) -> None:  # after each call: the global model so far
+        state = Checkpoint.load(study.folder)
+        if state.next_round - 1 <= config.rounds:
+            globals_after[state.next_round - 1] = dict(state.weights)
+
+    result = study.run(progress=False, on_round=snapshot)
+
+    assert sorted(globals_after) == [1, 2, 3]
+    expected = {k: 0.25 * globals_after[1][k] + 0.25 * globals_after[2][k]
+                + 0.5 * globals_after[3][k] for k in globals_after[3]}  # fmt: skip
+    for key, value in expected.items():
+        np.testing.assert_allclose(result.weights[key], value, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(result.weights["0.weight"], globals_after[3]["0.weight"])
+    scorer = MockScorer(config, fed.mock("ehr", "test"))
+    final = next(h for h in result.history if h["round"] == config.rounds)
+    assert final["edges"] == scorer.edges(result.weights)
+    for name in fed.hospitals:
+        record = ledger(federation, name).study(study.id)
+        assert record.steps_per_round == 4 and record.budget().train.steps == 4
