@@ -72,6 +72,8 @@ FEDERATED = {
                           width=16, momentum=0.9, server_momentum=0.0, server_lr=1.0),
     },
 }  # fmt: skip
+FEDERATED_KEYS = ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "max_grad_norm",
+                  "momentum", "server_momentum", "server_lr", "average_decay", "model")  # fmt: skip
 # The non-private baseline: Adam at its usual rate, a fixed number of epochs chosen where the
 # test metric had plateaued in tuning (no early stopping on the test set). ehr_mlp with one
 # hidden layer of 8 starts slowly under Adam, hence more epochs than the default MLP needs.
@@ -111,6 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         fed.add_argument(f"--{prefix}-server-momentum", type=float, help="FedAvgM beta")
         fed.add_argument(f"--{prefix}-server-lr", type=float, help="FedAvgM server lr")
         fed.add_argument(f"--{prefix}-average-decay", type=float, help="weight average decay")
+        fed.add_argument(f"--{prefix}-model", help="federated zoo model (default: the baseline's)")
     fed.add_argument("--ehr-hidden", help="ehr_mlp hidden sizes, both sides, e.g. 64,32")
     fed.add_argument("--path-width", type=int, help="pathmnist_cnn width, both sides")
     central = p.add_argument_group("centralized baseline (defaults depend on --scale)")
@@ -133,8 +136,7 @@ def _settings(a: argparse.Namespace) -> tuple[dict[str, dict], dict[str, dict]]:
     federated = {task: dict(values) for task, values in FEDERATED[a.scale].items()}
     centralized = {task: dict(values) for task, values in CENTRALIZED[a.scale].items()}
     for task, prefix in (("ehr", "ehr"), ("pathmnist", "path")):
-        for key in ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "max_grad_norm",
-                    "momentum", "server_momentum", "server_lr", "average_decay"):  # fmt: skip
+        for key in FEDERATED_KEYS:
             value = getattr(a, f"{prefix}_{key}")
             if value is not None:
                 federated[task][key] = value
@@ -150,9 +152,18 @@ def _settings(a: argparse.Namespace) -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def model_kwargs(task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The centralized baseline's architecture: ehr_mlp(hidden) or pathmnist_cnn(width)."""
     if task == "ehr":
         return {"hidden": list(settings["hidden"])}
     return {"width": int(settings["width"])}
+
+
+def federated_model(task: str, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The federated study's zoo model: the baseline's architecture unless `model` says."""
+    name = settings.get("model") or ("ehr_mlp" if task == "ehr" else "pathmnist_cnn")
+    if name == "ehr_logistic":
+        return name, {}
+    return name, model_kwargs(task, settings)
 
 
 # --- the hospitals' datasites ---------------------------------------------------------------------
@@ -362,9 +373,11 @@ def federated(fed: Any, operators: dict[str, Any], task: str, settings: dict[str
     from datasites.ledger import Ledger
     from scientist import DPConfig, StudyConfig
 
+    model, kwargs = federated_model(task, settings)
     config = StudyConfig(
         task=task,
-        model_kwargs=model_kwargs(task, settings),
+        model=model,
+        model_kwargs=kwargs,
         rounds=settings["rounds"],
         local_epochs=settings["local_epochs"],
         batch_size=settings["batch_size"],
@@ -444,6 +457,12 @@ def run(args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
                                     args.seed)  # fmt: skip
                 central_metrics["ehr_default_mlp"] = exact_metric(task, model, tests[task])
                 log(f"centralized ehr, default ehr_mlp: {central_metrics['ehr_default_mlp']:.4f}")
+            same, same_kwargs = federated_model(task, args.federated[task])
+            if same != name:  # the federated model trained without privacy, for reference
+                model = centralized(task, same, same_kwargs, args.centralized[task],
+                                    trains[task], args.seed)  # fmt: skip
+                central_metrics[f"{task}_same_model"] = exact_metric(task, model, tests[task])
+                log(f"centralized {task}, {same}: {central_metrics[f'{task}_same_model']:.4f}")
 
         from datasites.operator import Operator
         from scientist import Federation
@@ -496,6 +515,8 @@ def task_report(task: str, args: argparse.Namespace, central: dict[str, float], 
         if "ehr_default_mlp" in central:
             out["centralized_auroc_default_mlp"] = _round(central["ehr_default_mlp"])
             out["gap_to_default_mlp"] = _round(central["ehr_default_mlp"] - exact)
+        if "ehr_same_model" in central:
+            out["centralized_auroc_same_model"] = _round(central["ehr_same_model"])
         return {**out, **common}
     ratio = exact / central["pathmnist"]
     return {

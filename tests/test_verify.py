@@ -372,3 +372,21 @@ def test_code_diff_uses_the_given_labels() -> None:
     diff = code_diff("a\n", "b\n", old_label="request 1", new_label="request 2")
 
     assert diff == "--- request 1\n+++ request 2\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "shown"), [({}, "rounds x 1 epochs"), ({"local_steps": 20}, "rounds x 20 steps")]
+)
+def test_the_request_line_shows_how_long_a_round_is(extra: dict, shown: str) -> None:
+    from datasites.operator import RequestView
+
+    config = StudyConfig(task="pathmnist", rounds=48, **extra)
+    plan = config.plan("path-0042", "ana@research.org")
+    source = study_source(plan)
+    name = function_name("path-0042")
+    view = RequestView(
+        id="r1", status="pending", scientist="ana@research.org", function=name,
+        submitted="now", plan=plan, code=source, verdict=classify(source, name),
+    )  # fmt: skip
+    assert view.verdict.kind == VETTED
+    assert f"pathmnist_cnn on pathmnist, 48 {shown}, batch 256" in view.summary()
