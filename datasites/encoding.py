@@ -46,6 +46,14 @@ IMAGE_SIDE = 28
 # constants near H&E colours centre the inputs; measuring them per hospital would leak.
 IMAGE_MEAN: tuple[float, float, float] = (0.71, 0.57, 0.75)
 IMAGE_STD: tuple[float, float, float] = (0.18, 0.22, 0.13)
+# (value / 255 - mean) / std for every uint8 value, per channel, in float32 as computed
+# element-wise: the lookup in encode_images gives exactly the arithmetic's result.
+_IMAGE_TABLE: np.ndarray = (
+    (np.arange(256, dtype=np.float32) / np.float32(255))[None, :]
+    - np.asarray(IMAGE_MEAN, dtype=np.float32)[:, None]
+) / np.asarray(IMAGE_STD, dtype=np.float32)[:, None]
+_IMAGE_TABLE.setflags(write=False)
+_CHANNEL = np.arange(3).reshape(1, 3, 1, 1)
 
 OTHER = "other_or_missing"
 
@@ -359,10 +367,12 @@ def encode_images(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
         raise ValueError(f"labels must be integer classes 0..{N_CLASSES - 1}.")
     if flat.size and flat.max() >= N_CLASSES:
         raise ValueError(f"labels must be integer classes 0..{N_CLASSES - 1}.")
-    mean = np.asarray(IMAGE_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(IMAGE_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-    scaled = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    return np.ascontiguousarray((scaled - mean) / std), flat.astype(np.int64)
+    # A uint8 has 256 values: look each pixel up in a per-channel table of
+    # (value / 255 - mean) / std instead of computing it. That is the same float32 result
+    # bit for bit, and several times faster than arithmetic on the strided transpose; the
+    # runtime encodes a hospital's 20,000 training tiles on every call.
+    channels_first = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return _IMAGE_TABLE[_CHANNEL, channels_first], flat.astype(np.int64)
 
 
 def _labels(values: pd.Series, label: str) -> np.ndarray:

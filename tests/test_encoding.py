@@ -252,3 +252,16 @@ def test_images_scaled_by_fixed_constants() -> None:
 def test_image_errors(images: np.ndarray, labels: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encode_images(images, labels)
+
+
+def test_image_encoding_is_the_fixed_affine_map_bit_for_bit() -> None:
+    # Every uint8 value in every channel, against (value / 255 - mean) / std in float32.
+    pixels = np.arange(4 * 28 * 28).reshape(4, 28, 28, 1)
+    images = ((pixels + 85 * np.arange(3)) % 256).astype(np.uint8)
+    mean = np.asarray(IMAGE_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGE_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    features, _ = encode_images(images, np.zeros(4, np.int64))
+    expected = (images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - mean) / std
+    assert all(len(np.unique(images[..., c])) == 256 for c in range(3))
+    assert features.flags["C_CONTIGUOUS"] and features.dtype == np.float32
+    assert np.array_equal(features, expected)
