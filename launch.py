@@ -117,6 +117,9 @@ def run_demo(federation: LocalFederation) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Both stop the launch, also when started in the background: a non-interactive shell
+    # starts background jobs with SIGINT ignored, and Python then installs no handler.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     federation = None
     stop_watchers = threading.Event()
