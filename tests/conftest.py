@@ -64,8 +64,13 @@ def launch_command(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "launch.py"), *args]
 
 
-def start_launch(*args: str, data_dir: Path, timeout: float = 300) -> Launch:
-    """Start launch.py and wait for its `ready:` line (or fail with its output)."""
+def start_launch(
+    *args: str, data_dir: Path, timeout: float = 300, ignore_sigint: bool = False
+) -> Launch:
+    """Start launch.py and wait for its `ready:` line (or fail with its output).
+
+    `ignore_sigint` starts it as a background job of a non-interactive shell would be."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     proc = subprocess.Popen(
         launch_command(*args, "--data-dir", str(data_dir)),
         stdout=subprocess.PIPE,
@@ -73,6 +78,7 @@ def start_launch(*args: str, data_dir: Path, timeout: float = 300) -> Launch:
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=ignore,
     )
     launch = Launch(proc=proc, data_dir=data_dir)
     ready = threading.Event()
