@@ -72,9 +72,9 @@ FEDERATED = {
         "ehr": dict(model="ehr_logistic", rounds=10, local_epochs=1, batch_size=512, lr=4.0,
                     max_grad_norm=1.0, hidden=[8], momentum=0.0, server_momentum=0.0,
                     server_lr=1.0),
-        "pathmnist": dict(rounds=48, local_epochs=1, local_steps=25, batch_size=256, lr=0.2,
+        "pathmnist": dict(rounds=200, local_epochs=1, local_steps=5, batch_size=256, lr=0.2,
                           max_grad_norm=1.0, width=16, momentum=0.9, server_momentum=0.0,
-                          server_lr=1.0, average_decay=0.5),
+                          server_lr=1.0, average_decay=0.9),
     },
 }  # fmt: skip
 FEDERATED_KEYS = ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "max_grad_norm",

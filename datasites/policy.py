@@ -28,7 +28,8 @@ delta = 1e-5
 [study]
 # What a study may ask for. `approve` refuses a plan outside these limits.
 allowed_models = ["ehr_logistic", "ehr_mlp", "pathmnist_cnn"]
-max_rounds = 50
+# Rounds cost this hospital compute, not privacy (the epsilon covers all of them).
+max_rounds = 500
 min_batch_size = 32
 # Most a single study may spend here (its approved epsilon).
 max_epsilon = 5.0
@@ -80,7 +81,7 @@ class StudyPolicy:
     """Limits on what any single study may ask for at this hospital."""
 
     allowed_models: tuple[str, ...] = ("ehr_logistic", "ehr_mlp", "pathmnist_cnn")
-    max_rounds: int = 50
+    max_rounds: int = 500
     min_batch_size: int = 32
     max_epsilon: float = 5.0
 

@@ -17,6 +17,7 @@ from datasites.audit import AuditLog
 from datasites.config import HOSPITAL_ROOT_ENV, HospitalConfig
 from datasites.identity import Identity
 from datasites.server_audit import audit_api_calls, audit_auth_routes
+from datasites.syft_fixes import apply_all as apply_syft_fixes
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -25,29 +26,10 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/v2"
 
 
-def store_uuids_as_text() -> None:
-    """Make syft's SQLite id columns TEXT, so no uuid is ever read back as a number.
-
-    syft declares its id columns with SQLAlchemy's `UUID` type, which SQLite turns into a
-    column of NUMERIC affinity: a random uuid4 whose hex reads as a number (all digits, or
-    digits and one `e`; about 2 in a million) is stored as a REAL and every later read of
-    that row fails ("'float' object has no attribute 'replace'"). A launch creates thousands
-    of ids, so this broke about one launch in fifty. Emitting CHAR(32) for the type on
-    SQLite gives the columns TEXT affinity; it must run before the datasite creates its
-    tables (databases created earlier keep their columns).
-    """
-    import sqlalchemy as sa
-    from sqlalchemy.ext.compiler import compiles
-
-    @compiles(sa.UUID, "sqlite")
-    def _uuid_as_text(type_: sa.UUID, compiler: object, **kw: object) -> str:
-        return "CHAR(32)"
-
-
 def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
     """Create (or reopen) the hospital's syft Datasite from its persisted identity."""
     config.syft_dir.mkdir(parents=True, exist_ok=True)
-    store_uuids_as_text()
+    apply_syft_fixes()
     # syft resolves its state folder as tempdir / SYFT_TEMP_ROOT / uid; an absolute root
     # wins the join, which puts the database and blobs under the hospital's folder.
     os.environ["SYFT_TEMP_ROOT"] = str(config.syft_dir)
