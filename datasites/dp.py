@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasites.encoded import tensor_view
 from datasites.models import model_weights
 
 __all__ = [
@@ -433,7 +434,7 @@ def _tensors(features: np.ndarray, labels: np.ndarray, task: str) -> tuple[torch
         raise ValueError(f"labels must have shape ({features.shape[0]},), found {labels.shape}.")
     if not np.isfinite(features).all():
         raise ValueError("features must be finite; encode the data with datasites.encoding.")
-    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    inputs = tensor_view(np.ascontiguousarray(features, dtype=np.float32))
     if task == "ehr":
         return inputs, torch.from_numpy(labels.astype(np.float32))
     return inputs, torch.from_numpy(labels.astype(np.int64))

@@ -33,6 +33,7 @@ from datasites.assets import is_mock
 from datasites.audit import AuditLog, weights_digest
 from datasites.config import HOSPITAL_ROOT_ENV
 from datasites.dp import TrainSpec, dp_train
+from datasites.encoded import EncodedMemo, tensor_view
 from datasites.encoding import N_CLASSES, encode_ehr, encode_images
 from datasites.evaluation import (
     binary_counts,
@@ -59,6 +60,8 @@ EVAL_SHARE = 0.3
 # patient changes the released sum by at most LOSS_BOUND.
 LOSS_BOUND = 5.0
 log = logging.getLogger("datasites.runtime")
+# Encoded image assets, reused while the datasite hands out the same read-only arrays.
+_ENCODED_IMAGES = EncodedMemo(encode_images)
 
 
 class RequestError(ValueError):
@@ -224,7 +227,7 @@ def _model(plan: Plan, weights: dict[str, Any]) -> Any:
 def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
     if plan.task == "ehr":
         return encode_ehr(asset, plan.label)
-    return encode_images(asset["images"], asset["labels"])
+    return _ENCODED_IMAGES(asset["images"], asset["labels"])
 
 
 def study_budget(plan: Plan, n: int) -> StudyBudget:
@@ -379,7 +382,7 @@ def _counts(
 
     model.eval()
     with torch.no_grad():
-        logits = model(torch.from_numpy(features))
+        logits = model(tensor_view(features))
         target = torch.from_numpy(labels)
         if plan.task == "ehr":
             logits = logits.reshape(-1)

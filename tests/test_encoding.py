@@ -265,3 +265,30 @@ def test_image_encoding_is_the_fixed_affine_map_bit_for_bit() -> None:
     assert all(len(np.unique(images[..., c])) == 256 for c in range(3))
     assert features.flags["C_CONTIGUOUS"] and features.dtype == np.float32
     assert np.array_equal(features, expected)
+
+
+def test_encoded_memo_reuses_only_read_only_inputs() -> None:
+    from datasites.encoded import EncodedMemo
+
+    images, labels = (a.copy() for a in generate_pathmnist(40, seed=5))  # own their memory
+    memo = EncodedMemo(encode_images)
+    writable = memo(images, labels)
+    again = memo(images, labels)
+    # Writable inputs could have changed in between: encoded anew each time.
+    assert memo.hits == 0 and again[0] is not writable[0]
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    first = memo(images, labels)
+    second = memo(images, labels)
+    assert memo.hits == 1 and second[0] is first[0]
+    expected = encode_images(images, labels)
+    assert np.array_equal(first[0], expected[0]) and np.array_equal(first[1], expected[1])
+    assert not first[0].flags.writeable  # what every later call shares cannot be altered
+    # A read-only view of writable memory is not proof of anything.
+    fresh_images, fresh_labels = generate_pathmnist(40, seed=6)
+    view = fresh_images[:]
+    view.flags.writeable = False
+    fresh_labels.flags.writeable = False
+    memo(view, fresh_labels)
+    memo(view, fresh_labels)
+    assert memo.hits == 1

@@ -1,4 +1,4 @@
-"""The datasite's storage survives ids that SQLite would otherwise read as numbers."""
+"""The datasite's fixes to syft: storage ids, blob reads and what they cost."""
 
 from __future__ import annotations
 
@@ -54,3 +54,58 @@ def test_service_results_are_stamped_without_walking_blob_bytes() -> None:
     )
     # The syft object inside the result is still stamped, as syft intends.
     assert retrieval.syft_server_location == server_id
+
+
+def test_blob_cache_serves_identical_bytes_only_and_freezes_what_it_keeps() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from datasites.syft_fixes import BlobCache
+
+    calls = []
+
+    def deserialize(raw: bytes) -> object:
+        calls.append(raw)
+        return {"images": np.frombuffer(raw, dtype=np.uint8).copy(), "marked": True}
+
+    cache = BlobCache(max_bytes=3 << 20)
+    blob = bytes(range(256)) * 8192  # 2 MiB
+    first = cache.load(blob, deserialize)
+    second = cache.load(bytes(blob), deserialize)  # equal bytes, another object
+    assert len(calls) == 1 and cache.hits == 1
+    assert second is not first and second["images"] is first["images"]
+    assert not first["images"].flags.writeable
+    second["extra"] = 1  # each caller gets its own dict
+    assert "extra" not in cache.load(blob, deserialize)
+    # Same length and same first 4 KiB but other bytes: never the cached value.
+    other = blob[:-1] + b"\x01"
+    assert cache.load(other, deserialize)["images"][-1] == 1 and len(calls) == 2
+    # The 3 MiB budget holds one 2 MiB blob: the older one was evicted.
+    cache.load(blob, deserialize)
+    assert len(calls) == 3
+    # Anything but arrays (here a DataFrame) is neither kept nor frozen.
+    frames = []
+    table = cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1]}))
+    cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1]}))
+    assert len(frames) == 2 and isinstance(table, pd.DataFrame)
+
+
+def test_syft_blob_reads_go_through_the_cache() -> None:
+    import numpy as np
+    from syft.serde.serialize import _serialize
+    from syft.store.blob_storage import SyftObjectRetrieval
+
+    from datasites.syft_fixes import cache_blob_reads
+
+    cache = cache_blob_reads()
+    assert cache_blob_reads() is cache  # one cache per process, however often applied
+    # Random, so that syft's compression cannot shrink it below the cache's 1 MiB floor.
+    pixels = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)
+    asset = {"images": pixels, "labels": np.zeros(4, np.uint8)}
+    raw = _serialize(asset, to_bytes=True)
+    hits = cache.hits
+    reads = [SyftObjectRetrieval(syft_object=raw, file_name="train").read() for _ in range(2)]
+    assert cache.hits == hits + 1
+    assert np.array_equal(reads[1]["images"], asset["images"])
+    assert reads[1]["images"] is reads[0]["images"] and not reads[0]["images"].flags.writeable
+    assert SyftObjectRetrieval(syft_object=raw, file_name="train").read(_deserialize=False) == raw
