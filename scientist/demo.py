@@ -20,9 +20,11 @@ from scientist.study import Study
 DEMO_STUDIES = (
     StudyConfig(task="ehr", model="ehr_mlp", rounds=6, local_epochs=1, batch_size=256,
                 lr=0.5, eval_every=3, dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0)),
-    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=4, local_epochs=1,
-                batch_size=128, lr=1.0, eval_every=4,
-                dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0)),
+    # Short rounds: each hospital has its own stain and class mix, and a whole local epoch
+    # pulls the shared model toward it; 5 steps between averages keep the hospitals together.
+    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=16, local_epochs=1,
+                local_steps=5, batch_size=128, lr=0.2, momentum=0.9, average_decay=0.7,
+                eval_every=16, dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0)),
 )  # fmt: skip
 
 
