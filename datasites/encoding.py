@@ -8,16 +8,24 @@ So every category list comes from the public schema of the UCI Diabetes 130-US t
 Each row is encoded on its own: the same row gives the same vector in any hospital, in any
 table, and encoding costs no privacy. Values outside the schema (a new payer code, a missing
 race) land in the block's "other/missing" slot instead of failing.
+
+`encode_features` gives the readable encoding: one-hot slots and numerics scaled to about
+[0, 1]. `encode_ehr`, which every model trains and is evaluated on, then standardizes each
+feature by the frozen centre and scale of a public reference population
+(`datasites.ehr_reference`). This is still a fixed transform of each row, and it makes the
+few noisy steps of DP-SGD count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
+from datasites import ehr_reference
 from synthetic.ehr_schema import (
     AGE_BANDS,
     EXPIRED_OR_HOSPICE,
@@ -35,6 +43,7 @@ __all__ = [
     "encode_ehr",
     "encode_features",
     "encode_images",
+    "standardize",
     "usable_rows",
 ]
 
@@ -336,8 +345,21 @@ def encode_features(frame: pd.DataFrame) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
+def standardize(features: np.ndarray) -> np.ndarray:
+    """`encode_features` rows centred and scaled by the public reference population."""
+    return _reference().standardize(features)
+
+
+@lru_cache(maxsize=1)
+def _reference() -> ehr_reference.Reference:
+    # Loaded on first use, not at import, so that `python -m datasites.ehr_reference` can
+    # import this module to regenerate a missing or outdated file.
+    return ehr_reference.load(FEATURE_NAMES)
+
+
 def encode_ehr(frame: pd.DataFrame, label: str = "readmitted_30") -> tuple[np.ndarray, np.ndarray]:
-    """Usable rows as (float32 (n, N_FEATURES), float32 (n,) labels in {0, 1}).
+    """Usable rows as (float32 (n, N_FEATURES) standardized features, float32 (n,) labels
+    in {0, 1}).
 
     `readmitted_30` is `<30` against the rest (the usual target); `readmitted_any` is `<30` or
     `>30` against `NO`. Rows discharged to death or hospice are dropped (see `usable_rows`).
@@ -346,7 +368,7 @@ def encode_ehr(frame: pd.DataFrame, label: str = "readmitted_30") -> tuple[np.nd
         raise ValueError(f"label must be one of {', '.join(LABELS)}, found {label!r}.")
     _require_columns(frame, (*_FEATURE_COLUMNS, LABEL_COLUMN))
     kept = frame.loc[usable_rows(frame).to_numpy()]
-    return encode_features(kept), _labels(kept[LABEL_COLUMN], label)
+    return standardize(encode_features(kept)), _labels(kept[LABEL_COLUMN], label)
 
 
 def encode_images(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

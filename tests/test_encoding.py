@@ -19,6 +19,7 @@ from datasites.encoding import (
     encode_ehr,
     encode_features,
     encode_images,
+    standardize,
     usable_rows,
 )
 from synthetic.ehr import EXPIRED_OR_HOSPICE, generate_ehr
@@ -40,7 +41,17 @@ def test_fixed_width_float32_and_finite(table: pd.DataFrame) -> None:
     assert features.shape == (int(usable_rows(table).sum()), N_FEATURES)
     assert features.dtype == np.float32 and labels.dtype == np.float32
     assert np.isfinite(features).all()
-    assert features.min() >= 0.0 and features.max() <= 1.5
+    readable = encode_features(table)
+    assert readable.min() >= 0.0 and readable.max() <= 1.5
+
+
+def test_models_see_the_readable_features_standardized(table: pd.DataFrame) -> None:
+    # encode_ehr = standardize(encode_features(usable rows)), a fixed transform of each row
+    kept = table.loc[usable_rows(table).to_numpy()]
+    features, _ = encode_ehr(table)
+    np.testing.assert_array_equal(features, standardize(encode_features(kept)))
+    alone = np.vstack([standardize(encode_features(kept.iloc[[i]])) for i in range(5)])
+    np.testing.assert_array_equal(alone, features[:5])
 
 
 def test_identifier_columns_change_nothing(table: pd.DataFrame) -> None:
@@ -100,7 +111,9 @@ def test_usable_rows_drop_expired_and_hospice() -> None:
     dropped = set(frame.loc[~usable, "discharge_disposition_id"])
     assert dropped == set(EXPIRED_OR_HOSPICE) == {11, 13, 14, 19, 20, 21}
     assert features.shape[0] == 30 - 6
-    assert features[:, _index("discharge_disposition_id=expired_or_hospice")].sum() == 0
+    kept = encode_features(frame.loc[usable.to_numpy()])
+    assert kept[:, _index("discharge_disposition_id=expired_or_hospice")].sum() == 0
+    np.testing.assert_array_equal(features, standardize(kept))
 
 
 def test_unknown_and_missing_values_land_in_the_other_slot(table: pd.DataFrame) -> None:
