@@ -76,10 +76,13 @@ def load(names: Sequence[str], path: Path = REFERENCE_FILE) -> Reference:
         stored = json.loads(path.read_text())["features"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{name} is missing or unreadable ({error}); {regenerate}.") from None
-    if list(stored) != list(names):
+    if not isinstance(stored, dict) or list(stored) != list(names):
         raise ValueError(f"{name} does not list the encoder's features in order; {regenerate}.")
-    center = np.array([stored[n]["center"] for n in names], dtype=np.float32)
-    scale = np.array([stored[n]["scale"] for n in names], dtype=np.float32)
+    try:
+        center = np.array([stored[n]["center"] for n in names], dtype=np.float32)
+        scale = np.array([stored[n]["scale"] for n in names], dtype=np.float32)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{name} lacks a numeric centre or scale; {regenerate}.") from None
     if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError(f"{name} has a non-finite centre or a non-positive scale; {regenerate}.")
     return Reference(center=center, scale=scale)
@@ -98,7 +101,9 @@ def write(path: Path = REFERENCE_FILE) -> None:
     lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
     features = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in derive().items()]
     text = "{\n" + "\n".join(lines) + '\n "features": {\n' + ",\n".join(features) + "\n }\n}\n"
-    path.write_text(text)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(text)
+    partial.replace(path)  # a reader never sees a half-written file
 
 
 if __name__ == "__main__":

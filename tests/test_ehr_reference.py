@@ -51,8 +51,10 @@ def test_another_draw_of_the_population_comes_out_centred_and_scaled() -> None:
         lambda doc: doc.update(features=dict(reversed(list(doc["features"].items())))),
         lambda doc: doc["features"][FEATURE_NAMES[0]].update(scale=0.0),
         lambda doc: doc.pop("features"),
+        lambda doc: doc["features"][FEATURE_NAMES[1]].pop("center"),
+        lambda doc: doc["features"][FEATURE_NAMES[2]].update(scale="wide"),
     ],
-    ids=["missing", "reordered", "zero-scale", "no-features"],
+    ids=["missing", "reordered", "zero-scale", "no-features", "no-center", "text-scale"],
 )
 def test_a_file_that_does_not_match_the_encoder_is_refused(tmp_path: Path, damage) -> None:
     # Prepare
