@@ -81,6 +81,7 @@ def start_watchers(federation: LocalFederation, stop: threading.Event) -> list[t
     """One `datasites watch` loop per hospital, in this process, until `stop` is set."""
     from datasites.operator import Operator
     from datasites.report import watch
+    from datasites.terminal import printable
 
     threads = []
     for config in federation.configs:
@@ -90,7 +91,7 @@ def start_watchers(federation: LocalFederation, stop: threading.Event) -> list[t
             from datasites.watch import watch as loop
 
             watch(op, name, interval=2.0, once=True)  # prints the policy hint once
-            loop(op, stop=stop, report=lambda d: print(d.line(name), flush=True))
+            loop(op, stop=stop, report=lambda d: print(printable(d.line(name)), flush=True))
 
         thread = threading.Thread(target=run, name=f"watch-{config.name}", daemon=True)
         thread.start()

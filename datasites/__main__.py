@@ -2,7 +2,9 @@
 
 `serve` runs one datasite in the foreground (launch.py starts one per hospital);
 `requests`, `show`, `approve`, `deny`, `budget`, `audit` and `watch` are the operator's
-commands, the same as the `Operator` class offers in Python.
+commands, the same as the `Operator` class offers in Python. Everything they print goes
+through `datasites.terminal.say`: much of it was written by the scientist, and an escape
+sequence in it must be shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from datasites.config import HospitalConfig
+from datasites.terminal import say
 
 DEFAULT_DATA_DIR = ".datasites"
 
@@ -59,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = HospitalConfig(name=args.hospital, port=args.port, data_dir=args.data_dir)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", file=sys.stderr)
         return 2
     serve(config)
     return 0
@@ -75,20 +78,20 @@ def _operate(args: argparse.Namespace) -> int:
     if args.command == "requests":
         views = op.requests()
         if not views:
-            print(f"{args.hospital}: no requests.")
+            say(f"{args.hospital}: no requests.")
         for v in views:
-            print(f"{v.id[:12]}  {v.status:<8}  {v.scientist:<28}  {v.summary()}")
+            say(f"{v.id[:12]}  {v.status:<8}  {v.scientist:<28}  {v.summary()}")
     elif args.command == "show":
         review = op.show(args.id)
-        print(json.dumps(review.to_dict(), indent=2) if args.json else report.review(review))
+        say(json.dumps(review.to_dict(), indent=2) if args.json else report.review(review))
     elif args.command == "approve":
-        print(op.approve_line(args.id, allow_custom_code=args.allow_custom_code))
+        say(op.approve_line(args.id, allow_custom_code=args.allow_custom_code))
     elif args.command == "deny":
         v = op.deny(args.id, args.reason)
-        print(f"{args.hospital} denied {v.id[:12]} from {v.scientist}: {args.reason}")
+        say(f"{args.hospital} denied {v.id[:12]} from {v.scientist}: {args.reason}")
     elif args.command == "budget":
         budget = op.budget()
-        print(json.dumps(budget, indent=2) if args.json else report.budget(budget))
+        say(json.dumps(budget, indent=2) if args.json else report.budget(budget))
     elif args.command == "watch":
         return report.watch(op, args.hospital, args.interval, args.once)
     return 0
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _operate(args)
     except OperatorError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", file=sys.stderr)
         return 2
 
 

@@ -1,7 +1,9 @@
 """Text for the operator's terminal: reviews, budgets, the audit log, watcher decisions.
 
 Kept apart from `datasites.operator` so the Python API returns data (for notebooks and
-tests) and only the command line turns it into lines to read.
+tests) and only the command line turns it into lines to read. What this module prints
+itself goes through `datasites.terminal.say`; what it returns, `datasites.__main__` prints
+the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from datasites.audit import AuditLog, format_entry
 from datasites.operator import Operator, Review
+from datasites.terminal import say
 
 PLAN_FIELDS = ("study_id", "task", "model", "model_kwargs", "label", "rounds", "local_epochs",
                "batch_size", "lr", "momentum", "epsilon", "delta", "max_grad_norm",
@@ -66,15 +69,15 @@ def audit(root: Path, verify: bool, as_json: bool) -> int:
     log = AuditLog.open(root)
     if not verify:
         for entry in log.entries():
-            print(json.dumps(entry) if as_json else format_entry(entry))
+            say(json.dumps(entry) if as_json else format_entry(entry))
         return 0
     result = log.verify()
     if result.ok:
-        print(f"{root.name}: audit log intact, {result.entries} entries; last hash "
+        say(f"{root.name}: audit log intact, {result.entries} entries; last hash "
               f"{result.last_hash}")  # fmt: skip
         return 0
-    print(f"{root.name}: audit log FAILED verification at entry {result.first_bad}: "
-          f"{result.problem}", file=sys.stderr)  # fmt: skip
+    say(f"{root.name}: audit log FAILED verification at entry {result.first_bad}: "
+        f"{result.problem}", file=sys.stderr)  # fmt: skip
     return 1
 
 
@@ -83,9 +86,9 @@ def watch(op: Operator, hospital: str, interval: float, once: bool) -> int:
 
     rules = op.hospital.policy.auto_approve
     if not rules.enabled or not rules.scientists:
-        print(f"{hospital}: auto-approval is off (policy.toml [auto_approve] enabled = "
-              f"{str(rules.enabled).lower()}, scientists = {list(rules.scientists)}); every "
-              "request is left for a person.", flush=True)  # fmt: skip
+        say(f"{hospital}: auto-approval is off (policy.toml [auto_approve] enabled = "
+            f"{str(rules.enabled).lower()}, scientists = {list(rules.scientists)}); every "
+            "request is left for a person.", flush=True)  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
-        run(op, interval=interval, once=once, report=lambda d: print(d.line(hospital), flush=True))
+        run(op, interval=interval, once=once, report=lambda d: say(d.line(hospital), flush=True))
     return 0
