@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from datasites.compute import count_parameters
 from datasites.models import MODEL_NAMES, model_task
+from datasites.untrusted import problem, shown
 
 TASKS = ("ehr", "pathmnist")
 EHR_LABELS = ("readmitted_30", "readmitted_any")
@@ -28,14 +29,19 @@ class PlanError(ValueError):
 
 
 def _number(plan: dict[str, Any], key: str, kind: type, low: float, high: float) -> Any:
+    """The field's value, checked to be a `kind` within [low, high].
+
+    The range test compares the value as it is: Python compares any int with a float
+    exactly, so a hostile 10**400 is simply out of range instead of overflowing `float()`,
+    and the message shows it only through `untrusted.shown`, which never prints a huge int.
+    """
     value = plan.get(key)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    accepted = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, accepted):
         raise PlanError(f"plan field {key} must be {kind.__name__}, found {type(value).__name__}.")
-    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
-        raise PlanError(f"plan field {key} must be within [{low}, {high}], found {value}.")
-    return value
+    if not low <= value <= high:  # False for NaN too
+        raise PlanError(f"plan field {key} must be within [{low}, {high}], found {shown(value)}.")
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -64,12 +70,18 @@ class Plan:
 
     @classmethod
     def from_dict(cls, plan: Any) -> Plan:
+        """The plan in `plan`, or PlanError saying what is wrong: the only exception, for
+        any input (a request's plan is the scientist's literal, hostile or not)."""
         if not isinstance(plan, dict):
             raise PlanError("the plan must be a dict literal.")
+        unsafe = problem(plan, "plan")
+        if unsafe:
+            raise PlanError(unsafe)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(plan) - known)
         if unknown:
-            raise PlanError(f"unknown plan fields: {', '.join(map(str, unknown))}.")
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise PlanError(f"unknown plan fields: {', '.join(unknown[:5])}{more}.")
         missing = sorted(k for k in known - set(plan) if k not in _DEFAULTS)
         if missing:
             raise PlanError(f"plan is missing fields: {', '.join(missing)}.")
@@ -77,6 +89,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         values = self.__dict__
+        unsafe = problem(values, "plan")
+        if unsafe:
+            raise PlanError(unsafe)
         if not isinstance(self.study_id, str) or not _STUDY_ID.match(self.study_id):
             raise PlanError("plan field study_id must be 3-64 of a-z, 0-9, '-', '_'.")
         if not isinstance(self.scientist, str) or len(self.scientist) > 254:
@@ -90,6 +105,7 @@ class Plan:
             raise PlanError(f"plan field label must be one of {', '.join(EHR_LABELS)}.")
         if not isinstance(self.model_kwargs, dict):
             raise PlanError("plan field model_kwargs must be a dict.")
+        _check_model_kwargs(self.model, self.model_kwargs)
         _number(values, "rounds", int, 1, MAX_ROUNDS)
         _number(values, "local_epochs", int, 1, 100)
         _number(values, "batch_size", int, 1, 100_000)
@@ -127,6 +143,15 @@ class Plan:
         """SHA-256 of the plan's canonical JSON: equal exactly when every field is equal."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
+    """The zoo's own validation, at plan time: an operator reads a bad argument as a plan
+    error in `show` instead of a refusal on the first call."""
+    try:
+        count_parameters(model, kwargs)
+    except (TypeError, ValueError) as error:
+        raise PlanError(f"plan field model_kwargs does not fit {model}: {error}") from None
 
 
 _DEFAULTS: dict[str, Any] = {

@@ -11,6 +11,11 @@ vets" are one definition.
 `ast.literal_eval`, the template is regenerated from that plan, and the two syntax trees are
 compared. Formatting and comments cannot change a syntax tree; anything that could change
 what runs does, so it makes the code custom.
+
+Every literal is the scientist's and may be hostile: an integer literal too long for
+Python to print makes `ast.dump` and `ast.unparse` raise, and plan values beyond
+`datasites.untrusted`'s bounds crash arithmetic and formatting. Such code is custom with a
+reason, its plan is withheld (`Verdict.plan` is None), and nothing downstream sees it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasites.plan import Plan, PlanError
-from datasites.review import PARSE_ERRORS, is_plan_assignment, literal_plan
+from datasites.review import PARSE_ERRORS, is_plan_assignment, read_plan
+from datasites.untrusted import printable_int
 
 __all__ = [
     "CUSTOM",
@@ -57,6 +63,9 @@ _RISKY = frozenset(
 )  # fmt: skip
 _UNNAMED = "the code differs from the template; compare it with datasites.verify.TEMPLATE"
 _SHOWN = 40  # characters of a statement or callee quoted in a reason
+# Syntax-tree depth beyond which code is not inspected (the template's is under 10; the
+# recursion of ast.dump gives out near 1,000).
+_MAX_DEPTH = 100
 
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -118,15 +127,34 @@ def classify(source: str, function_name: str | None = None) -> Verdict:
         tree = ast.parse(source)
     except PARSE_ERRORS:
         return Verdict(CUSTOM, ("the code does not parse",))
+    unreadable = _unreadable(tree)
+    if unreadable:
+        return Verdict(CUSTOM, (unreadable,), None, unreadable + "; deny this request.")
     func = _main_function(tree, function_name)
     assignment = _plan_assignment(tree, func)
-    plan = literal_plan(assignment.value) if assignment else None
-    error = _plan_error(plan)
+    plan, unsafe = read_plan(assignment.value) if assignment else (None, None)
+    error = unsafe or _plan_error(plan)
     named = func is not None and function_name in (None, func.name)
     if named and _is_template(tree, plan):
         return Verdict(VETTED, (), plan, error)
-    reasons = _reasons(tree, func, assignment, plan, function_name) or [_UNNAMED]
+    reasons = _reasons(tree, func, assignment, (plan, unsafe), function_name) or [_UNNAMED]
     return Verdict(CUSTOM, tuple(dict.fromkeys(reasons)), plan, error)
+
+
+def _unreadable(tree: ast.Module) -> str | None:
+    """Why the tree cannot be dumped or quoted safely, or None: an int literal whose repr
+    Python refuses (over 4,300 digits; hex literals have no such limit at parse time), or
+    nesting deep enough to exhaust the recursion of `ast.dump` and `ast.unparse`."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return f"line {getattr(node, 'lineno', '?')} nests deeper than {_MAX_DEPTH} levels"
+        value = node.value if isinstance(node, ast.Constant) else None
+        if isinstance(value, int) and not printable_int(value):
+            return f"line {node.lineno} holds an integer literal too long to print or check"
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return None
 
 
 def code_diff(
@@ -192,9 +220,10 @@ def _reasons(
     tree: ast.Module,
     func: _Function | None,
     assignment: ast.Assign | None,
-    plan: dict[str, Any] | None,
+    plan: tuple[dict[str, Any] | None, str | None],
     expected: str | None,
 ) -> list[str]:
+    """Every deviation from the template; `plan` is `review.read_plan`'s (plan, problem)."""
     if func is None:
         return ["the code does not define a function", *_hazards(tree)]
     return [
@@ -248,10 +277,13 @@ def _statements(tree: ast.Module, func: _Function) -> list[str]:
 
 
 def _plan_reasons(
-    func: _Function, assignment: ast.Assign | None, plan: dict[str, Any] | None
+    func: _Function, assignment: ast.Assign | None, read: tuple[dict[str, Any] | None, str | None]
 ) -> list[str]:
+    plan, unsafe = read
     if assignment is None:
         return ["the code does not assign a plan"]
+    if unsafe:
+        return [f"the plan cannot be read safely: {unsafe.rstrip('.')}"]
     if plan is None:
         return ["the plan is not a literal dict"]
     study_id = plan.get("study_id")
