@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     watch = command("watch", "approve what policy.toml allows, leave the rest for a person")
     watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     watch.add_argument("--once", action="store_true", help="decide pending requests, then exit")
+    command("rotate-keys", "new signing keys and passwords for a stopped datasite")
     return parser
 
 
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "rotate-keys":  # the datasite is stopped: no operator login
+        from datasites.rotate import cli
+
+        return cli(args.data_dir, args.hospital)
     from datasites.operator import OperatorError
 
     try:

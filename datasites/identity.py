@@ -56,6 +56,9 @@ class Identity:
     admin_password: str
     scientist_email: str
     scientist_password: str
+    # How many times `rotate-keys` replaced the key and passwords; files written before
+    # rotation existed lack it and load as generation 0.
+    keys_generation: int = 0
 
     @classmethod
     def create(cls, hospital: str) -> Identity:

@@ -28,6 +28,7 @@ from datasites.policy import Policy
 from datasites.process import DatasiteProcess
 from datasites.provision import provision
 from datasites.sources import has_sources
+from datasites.store import StoreError, record_widened, rotate_advice, secure_hospital_folder
 from datasites.synthesis import DataPlan, load_real_inputs, plan_sources
 
 FEDERATION_FILE = "federation.json"
@@ -181,6 +182,7 @@ class LocalFederation:
         if self.settings.reset:
             reset_data_dir(self.settings.data_dir)
         check_same_data(self.settings)
+        self.secure_stores(warn=True)
         for config in self.configs:
             Policy.write_default(config.root)
         missing = [c for c in self.configs if not has_sources(c)]
@@ -193,6 +195,25 @@ class LocalFederation:
             )
             plan_sources(plan, self.configs, missing, real, self.log)
         write_private_json(self.settings.data_dir / SETTINGS_FILE, self.settings.data_options())
+        self.secure_stores(warn=False)
+
+    def secure_stores(self, *, warn: bool) -> None:
+        """Make every hospital folder owner-only (see `datasites.store`).
+
+        With `warn`, a hospital that already had keys (an identity) and whose folder was
+        readable by others gets a warning line and an audit entry: its keys may have been
+        copied. Without, what this launch just created is narrowed silently.
+        """
+        for config in self.configs:
+            had_keys = config.identity_path.exists()
+            config.root.mkdir(mode=0o700, exist_ok=True)
+            try:
+                widened = secure_hospital_folder(config.root)
+            except StoreError as error:
+                raise LaunchError(f"{config.name}: {error}") from None
+            if warn and widened and had_keys:
+                self.log(rotate_advice(config.name, self.settings.data_dir, widened))
+                record_widened(config.root, widened)
 
     def _take_lock(self) -> None:
         """One launcher per data dir: two would fight over the same databases."""

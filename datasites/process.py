@@ -20,6 +20,7 @@ from pathlib import Path
 from datasites.config import HospitalConfig
 
 READY_PATH = "/api/v2/metadata"
+PRIVATE_UMASK = 0o077
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +32,23 @@ def _die_with_parent() -> None:
     """Ask Linux to SIGTERM the datasite if the launcher dies without cleaning up."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _child_setup() -> None:
+    """Runs in the child before the datasite: owner-only files from its first write on
+    (syft's database and blobs hold private data and signing keys), and die with the
+    launcher."""
+    os.umask(PRIVATE_UMASK)
+    _die_with_parent()
+
+
+def open_private_log(path: Path) -> int:
+    """Open the datasite's log for appending, 0600 (a log can carry private values in
+    tracebacks); an existing log that was wider is narrowed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd
 
 
 def is_up(url: str, timeout: float = 2.0) -> bool:
@@ -50,7 +68,7 @@ class DatasiteProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.config.root.mkdir(parents=True, exist_ok=True)
+        self.config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = dict(os.environ)
         # Several datasites share the machine's cores; one thread each avoids
         # oversubscription when they train at the same time.
@@ -65,7 +83,7 @@ class DatasiteProcess:
             "--port", str(self.config.port),
             "--data-dir", str(self.config.data_dir),
         ]  # fmt: skip
-        with open(self.config.log_path, "ab") as log:
+        with open(open_private_log(self.config.log_path), "ab") as log:
             self._proc = subprocess.Popen(
                 command,
                 stdout=log,
@@ -74,7 +92,7 @@ class DatasiteProcess:
                 env=env,
                 cwd=REPO_ROOT,
                 start_new_session=True,  # a terminal's Ctrl-C goes to the launcher only
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup,
             )
 
     @property

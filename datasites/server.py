@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datasites.audit import AuditLog
 from datasites.config import HOSPITAL_ROOT_ENV, HospitalConfig
 from datasites.identity import Identity
+from datasites.process import PRIVATE_UMASK
+from datasites.rotate import apply_pending_rotation
 from datasites.server_audit import audit_api_calls, audit_auth_routes
+from datasites.store import record_widened, secure_hospital_folder
 from datasites.syft_fixes import apply_all as apply_syft_fixes
 
 if TYPE_CHECKING:
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from syft.server.datasite import Datasite
 
 API_PREFIX = "/api/v2"
+logger = logging.getLogger(__name__)
 
 
 def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
@@ -51,6 +56,15 @@ def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
     )
 
 
+def database_path(config: HospitalConfig, identity: Identity) -> Path:
+    """The SQLite file `build_worker`'s Datasite opens: syft's default layout under
+    SYFT_TEMP_ROOT, `<syft>/<uid>/db/<uid>_json.db`."""
+    from syft.types.uid import UID
+
+    uid = str(UID.from_string(identity.server_uid))
+    return config.syft_dir / uid / "db" / f"{uid}_json.db"
+
+
 def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
     """The HTTP API a syft client talks to, without syft's allow-all CORS policy; with an
     audit log, refused calls, logins and registrations and new requests are recorded."""
@@ -72,9 +86,14 @@ def serve(config: HospitalConfig) -> None:
     """Run the datasite until SIGINT/SIGTERM, then stop it cleanly."""
     import uvicorn
 
+    # Everything syft writes later (database, WAL, blobs) is owner-only from the start.
+    os.umask(PRIVATE_UMASK)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secure_store(config)
     identity = Identity.load_or_create(config.identity_path, config.name)
     os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if apply_pending_rotation(config, identity, database_path(config, identity)):
+        logger.info("%s: new signing keys and passwords applied", config.name)
     worker = build_worker(config, identity)
     # syft sets the root logger to CRITICAL while building the server; the runtime's
     # incident reports and per-round lines are for the operator, so keep them.
@@ -87,3 +106,15 @@ def serve(config: HospitalConfig) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
+
+
+def secure_store(config: HospitalConfig) -> None:
+    """Make the hospital's folder owner-only; if it was not, say so and audit it."""
+    widened = secure_hospital_folder(config.root)
+    if widened:
+        logger.warning(
+            "%s: %d files of its store were readable by other users; they are private now, "
+            "but rotate its keys (python -m datasites rotate-keys --hospital %s)",
+            config.name, len(widened), config.name,
+        )  # fmt: skip
+        record_widened(config.root, widened)
