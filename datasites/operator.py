@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasites.audit import AuditLog, Verification
+from datasites.changes import ChangeView, Site, inspect_request
 from datasites.config import HospitalConfig
 from datasites.identity import Identity
-from datasites.verify import Verdict, classify, code_diff
+from datasites.verify import CUSTOM, Verdict, classify, code_diff
 
 if TYPE_CHECKING:
     from datasites.plan import Plan
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 FEDERATION_FILE = "federation.json"
 MANIFEST_FILE = "manifest.json"
 PENDING = "pending"
+MALFORMED = "malformed"
+DATASETS = ("ehr", "pathmnist")
+NO_ACCOUNT = "(no account)"
 
 
 class OperatorError(RuntimeError):
@@ -50,16 +54,29 @@ class RequestView:
     plan: dict[str, Any] | None
     code: str
     verdict: Verdict
+    changes: tuple[ChangeView, ...] = ()
+    request_problems: tuple[str, ...] = ()  # what disqualifies it whatever its code
+    malformed: str | None = None  # why the request could not be read at all
 
     def summary(self) -> str:
+        if self.malformed:
+            return f"{MALFORMED}: {self.malformed}"
+        extra = f" [{len(self.request_problems)} request problems]" if self.request_problems else ""
         p = self.plan or {}
         if not p:
-            return f"{self.verdict.kind}: {self.function} carries no study plan"
+            return f"{self.verdict.kind}: {self.function} carries no study plan{extra}"
         local = (f"{p['local_steps']} steps" if p.get("local_steps")
                  else f"{p.get('local_epochs')} epochs")  # fmt: skip
         return (f"{self.verdict.kind}: {p.get('model')} on {p.get('task')}, {p.get('rounds')} "
                 f"rounds x {local}, batch {p.get('batch_size')}, "
-                f"epsilon {p.get('epsilon')} at delta {p.get('delta')}")  # fmt: skip
+                f"epsilon {p.get('epsilon')} at delta {p.get('delta')}{extra}")  # fmt: skip
+
+    @classmethod
+    def unreadable(cls, request_id: str, reason: str) -> RequestView:
+        """A request the operator's tools could not read: shown, never approved."""
+        verdict = Verdict(CUSTOM, ("the request could not be read",))
+        return cls(id=request_id, status=MALFORMED, scientist="", function="", submitted="",
+                   plan=None, code="", verdict=verdict, malformed=reason)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,9 @@ class Review:
         return {
             "id": v.id, "status": v.status, "scientist": v.scientist, "submitted": v.submitted,
             "function": v.function, "verdict": v.verdict.kind, "reasons": list(v.verdict.reasons),
-            "plan": v.plan, "plan_error": v.verdict.plan_error,
+            "plan": v.plan, "plan_error": v.verdict.plan_error, "malformed": v.malformed,
+            "changes": [{"kind": c.kind, "summary": c.summary, "problem": c.problem}
+                        for c in v.changes],
             "projection": self.projection.to_dict() if self.projection else None,
             "problems": list(self.problems), "code": v.code, "diff": self.diff,
         }  # fmt: skip
@@ -101,7 +120,36 @@ class Operator:
         self.name = name or getpass.getuser()  # who decides, for the audit log
         self.audit_log = AuditLog.open(root)
         self._rows: dict[str, int] = {}
-        self._codes: dict[str, tuple[str, str, Verdict]] = {}
+        self._read: dict[str, _Read] = {}
+        self._users: dict[str, tuple[str, str]] = {}
+
+    @cached_property
+    def site(self) -> Site:
+        """This datasite's id and its assets' action ids, which a request must bind."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            hosted = {d.name: d for d in self.client.datasets.get_all()}
+            assets = {
+                name: (str(hosted[name].assets["train"].action_id),
+                       str(hosted[name].assets["test"].action_id))
+                for name in DATASETS if name in hosted
+            }  # fmt: skip
+        return Site(server_id=str(self.client.id), assets=assets)
+
+    def account(self, request: Any) -> tuple[str, str]:
+        """(email, role) of the account that sent `request`; NO_ACCOUNT for none.
+
+        The datasite fills a request's requester from the key that signed the submission
+        (its own user lookup), so a caller with no account cannot pass for the scientist;
+        the role is read from this hospital's own account list.
+        """
+        email = getattr(request, "requesting_user_email", None)
+        if not isinstance(email, str) or not email:
+            return NO_ACCOUNT, "GUEST"
+        if email not in self._users:
+            with contextlib.redirect_stdout(io.StringIO()):
+                users = self.client.users.get_all()
+            self._users = {str(u.email): (str(u.email), u.role.name) for u in users}
+        return self._users.get(email, (NO_ACCOUNT, "GUEST"))
 
     @cached_property
     def hospital(self) -> Hospital:
@@ -135,7 +183,14 @@ class Operator:
     # -- requests ----------------------------------------------------------------------
 
     def requests(self) -> list[RequestView]:
-        return [self._view(r) for r in self.client.requests]
+        """Every request; one that cannot be read is listed as malformed, with its reason."""
+        return [self._safe_view(r) for r in self.client.requests]
+
+    def _safe_view(self, request: Any) -> RequestView:
+        try:
+            return self._view(request)
+        except Exception as error:  # a hostile request must not stop the operator
+            return RequestView.unreadable(str(getattr(request, "id", "?")), _reason(error))
 
     def request(self, request_id: str) -> Any:
         """The syft request whose id starts with `request_id` (unique prefix)."""
@@ -153,7 +208,16 @@ class Operator:
         return review
 
     def review(self, request: Any) -> Review:
-        view = self._view(request)
+        view = self._safe_view(request)
+        if view.malformed:
+            return Review(view, None, (f"malformed request: {view.malformed}",), "")
+        try:
+            return self._review(view)
+        except Exception as error:
+            problem = f"malformed request: the review failed ({_reason(error)})"
+            return Review(view, None, (problem,), "")
+
+    def _review(self, view: RequestView) -> Review:
         parsed = self._plan(view)
         projection = None
         if parsed is not None:
@@ -181,6 +245,7 @@ class Operator:
         problems = []
         if not view.verdict.vetted:
             problems.append("custom code: " + "; ".join(view.verdict.reasons))
+        problems += [f"request: {p}" for p in view.request_problems]
         if view.verdict.plan_error:
             problems.append(f"invalid plan: {view.verdict.plan_error}")
         if plan is not None:
@@ -232,22 +297,41 @@ class Operator:
         return self._rows[key]
 
     def _view(self, request: Any) -> RequestView:
-        """The request as the operator sees it; its code is fetched and verified once per
-        operator session (a request's code never changes, its status does)."""
+        """The request as the operator sees it; its changes and code are read and verified
+        once per operator session (a request's changes never change, its status does)."""
         request_id = str(request.id)
-        if request_id not in self._codes:
-            self._codes[request_id] = _code(request)
-        source, function, verdict = self._codes[request_id]
+        if request_id not in self._read:
+            self._read[request_id] = self._read_request(request)
+        read = self._read[request_id]
         return RequestView(
             id=request_id,
             status=_status(request),
-            scientist=str(getattr(request, "requesting_user_email", "") or ""),
-            function=function,
+            scientist=read.requester,
+            function=read.function,
             submitted=str(getattr(request, "request_time", "")),
-            plan=verdict.plan,
-            code=source,
-            verdict=verdict,
+            plan=read.verdict.plan,
+            code=read.source,
+            verdict=read.verdict,
+            changes=read.changes,
+            request_problems=read.problems,
         )
+
+    def _read_request(self, request: Any) -> _Read:
+        """Who asked (by verified key), every change, and the verdict on the code."""
+        email, role = self.account(request)
+        problems = []
+        if email == NO_ACCOUNT:
+            problems.append("the requester has no account at this hospital")
+        elif role != "DATA_SCIENTIST":
+            problems.append(f"the requester's account is {role}, not a data scientist")
+        shape = inspect_request(request, self.site, None)
+        source, function = _source(shape.code)
+        verdict = classify(source, function or None)
+        task = (verdict.plan or {}).get("task")
+        if isinstance(task, str) and task in self.site.assets:
+            shape = inspect_request(request, self.site, task)
+        return _Read(email, function, source, verdict, shape.changes,
+                     (*problems, *shape.problems))  # fmt: skip
 
     # -- decisions ---------------------------------------------------------------------
 
@@ -273,8 +357,7 @@ class Operator:
                 else (" (pass --allow-custom-code only after reading every line)")
             )
             raise OperatorError(f"not approved: {'; '.join(blocking)}{hint}.")
-        with contextlib.redirect_stdout(io.StringIO()):
-            request.approve()
+        self._apply(request, view)
         self.audit_log.append(
             "approved", request=view.id, study=(view.plan or {}).get("study_id"),
             scientist=view.scientist, operator=by or self.name, verdict=view.verdict.kind,
@@ -282,6 +365,23 @@ class Operator:
             projected_epsilon=review.projection.study_epsilon if review.projection else None,
         )  # fmt: skip
         return Review(self._view(request), review.projection, review.problems, review.diff)
+
+    def _apply(self, request: Any, view: RequestView) -> None:
+        """Apply the request's one change, checked above to be the vetted code's approval.
+
+        Not syft's `Request.approve()`: that applies every change a request carries. The
+        datasite refuses to apply anything else for a scientist too (`datasites.syft_guard`).
+        """
+        from syft.service.response import SyftError
+
+        if len(view.changes) != 1:
+            raise OperatorError(f"not approved: the request carries {len(view.changes)} changes.")
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = self.client.api.services.request.apply(request.id)
+        if isinstance(result, SyftError):
+            self.audit_log.append("refused", layer="operator", request=view.id,
+                                  operator=self.name, reason=_reason(result))  # fmt: skip
+            raise OperatorError(f"not approved: {_reason(result)}")
 
     def approve_line(self, request_id: str, *, allow_custom_code: bool = False) -> str:
         """Approve and say what was approved and what it costs here (the CLI's output)."""
@@ -341,12 +441,30 @@ def _diff(view: RequestView, approved: list[RequestView]) -> str:
     return code_diff(latest.code, view.code, f"approved {latest.id[:12]}", view.id[:12])
 
 
-def _code(request: Any) -> tuple[str, str, Verdict]:
-    """(source, function name, verdict) of a request's code: one server round trip."""
-    code = request.code
-    source = getattr(code, "raw_code", "") or ""
-    function = str(getattr(code, "service_func_name", ""))
-    return source, function, classify(source, function or None)
+@dataclass(frozen=True)
+class _Read:
+    """What reading a request found; cached per operator session."""
+
+    requester: str
+    function: str
+    source: str
+    verdict: Verdict
+    changes: tuple[ChangeView, ...]
+    problems: tuple[str, ...]
+
+
+def _source(code: Any) -> tuple[str, str]:
+    """(source, function name) of a code object; empty for a request without code."""
+    if code is None:
+        return "", ""
+    return str(getattr(code, "raw_code", "") or ""), str(getattr(code, "service_func_name", ""))
+
+
+def _reason(error: Any) -> str:
+    """A short, single-line reason from an exception or a syft error."""
+    text = str(getattr(error, "message", None) or error or type(error).__name__)
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first[:200]
 
 
 def _status(request: Any) -> str:

@@ -31,9 +31,16 @@ def review(r: Review) -> str:
         f"from      {v.scientist or '(unknown)'} at {v.submitted}",
         f"status    {v.status}",
         f"function  {v.function}",
-        f"verdict   {v.verdict.kind.upper()}"
-        + ("" if v.verdict.vetted else " - would run unsandboxed inside this datasite"),
     ]
+    if v.malformed:
+        lines.append(f"MALFORMED {v.malformed}")
+    lines.append(f"changes   {len(v.changes)} (only one, the approval of a vetted code, can be "
+                 "approved)")  # fmt: skip
+    lines += [f"  {i}. {change.line()}" for i, change in enumerate(v.changes, 1)]
+    lines.append(
+        f"verdict   {v.verdict.kind.upper()}"
+        + ("" if v.verdict.vetted else " - would run unsandboxed inside this datasite")
+    )
     lines += [f"          - {reason}" for reason in v.verdict.reasons]
     if v.plan:
         lines.append("plan")

@@ -11,7 +11,9 @@ not recorded (the operator's commands record their own decisions).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +24,14 @@ if TYPE_CHECKING:
     from syft.server.datasite import Datasite
 
 log = logging.getLogger("datasites.server")
-REQUEST_PATHS = frozenset({"code.request_code_execution"})
 MESSAGE_CHARS = 200
+LOGIN_FAILED_REPLY = "Login failed: the email or the password is wrong."
+PASSWORD_RESET_REPLY = (
+    "Password resets are done by this hospital's operator; ask them for a new password."
+)
+# A failed login answers no sooner than this, so its timing tells no more than its text
+# (syft hashes the password only for accounts that exist) and guessing is slow.
+FAILED_LOGIN_SECONDS = 1.0
 
 
 def _first_line(text: Any) -> str:
@@ -49,7 +57,7 @@ def _who(worker: Datasite, credentials: Any) -> tuple[str, bool]:
 
 
 def audit_api_calls(worker: Datasite, audit: AuditLog) -> None:
-    """Record refused API calls and new code requests of non-admin callers."""
+    """Record API calls of non-admin callers that syft itself refused."""
     from syft.service.response import SyftError
 
     original = worker.handle_api_call_with_unsigned_result
@@ -58,56 +66,78 @@ def audit_api_calls(worker: Datasite, audit: AuditLog) -> None:
         try:
             result = original(api_call, *args, **kwargs)
         except Exception as error:
-            _record(worker, audit, api_call, refused=_message(error))
+            _record(worker, audit, api_call, _message(error))
             raise
         if isinstance(result, SyftError):
-            _record(worker, audit, api_call, refused=_message(result))
-        else:
-            _record(worker, audit, api_call, result=result)
+            _record(worker, audit, api_call, _message(result))
         return result
 
     worker.handle_api_call_with_unsigned_result = handle
 
 
-def _record(worker: Datasite, audit: AuditLog, api_call: Any, *, refused: str | None = None,
-            result: Any = None) -> None:  # fmt: skip
+def _record(worker: Datasite, audit: AuditLog, api_call: Any, refused: str) -> None:
     """Never fails the call: an audit problem is logged, the scientist sees syft's answer."""
     try:
-        path = str(getattr(api_call.message, "path", ""))
-        if refused is None and path not in REQUEST_PATHS:
-            return
+        path = str(getattr(getattr(api_call, "message", api_call), "path", ""))
         email, admin = _who(worker, api_call.credentials)
-        if admin:
-            return
-        if refused is not None:
+        if not admin:
             audit.append("refused", layer="syft", path=path, user=email, reason=refused)
-        else:
-            request = getattr(result, "value", result)
-            audit.append("request_received", request=str(getattr(request, "id", "")),
-                         user=email)  # fmt: skip
     except Exception:
         log.exception("could not write the audit entry for an API call")
 
 
 def audit_auth_routes(app: FastAPI, worker: Datasite, audit: AuditLog, prefix: str) -> None:
-    """Record refused logins and registrations (syft answers them with a serialized error)."""
+    """Record refused logins and registrations, and answer them alike for every account.
+
+    syft's replies tell an unknown email from a wrong password, and its password reset tells
+    which accounts are admins (and notifies the admin on every call); here a failed login
+    gets one reply whatever the cause, no sooner than `FAILED_LOGIN_SECONDS`, and password
+    resets are the operator's business: one fixed reply for every email, nothing sent.
+    """
     routes = {f"{prefix}/login": "login", f"{prefix}/register": "register"}
+    resets = {f"{prefix}/forgot_password": "forgot_password",
+              f"{prefix}/reset_password": "reset_password"}  # fmt: skip
 
     @app.middleware("http")
     async def audit_auth(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        kind = routes.get(request.url.path)
+        from fastapi import Response as PlainResponse
+
+        path = request.url.path
+        if path in resets:
+            email = await _email_of(request, "login") if path.endswith("forgot_password") else ""
+            _append(audit, "refused", layer="guard", path=resets[path], user=email,
+                    reason="password resets are done by the hospital's operator")  # fmt: skip
+            return PlainResponse(content=_error_bytes(PASSWORD_RESET_REPLY),
+                                 media_type="application/octet-stream")  # fmt: skip
+        kind = routes.get(path)
         if kind is None:
             return await call_next(request)
+        started = time.monotonic()
         email = await _email_of(request, kind)
         response = await call_next(request)
         body = b"".join([chunk async for chunk in response.body_iterator])
-        _record_auth(audit, kind, email, body)
-        from fastapi import Response as PlainResponse
+        failed = _record_auth(audit, kind, email, body)
+        if failed and kind == "login":
+            body = _error_bytes(LOGIN_FAILED_REPLY)
+            await asyncio.sleep(max(0.0, FAILED_LOGIN_SECONDS - (time.monotonic() - started)))
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return PlainResponse(content=body, status_code=response.status_code, headers=headers)
 
-        return PlainResponse(content=body, status_code=response.status_code,
-                             headers=dict(response.headers))  # fmt: skip
+
+def _error_bytes(message: str) -> bytes:
+    from syft.serde.serialize import _serialize
+    from syft.service.response import SyftError
+
+    return _serialize(SyftError(message=message), to_bytes=True)
+
+
+def _append(audit: AuditLog, event: str, **fields: Any) -> None:
+    try:
+        audit.append(event, **fields)
+    except Exception:
+        log.exception("could not write the audit entry for %s", event)
 
 
 async def _email_of(request: Request, kind: str) -> str:
@@ -125,7 +155,8 @@ async def _email_of(request: Request, kind: str) -> str:
         return ""
 
 
-def _record_auth(audit: AuditLog, kind: str, email: str, body: bytes) -> None:
+def _record_auth(audit: AuditLog, kind: str, email: str, body: bytes) -> bool:
+    """Record the outcome; True when syft refused the login or registration."""
     from syft.serde.deserialize import _deserialize
     from syft.service.response import SyftError
 
@@ -140,3 +171,4 @@ def _record_auth(audit: AuditLog, kind: str, email: str, body: bytes) -> None:
             audit.append("account_registered", user=email)
     except Exception:
         log.exception("could not write the audit entry for a %s", kind)
+    return isinstance(answer, SyftError) or answer is None
