@@ -22,6 +22,7 @@ from datasites.rotate import apply_pending_rotation
 from datasites.server_audit import audit_api_calls, audit_auth_routes
 from datasites.store import record_widened, secure_hospital_folder
 from datasites.syft_fixes import apply_all as apply_syft_fixes
+from datasites.syft_guard import Guard
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -66,18 +67,22 @@ def database_path(config: HospitalConfig, identity: Identity) -> Path:
 
 
 def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
-    """The HTTP API a syft client talks to, without syft's allow-all CORS policy; with an
-    audit log, refused calls, logins and registrations and new requests are recorded."""
+    """The HTTP API a syft client talks to, without syft's allow-all CORS policy or API docs;
+    with an audit log, the unused syft surface is closed (`datasites.syft_guard`), and
+    refused calls, logins, registrations and new requests are recorded."""
     from fastapi import APIRouter, FastAPI
     from syft.server.routes import make_routes
     from syft.server.uvicorn import get_lifetime
 
-    app = FastAPI(title=worker.name, lifespan=get_lifetime(worker=worker))
+    # No /docs, /redoc or /openapi.json: a map of the API helps nobody the hospital serves.
+    app = FastAPI(title=worker.name, lifespan=get_lifetime(worker=worker), docs_url=None,
+                  redoc_url=None, openapi_url=None)  # fmt: skip
     router = APIRouter()
     router.include_router(make_routes(worker=worker))
     app.include_router(router, prefix=API_PREFIX)
     if audit is not None:
-        audit_api_calls(worker, audit)
+        audit_api_calls(worker, audit)  # syft's own refusals (inner)
+        Guard(worker, audit).install()  # what syft would allow but this hospital does not
         audit_auth_routes(app, worker, audit, API_PREFIX)
     return app
 
