@@ -4,7 +4,9 @@ The scientist states a target epsilon; what the hospital loses is decided here: 
 calibrated from this hospital's own training rows, and the dataset's total is the RDP
 composition of everything already spent with every event the study plans. An operator sees
 these figures in `show`, and `approve` refuses a study whose projected total passes the cap,
-so a study that the runtime would have to stop half-way is never approved.
+so a study that the runtime would have to stop half-way is never approved. The projection
+also carries the study's compute here (`datasites.compute.Compute`), which the site policy
+bounds because epsilon does not.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from datasites.accounting import epsilon
+from datasites.compute import Compute
 
 if TYPE_CHECKING:
     from datasites.plan import Plan
@@ -30,6 +33,7 @@ class Projection:
     spent: float  # the dataset's composed epsilon so far, all studies
     total_after: float  # spent composed with every event the study still plans
     cap: float
+    compute: Compute  # DP-SGD steps, evaluations and model size of the study here
 
     @property
     def remaining_after(self) -> float:
@@ -49,6 +53,7 @@ class Projection:
             f"{self.dataset} spent so far: {self.spent:.3f} of cap {self.cap:g}",
             f"after this study: {self.total_after:.3f}, remaining {self.remaining_after:.3f}"
             + ("" if self.within_cap else "  ABOVE THE CAP"),
+            self.compute.line(),
         ]
 
 
@@ -79,4 +84,5 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
         spent=epsilon(spent_events, ledger.delta),
         total_after=epsilon(spent_events + planned, ledger.delta),
         cap=ledger.cap(plan.dataset),
+        compute=Compute.of(plan, n),
     )

@@ -31,6 +31,7 @@ import numpy as np
 from datasites.accounting import StudyBudget, calibrate_study
 from datasites.assets import is_mock
 from datasites.audit import AuditLog, weights_digest
+from datasites.compute import Compute
 from datasites.config import HOSPITAL_ROOT_ENV
 from datasites.dp import TrainSpec, dp_train
 from datasites.encoded import EncodedMemo, tensor_view
@@ -170,6 +171,7 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
         raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study: "
                             f"{'; '.join(violations)}.")  # fmt: skip
     features, labels = _encode(plan, train)
+    _check_compute(hospital, plan, n=len(labels))
     record = _register(hospital, plan, n=len(labels))
     out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
     if round_ - 1 in plan.eval_rounds():
@@ -181,6 +183,15 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
     out["epsilon_total"] = hospital.ledger.spent(plan.dataset)
     out["epsilon_cap"] = hospital.ledger.cap(plan.dataset)
     return out
+
+
+def _check_compute(hospital: Hospital, plan: Plan, n: int) -> None:
+    """Refuse, before any training, a study whose compute here is beyond the site policy:
+    epsilon bounds what a study learns, not how long it occupies this server."""
+    violations = hospital.policy.study.compute_violations(Compute.of(plan, n))
+    if violations:
+        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study's "
+                            f"compute: {'; '.join(violations)}.")  # fmt: skip
 
 
 def _parse_request(request: Any, plan: Plan) -> tuple[int, dict[str, Any], Any]:

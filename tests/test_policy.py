@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from datasites.compute import Compute
 from datasites.policy import (
     DEFAULT_POLICY,
     AutoApprovePolicy,
@@ -88,3 +89,83 @@ def test_auto_approval_needs_every_rule() -> None:
         "epsilon 2 exceeds auto_approve.max_epsilon 1",
     ]
     assert "auto_approve.enabled is false" in AutoApprovePolicy().refusals("a@x.org", True, 0.1)
+
+
+# --- compute limits ----------------------------------------------------------------------
+
+
+def test_compute_limits_have_defaults_that_the_default_file_states(tmp_path: Path) -> None:
+    Policy.write_default(tmp_path)
+    study = Policy.load(tmp_path).study
+
+    assert (study.max_local_steps, study.max_total_steps, study.max_evaluations,
+            study.max_model_parameters) == (1_000, 20_000, 101, 5_000_000)  # fmt: skip
+    assert study == StudyPolicy()
+
+
+def test_compute_limits_are_read_from_the_file(tmp_path: Path) -> None:
+    text = ("[study]\nmax_local_steps = 10\nmax_total_steps = 100\nmax_evaluations = 3\n"
+            "max_model_parameters = 1_000\n")  # fmt: skip
+    study = Policy.load(write(tmp_path, text)).study
+
+    assert (study.max_local_steps, study.max_total_steps, study.max_evaluations,
+            study.max_model_parameters) == (10, 100, 3, 1_000)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_local_steps = 0", "study.max_local_steps must be a number >= 1"),
+        ("max_total_steps = 'many'", "study.max_total_steps must be a number >= 1"),
+        ("max_evaluations = 2.5", "study.max_evaluations must be an integer"),
+        ("max_model_parameters = -1", "study.max_model_parameters must be a number >= 1"),
+        ("max_model_parameters = inf", "study.max_model_parameters must be an integer"),
+        ("max_local_step = 5", "unknown keys: study.max_local_step"),
+    ],
+)
+def test_compute_limit_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        Policy.load(write(tmp_path, f"[study]\n{text}\n"))
+
+
+COMPUTE = Compute(steps_per_round=50, total_steps=500, evaluations=3, parameters=10_000,
+                  bytes_per_call=40_000)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "message"),
+    [
+        ("max_local_steps", 49, "50 DP-SGD steps per round exceed study.max_local_steps 49"),
+        ("max_total_steps", 499, "500 DP-SGD steps in all exceed study.max_total_steps 499"),
+        ("max_evaluations", 2, "3 evaluations exceed study.max_evaluations 2"),
+        ("max_model_parameters", 9_999,
+         "10,000 model parameters exceed study.max_model_parameters 9,999"),
+    ],
+)  # fmt: skip
+def test_each_compute_limit_names_its_key(limit: str, value: int, message: str) -> None:
+    at_limit = StudyPolicy(**{limit: value + 1})
+
+    assert StudyPolicy().compute_violations(COMPUTE) == []
+    assert at_limit.compute_violations(COMPUTE) == []
+    assert StudyPolicy(**{limit: value}).compute_violations(COMPUTE) == [message]
+
+
+def test_hostile_plan_values_are_violations_not_crashes() -> None:
+    study = StudyPolicy()
+    huge = {**PLAN, "rounds": 10**5000, "epsilon": 10**400, "batch_size": -(10**400)}
+
+    assert study.violations(huge) == [
+        "an integer too large to show rounds exceed study.max_rounds 500",
+        "batch size an integer too large to show is below study.min_batch_size 32",
+        "epsilon an integer too large to show exceeds study.max_epsilon 5",
+    ]
+    assert study.violations({**PLAN, "epsilon": float("nan")}) == [
+        "epsilon nan exceeds study.max_epsilon 5"
+    ]
+    rules = AutoApprovePolicy(enabled=True, scientists=("a@x.org",), max_epsilon=1.0)
+    assert rules.refusals("a@x.org", True, 10**400) == [
+        "epsilon an integer too large to show is not a finite number"
+    ]
+    assert rules.refusals("a@x.org", True, -1) == [
+        "epsilon -1 is not within (0, auto_approve.max_epsilon 1]"
+    ]

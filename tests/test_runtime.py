@@ -226,3 +226,24 @@ def test_local_steps_and_local_epochs_exclude_each_other(hospital: Path, table) 
                   request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
     assert out["refused"] == "PlanError" and "exclude each other" in out["error"]
     assert current_hospital().ledger.spent("ehr") == 0.0
+
+
+def test_compute_beyond_the_site_policy_is_refused_before_training(hospital: Path, table) -> None:
+    """A study the scientist library built, within every privacy limit, that takes more
+    DP-SGD steps per round than this hospital's tightened policy allows: refused and
+    audited on the call, with nothing registered, trained or spent."""
+    weights = initial_weights(CONFIG)
+    (hospital / "policy.toml").write_text("[study]\nmax_local_steps = 5\n")
+
+    out = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
+
+    assert out["refused"] == "PolicyRefusal"
+    assert "per round exceed study.max_local_steps 5" in out["error"]
+    assert current_hospital().ledger.study("ehr-test-0001") is None
+    assert current_hospital().ledger.spent("ehr") == 0.0
+    refused = current_hospital().audit.entries()[-1]
+    assert refused["event"] == "refused" and refused["refusal"] == "PolicyRefusal"
+
+    out = execute(plan(local_steps=5), train=table, test=table,
+                  request={"round": 1, "weights": weights})  # fmt: skip
+    assert "error" not in out and out["train"]["steps"] == 5
