@@ -10,6 +10,8 @@ is recorded once in the audit log as a `policy_decision`.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datasites.operator import PENDING, Operator, OperatorError, Review
 
 WATCHER = "watch"  # the operator name decisions are recorded under
+log = logging.getLogger("datasites.watch")
 
 
 @dataclass(frozen=True)
@@ -38,23 +41,43 @@ def blocking_reasons(op: Operator, review: Review) -> list[str]:
     rules = op.hospital.policy.auto_approve.refusals(
         review.view.scientist,
         review.view.verdict.vetted,
-        float(epsilon) if isinstance(epsilon, int | float) else float("inf"),
+        _epsilon(epsilon),
     )
     return [*review.problems, *rules]
 
 
+def _epsilon(value: object) -> float:
+    """The plan's epsilon as a float; inf (never auto-approved) for anything unusable."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("inf")
+    try:
+        number = float(value)
+    except OverflowError:
+        return float("inf")
+    return number if math.isfinite(number) else float("inf")
+
+
 def decide(op: Operator, request: object) -> Decision:
-    """Approve `request` if the policy allows it; record the decision either way."""
-    review = op.review(request)
-    request_id = review.view.id
-    reasons = blocking_reasons(op, review)
+    """Approve `request` if the policy allows it; record the decision either way.
+
+    A request that cannot even be reviewed is left for a person with the reason: one
+    hostile request must not stop the watcher from deciding the others.
+    """
+    request_id = str(getattr(request, "id", "?"))
     approved = False
-    if not reasons:
-        try:
-            op.approve(request_id, by=WATCHER)
-            approved = True
-        except OperatorError as error:  # changed since the review (e.g. another approval)
-            reasons = [str(error)]
+    try:
+        review = op.review(request)
+        request_id = review.view.id
+        reasons = blocking_reasons(op, review)
+        if not reasons:
+            try:
+                op.approve(request_id, by=WATCHER)
+                approved = True
+            except OperatorError as error:  # changed since the review (e.g. another approval)
+                reasons = [str(error)]
+    except Exception as error:
+        log.exception("could not decide request %s", request_id)
+        reasons = [f"malformed request: {type(error).__name__}"]
     op.audit_log.append("policy_decision", request=request_id, operator=WATCHER,
                         approved=approved, reasons=reasons)  # fmt: skip
     return Decision(request_id, approved, tuple(reasons))
@@ -70,12 +93,19 @@ def watch_once(op: Operator, seen: set[str]) -> list[Decision]:
     """Decide every pending request not decided before; returns the new decisions."""
     decisions = []
     for request in op.client.requests:
-        request_id = str(request.id)
-        if request_id in seen or str(request.status.name).lower() != PENDING:
+        request_id = str(getattr(request, "id", ""))
+        if request_id in seen or not _pending(request):
             continue
         seen.add(request_id)
         decisions.append(decide(op, request))
     return decisions
+
+
+def _pending(request: object) -> bool:
+    try:
+        return str(request.status.name).lower() == PENDING  # type: ignore[attr-defined]
+    except Exception:  # a request whose status cannot be read is decided (left for a person)
+        return True
 
 
 def watch(op: Operator, *, interval: float = 2.0, once: bool = False,
@@ -86,8 +116,11 @@ def watch(op: Operator, *, interval: float = 2.0, once: bool = False,
     seen = decided_requests(op)
     count = 0
     while True:
-        for decision in watch_once(op, seen):
-            report(decision)
-            count += 1
+        try:
+            for decision in watch_once(op, seen):
+                report(decision)
+                count += 1
+        except Exception:  # the datasite is briefly unreachable, say: try at the next poll
+            log.exception("%s: could not list the requests", op.hospital.name)
         if once or stop.wait(interval):
             return count
