@@ -255,6 +255,9 @@ class Operator:
                 problems.append(f"policy: delta {plan.delta:g} differs from this hospital's "
                                 f"{delta:g}")  # fmt: skip
             problems += self._reused_id(view, plan, approved)
+        if projection is not None:
+            study = self.hospital.policy.study
+            problems += [f"policy: {p}" for p in study.compute_violations(projection.compute)]
         if projection is not None and not projection.within_cap:
             problems.append(
                 f"budget: {projection.dataset} would reach epsilon {projection.total_after:.3f}, "
