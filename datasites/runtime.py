@@ -48,6 +48,7 @@ from datasites.ledger import Ledger, LedgerError, StudyRecord
 from datasites.models import build_model, load_weights
 from datasites.plan import Plan, PlanError
 from datasites.policy import POLICY_FILE, Policy
+from datasites.untrusted import int_fits, shown
 
 LEDGER_FILE = "ledger.sqlite"
 REQUEST_KEYS = frozenset({"round", "weights"})
@@ -155,7 +156,8 @@ def _call_fields(plan: Any, request: Any) -> dict[str, Any]:
     round_ = request.get("round") if isinstance(request, dict) else None
     return {
         "study": study[:64] if isinstance(study, str) else None,
-        "round": round_ if isinstance(round_, int) and not isinstance(round_, bool) else None,
+        # Bounded too: a 5,000-digit round cannot even be written as JSON.
+        "round": round_ if type(round_) is int and int_fits(round_) else None,
     }
 
 
@@ -207,7 +209,7 @@ def _parse_request(request: Any, plan: Plan) -> tuple[int, dict[str, Any], Any]:
         raise RequestError("round must be an integer.")
     if not 1 <= round_ <= plan.rounds + 1:
         raise RequestError(
-            f"round {round_} is outside this study's approved rounds 1-{plan.rounds} "
+            f"round {shown(round_)} is outside this study's approved rounds 1-{plan.rounds} "
             f"(and {plan.rounds + 1} for the final evaluation)."
         )
     if not isinstance(request["weights"], dict):

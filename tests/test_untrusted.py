@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +258,35 @@ def test_shown_is_short_and_never_prints_a_huge_int() -> None:
     assert shown(12) == "12" and shown(0.5) == "0.5" and shown(None) == "None"
     assert shown("x" * 100) == "x" * 37 + "..."
     assert shown([1, 2]) == "a list" and shown(b"") == "a bytes"
+
+
+# --- the runtime, which reads the scientist's request on every call -----------------------
+
+
+def test_a_hostile_round_is_refused_and_audited_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`round` comes with each call, not with the approved plan: a 5,000-digit one once made
+    the refusal's own message raise, and could not have been written to the audit log."""
+    from datasites.assets import ehr_training_view
+    from datasites.config import HOSPITAL_ROOT_ENV
+    from datasites.policy import Policy
+    from datasites.runtime import current_hospital, execute
+    from scientist.study import initial_weights
+    from synthetic.ehr import generate_ehr
+
+    root = tmp_path / "hospital-z"
+    Policy.write_default(root)
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(root))
+    current_hospital.cache_clear()
+    config = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64)
+    table = ehr_training_view(generate_ehr(300, seed=1, identifiers=False))
+    request = {"round": 10**5000, "weights": initial_weights(config)}
+
+    out = execute(config.plan(STUDY_ID, "s@x.org"), train=table, test=table, request=request)
+
+    assert out["refused"] == "RequestError"
+    assert out["error"].startswith("round an integer too large to show is outside")
+    entry = current_hospital().audit.entries()[-1]
+    assert entry["event"] == "refused" and entry["round"] is None
+    current_hospital.cache_clear()
