@@ -9,7 +9,8 @@ authenticates API calls as ADMIN) and the logins. Rotation happens in two halves
   higher, which marks the rotation as pending.
 - The next `serve` applies it (`apply_pending_rotation`) before syft opens the store:
   the root user gets the new key and password, every other account a fresh random key,
-  and the scientist account the new password. syft cannot do this itself: a Datasite
+  and the scientist account the new password; every stored object that named an old key
+  (owner permissions, a request's author) names the new one. syft cannot do this: a Datasite
   built with a key its database does not know fails to start. The generation applied is
   recorded next to the database, so a rotation is applied once, and re-applying after a
   crash is harmless.
@@ -100,10 +101,8 @@ def report(hospital: str, data_dir: Path, identity: Identity) -> list[str]:
         f"{hospital}: new signing key and new admin and scientist passwords written to "
         f"{Path(data_dir).resolve() / hospital / 'identity.json'} (keys generation "
         f"{identity.keys_generation}).",
-        "The datasite applies them at its next start; from then on the old key and "
-        "passwords are refused and every other account gets a new signing key.",
-        "Requests made before belong to the old keys: the data scientist no longer sees "
-        "them and submits those studies again.",
+        "The datasite applies them at its next start: every account gets a new signing "
+        "key and keeps what it owns, and the old keys and passwords are refused.",
         f"Next: start it again (python launch.py --data-dir {data_dir}); the new logins "
         f"are then in {Path(data_dir) / 'credentials.json'}: give the data scientist theirs.",
     ]
@@ -196,12 +195,40 @@ def _rekey_users(database: Path, identity: Identity) -> int:
         stash = UserStash(store=db)
         with db.sessionmaker() as session, session.begin():
             users = stash.get_all(key.verify_key, has_permission=True, session=session).unwrap()
+            moved = {}
             for user in _in_rekey_order(users, identity):
+                old = str(user.verify_key)
                 _set_login(user, identity, key)
                 stash.update(key.verify_key, user, has_permission=True, session=session).unwrap()
+                moved[old] = str(user.verify_key)
+            _move_keys(session, moved)
         return len(users)
     finally:
         db.engine.dispose()
+
+
+def _move_keys(session: Any, moved: dict[str, str]) -> None:
+    """Replace each old verify key by its account's new one in every stored object.
+
+    syft grants access by verify key as well as by role: every object's `permissions`
+    list names its owner's key (the root key owns the private assets), and objects name
+    their creator in their fields (a request's scientist, a code's author). Left as they
+    were, a stolen old key would still own the assets for a caller syft treats as a guest,
+    and the scientist would lose their own requests. A key is 64 hex digits, so replacing
+    its text cannot touch anything else nor break the JSON it sits in.
+    """
+    import sqlalchemy as sa
+
+    tables = session.execute(sa.text("SELECT name FROM sqlite_master WHERE type='table'"))
+    for (table,) in tables.all():
+        columns = {row[1] for row in session.execute(sa.text(f'PRAGMA table_info("{table}")'))}
+        for column in sorted(columns & {"fields", "permissions"}):
+            for old, new in moved.items():
+                session.execute(
+                    sa.text(f'UPDATE "{table}" SET "{column}" = replace("{column}", :old, :new) '
+                            f'WHERE instr("{column}", :old) > 0'),
+                    {"old": old, "new": new},
+                )  # fmt: skip
 
 
 def _in_rekey_order(users: list[Any], identity: Identity) -> list[Any]:

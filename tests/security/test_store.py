@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -252,6 +253,7 @@ class Rotation:
     scientist_key: str
     old: dict[str, Any]
     before: Identity
+    pending_request: str
     result: subprocess.CompletedProcess[str]
 
 
@@ -265,9 +267,21 @@ def rotation(site: Site) -> Rotation:
     scientist_key = str(scientist.credentials)
     me = attempt(client_with_key(scientist_key).api.services.user.get_current_user)
     assert getattr(me, "email", None) == old["scientist"]["email"]
+    fed = Federation.connect(site.data_dir, workdir=site.data_dir.parent / "studies")
+    pending = fed.submit(StudyConfig(**STUDY), hospitals=[HOSPITAL]).requests[HOSPITAL]
     before = Identity(**json.loads(path.read_text()))
     result = site.restart(lambda: rotate_cli(site.data_dir))
-    return Rotation(stolen, scientist_key, old, before, result)
+    return Rotation(stolen, scientist_key, old, before, pending, result)
+
+
+def stored_text(db: Path) -> str:
+    """Every object's fields and permissions as syft's database holds them now."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = [
+            row for t in tables for row in conn.execute(f'SELECT fields, permissions FROM "{t}"')
+        ]
+        return "\n".join(str(row) for row in rows)
 
 
 def test_rotate_keys_writes_a_new_identity_and_says_what_to_do(
@@ -306,6 +320,29 @@ def test_the_stolen_admin_key_is_refused_after_rotation(rotation: Rotation) -> N
 
     assert emails(users) == [], users
     assert getattr(me, "email", None) != rotation.old["admin"]["email"]
+
+
+def test_no_stored_object_names_the_old_keys_after_rotation(site: Site, rotation: Rotation) -> None:
+    from syft.server.credentials import SyftSigningKey
+
+    old_keys = [str(SyftSigningKey.from_string(k).verify_key)
+                for k in (rotation.admin_key, rotation.scientist_key)]  # fmt: skip
+
+    text = stored_text(database(site.root))
+
+    new_key = json.loads((site.root / "identity.json").read_text())["signing_key"]
+    assert f"{SyftSigningKey.from_string(new_key).verify_key}_OWNER" in text
+    assert [k for k in old_keys if k in text] == []
+
+
+def test_the_scientist_keeps_their_requests_after_rotation(site: Site, rotation: Rotation) -> None:
+    new = site.launch.hospital(HOSPITAL)["scientist"]
+    scientist = login(URL, new["email"], new["password"])
+
+    requests = {str(r.id): r for r in scientist.api.services.request.get_all()}
+
+    assert rotation.pending_request in requests, list(requests)
+    assert str(requests[rotation.pending_request].status).endswith("PENDING")
 
 
 def test_the_scientists_old_key_is_refused_after_rotation(rotation: Rotation) -> None:
