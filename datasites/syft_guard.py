@@ -90,10 +90,16 @@ def access_refusal(role: Any, path: str, own_server: bool) -> str | None:
 def policy_refusal(code: Any) -> str | None:
     """Why a submitted code's policies are not the built-in ones the library generates."""
     from syft.service.code.user_code import SubmitUserCode
-    from syft.service.policy.policy import MixedInputPolicy, OutputPolicyExecuteCount
 
     if not isinstance(code, SubmitUserCode):
         return "code must be submitted as new source (SubmitUserCode), not as a stored object"
+    return builtin_policies_refusal(code)
+
+
+def builtin_policies_refusal(code: Any) -> str | None:
+    """Why a code (submitted or stored) does not use the library's built-in policies."""
+    from syft.service.policy.policy import MixedInputPolicy, OutputPolicyExecuteCount
+
     if code.input_policy_type is not MixedInputPolicy:
         return "the code's input policy is not syft's built-in MixedInputPolicy"
     if code.output_policy_type is not OutputPolicyExecuteCount:
@@ -247,13 +253,7 @@ class Guard:
             return "the change approves the status of another code than the one it names"
         if code.user_verify_key != request.requesting_user_verify_key:
             return "the code was submitted by another user than the requester"
-        from syft.service.policy.policy import MixedInputPolicy, OutputPolicyExecuteCount
-
-        if code.input_policy_type is not MixedInputPolicy:
-            return "the code's input policy is not syft's built-in MixedInputPolicy"
-        if code.output_policy_type is not OutputPolicyExecuteCount:
-            return "the code's output policy is not syft's built-in OutputPolicyExecuteCount"
-        return None
+        return builtin_policies_refusal(code)
 
 
 def _is_error(result: Any) -> bool:

@@ -38,6 +38,7 @@ from datasites.rotate import RotationError, rotate_keys, rotated
 from datasites.store import StoreError, secure_hospital_folder
 from scientist import DPConfig, Federation, StudyConfig
 from tests.conftest import REPO, Launch, login, start_launch
+from tests.security.forge import quiet as attempt
 
 BASE_PORT = 18581
 HOSPITAL = "hospital-a"
@@ -109,15 +110,6 @@ def rotate_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
 def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runuser", "-u", "nobody", "--", *command],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
-
-
-def attempt(fn: Callable[[], Any]) -> Any:
-    """The value, or the exception raised: what an attacker gets back."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return fn()
-    except Exception as error:
-        return error
 
 
 def client_with_key(signing_key: str) -> Any:
