@@ -4,7 +4,8 @@
 `requests`, `show`, `approve`, `deny`, `budget`, `audit` and `watch` are the operator's
 commands, the same as the `Operator` class offers in Python. Everything they print goes
 through `datasites.terminal.say`: much of it was written by the scientist, and an escape
-sequence in it must be shown, not obeyed.
+sequence in it must be shown, not obeyed. `rotate-keys` (datasite stopped) gives the
+hospital new signing keys and passwords, applied at its next start.
 """
 
 from __future__ import annotations
