@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("datasites.server")
 MESSAGE_CHARS = 200
-LOGIN_FAILED_REPLY = "Login failed: the email or the password is wrong."
+LOGIN_FAILED_REPLY = "Invalid login: the email or the password is wrong."
 PASSWORD_RESET_REPLY = (
     "Password resets are done by this hospital's operator; ask them for a new password."
 )
