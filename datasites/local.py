@@ -269,7 +269,9 @@ class LocalFederation:
                 {
                     "name": config.name,
                     "url": config.url,
-                    "admin": {"email": identity.admin_email, "password": identity.admin_password},
+                    # The operator signs with the key in <hospital>/identity.json: the
+                    # admin has no password login (datasites.admin_key).
+                    "admin": {"email": identity.admin_email},
                     "scientist": {
                         "email": identity.scientist_email,
                         "password": identity.scientist_password,

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from datasites.admin_key import admin_client
 from datasites.assets import (
     DATASET_DESCRIPTIONS,
     AssetPair,
@@ -25,13 +26,9 @@ DATASETS = ("ehr", "pathmnist")
 
 
 def login_admin(config: HospitalConfig, identity: Identity) -> Any:
-    """Log in as the hospital's operator (syft prints a banner: callers silence stdout)."""
-    import syft as sy
-
-    host, port = config.url.rsplit(":", 1)
-    return sy.login(
-        url=host, port=int(port), email=identity.admin_email, password=identity.admin_password
-    )
+    """Connect as the hospital's operator, signing with the key from identity.json (the
+    admin has no password login: `datasites.admin_key`)."""
+    return admin_client(config, identity)
 
 
 def lock_down(admin: Any) -> None:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datasites.admin_key import forget_admin_key
 from datasites.audit import AuditLog
 from datasites.config import HOSPITAL_ROOT_ENV, HospitalConfig
 from datasites.identity import Identity
@@ -100,6 +101,7 @@ def serve(config: HospitalConfig) -> None:
     if apply_pending_rotation(config, identity, database_path(config, identity)):
         logger.info("%s: new signing keys and passwords applied", config.name)
     worker = build_worker(config, identity)
+    forget_admin_key(worker, database_path(config, identity))
     # syft sets the root logger to CRITICAL while building the server; the runtime's
     # incident reports and per-round lines are for the operator, so keep them.
     logging.getLogger("datasites").setLevel(logging.INFO)

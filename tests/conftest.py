@@ -137,13 +137,27 @@ def login(url: str, email: str, password: str) -> Any:
         return sy.login(url=host, port=int(port), email=email, password=password)
 
 
+def admin_login(launch: Launch, name: str) -> Any:
+    """A hospital operator's client: it signs with the key in the hospital's identity.json
+    (the admin has no password login)."""
+    import contextlib
+    import io
+
+    from datasites.admin_key import admin_client
+    from datasites.config import HospitalConfig
+    from datasites.identity import Identity
+
+    port = int(launch.hospital(name)["url"].rsplit(":", 1)[1])
+    config = HospitalConfig(name=name, port=port, data_dir=launch.data_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return admin_client(config, Identity.load_or_create(config.identity_path, name))
+
+
 @pytest.fixture(scope="session")
 def admin_clients(federation: Launch) -> dict[str, Any]:
     """Each hospital's operator login: used to check what the private assets hold."""
-    return {
-        h["name"]: login(h["url"], h["admin"]["email"], h["admin"]["password"])
-        for h in federation.credentials()["hospitals"]
-    }
+    return {h["name"]: admin_login(federation, h["name"])
+            for h in federation.credentials()["hospitals"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

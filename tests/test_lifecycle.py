@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import REPO, Launch, login, start_launch
+from tests.conftest import REPO, Launch, admin_login, start_launch
 
 BASE_PORT = 18281
 HOSPITALS = 2
@@ -51,7 +51,7 @@ def write_real_format_files(folder: Path) -> tuple[Path, Path]:
 def hosted(launch: Launch) -> dict[str, list[str]]:
     result = {}
     for h in launch.credentials()["hospitals"]:
-        admin = login(h["url"], h["admin"]["email"], h["admin"]["password"])
+        admin = admin_login(launch, h["name"])
         result[h["name"]] = sorted(d.name for d in admin.datasets.get_all())
     return result
 
@@ -59,7 +59,7 @@ def hosted(launch: Launch) -> dict[str, list[str]]:
 def patients(launch: Launch) -> list[set[int]]:
     out = []
     for h in launch.credentials()["hospitals"]:
-        admin = login(h["url"], h["admin"]["email"], h["admin"]["password"])
+        admin = admin_login(launch, h["name"])
         out.append(set(admin.datasets["ehr"].assets["train"].data["patient_nbr"]))
     return out
 

@@ -16,7 +16,7 @@ import pytest
 from datasites.audit import AuditLog
 from datasites.operator import Operator
 from scientist import Federation
-from tests.conftest import Launch, login, start_launch
+from tests.conftest import Launch, admin_login, start_launch
 
 GUARDED_BASE_PORT = 18481
 GUARDED_CAP = 1.8
@@ -58,8 +58,7 @@ def operators(guarded: Launch) -> dict[str, Operator]:
 @pytest.fixture(scope="session")
 def admins(guarded: Launch) -> dict[str, Any]:
     """Operator logins, used only to learn private values the attacks must not get."""
-    return {h["name"]: login(h["url"], h["admin"]["email"], h["admin"]["password"])
-            for h in guarded.credentials()["hospitals"]}  # fmt: skip
+    return {name: admin_login(guarded, name) for name in HOSPITALS}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from datasites.changes import output_policy_problem
 from datasites.operator import Operator, OperatorError
 from datasites.watch import watch_once
 from scientist import DPConfig, Federation, StudyConfig
-from tests.conftest import REPO, Launch
+from tests.conftest import REPO, Launch, login
 from tests.security.conftest import POLICY
 from tests.security.forge import (
     admin_role,
@@ -359,3 +359,23 @@ def test_login_and_password_reset_do_not_tell_which_accounts_exist(
     refused = log()
     assert entries(refused, "refused", path="login", user="nobody@example.org")
     assert entries(refused, "refused", path="forgot_password", user=admin)
+
+
+def test_the_admin_signing_key_never_leaves_identity_json(
+    guarded: Launch, scientist: Federation, audit_since: Since
+) -> None:
+    from datasites.identity import Identity
+
+    log = audit_since(HOSPITAL)
+    root = guarded.data_dir / HOSPITAL
+    identity = Identity(**json.loads((root / "identity.json").read_text()))
+    scientist_key = str(scientist.client(HOSPITAL).credentials)
+
+    stored = b"".join(p.read_bytes() for p in (root / "syft").rglob("*") if p.is_file())
+    url = guarded.hospital(HOSPITAL)["url"]
+    password_login = quiet(lambda: login(url, identity.admin_email, identity.admin_password))
+
+    assert scientist_key.encode() in stored  # the search finds a key syft does keep
+    assert identity.signing_key.encode() not in stored
+    assert isinstance(password_login, Exception) and "Invalid login" in str(password_login)
+    assert entries(log(), "refused", path="login", user=identity.admin_email)

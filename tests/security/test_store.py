@@ -347,15 +347,19 @@ def test_the_scientists_old_key_is_refused_after_rotation(rotation: Rotation) ->
 
 def test_old_passwords_are_refused_and_the_new_logins_work(site: Site, rotation: Rotation) -> None:
     new = site.launch.hospital(HOSPITAL)
+    before = rotation.before
+    after = Identity(**json.loads((site.root / "identity.json").read_text()))
 
-    refused = [attempt(lambda r=role: login(URL, rotation.old[r]["email"],
-                                            rotation.old[r]["password"]))
-               for role in ("admin", "scientist")]  # fmt: skip
-    admin = login(URL, new["admin"]["email"], new["admin"]["password"])
+    old_logins = ((before.admin_email, before.admin_password),
+                  (before.scientist_email, before.scientist_password))  # fmt: skip
+    refused = [
+        attempt(lambda e=email, p=password: login(URL, e, p)) for email, password in old_logins
+    ]
+    admin = client_with_key(after.signing_key)
     scientist = login(URL, new["scientist"]["email"], new["scientist"]["password"])
 
     assert all(isinstance(r, Exception) for r in refused), refused
-    assert rotation.old["admin"]["password"] != new["admin"]["password"]
+    assert before.scientist_password != new["scientist"]["password"]
     assert new["scientist"]["email"] in emails(admin.api.services.user.get_all())
     datasets = {d.name for d in scientist.api.services.dataset.get_all()}
     assert datasets == {"ehr", "pathmnist"}
