@@ -261,8 +261,9 @@ def cli(guarded: Launch, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_overflowing_plans_do_not_stop_the_operator(
     scientist: Federation, guarded: Launch, operators: dict[str, Operator],
-    auto_approve: Operator,
+    auto_approve: Operator, audit_since: Since,
 ) -> None:  # fmt: skip
+    log = audit_since(HOSPITAL)
     huge_epsilon = hostile_plan(scientist, epsilon="1" + "0" * 400)
     long_rounds = hostile_plan(scientist, rounds="9" * 4000)
     # Python refuses to print an int of over 4,300 digits; a modified client does not, but
@@ -292,10 +293,17 @@ def test_overflowing_plans_do_not_stop_the_operator(
     approved = [d for d in decisions if d.request == legit.requests[HOSPITAL]]
     assert approved and approved[0].approved, decisions
     assert legit.status()["status"].tolist() == ["approved"]
+    logged = log()
+    for rid in (huge_epsilon, long_rounds):
+        assert entries(logged, "request_received", request=rid)
+        assert entries(logged, "policy_decision", request=rid)
 
 
-def test_unbounded_compute_is_refused(scientist: Federation, operators: dict[str, Operator],
-                                      auto_approve: Operator) -> None:  # fmt: skip
+def test_unbounded_compute_is_refused(
+    scientist: Federation, operators: dict[str, Operator], auto_approve: Operator,
+    audit_since: Since,
+) -> None:  # fmt: skip
+    log = audit_since(HOSPITAL)
     op = operators[HOSPITAL]
     request_id = hostile_plan(
         scientist, rounds="500", local_steps="100000", eval_every="1", model="'ehr_mlp'",
@@ -312,11 +320,14 @@ def test_unbounded_compute_is_refused(scientist: Federation, operators: dict[str
         assert key in text, text
     assert isinstance(refused, OperatorError) and "max_model_parameters" in str(refused)
     assert decisions and not decisions[0].approved
+    assert entries(log(), "request_received", request=request_id)
+    assert entries(log(), "refused", layer="operator", request=request_id)
 
 
 def test_escape_sequences_never_reach_the_operators_terminal(
-    scientist: Federation, guarded: Launch
+    scientist: Federation, guarded: Launch, audit_since: Since
 ) -> None:
+    log = audit_since(HOSPITAL)
     request_id = hostile_plan(scientist, label="'\\x1b[2K\\r\\x1b[32mvetted\\u202e'")
 
     shown = cli(guarded, "show", request_id[:12])
@@ -326,6 +337,7 @@ def test_escape_sequences_never_reach_the_operators_terminal(
         assert out.returncode == 0, out.stderr
         assert not any(c in out.stdout for c in ("\x1b", "\r", "\u202e")), out.stdout
     assert "\\x1b" in shown.stdout
+    assert entries(log(), "request_received", request=request_id)
 
 
 # -- what the datasite tells callers with no account ----------------------------------------
