@@ -152,13 +152,24 @@ def clipped_gradient_sum(
     if inputs.shape[0] == 0:
         return {name: torch.zeros_like(p) for name, p in params.items()}, 0.0
     with _recording(model, params) as records:
-        loss = _per_example_loss(model(inputs), targets, task).sum()
+        losses = _per_example_loss(model(inputs), targets, task)
+        loss = losses.sum()
     _check_unmodified(records)
     backprops = torch.autograd.grad(loss, [r.output for r in records], allow_unused=True)
     layers = [_per_example(r, b) for r, b in zip(records, backprops, strict=True) if b is not None]
     squared = torch.zeros(inputs.shape[0])
     for layer in layers:
         squared += layer.squared_norms()
+    finite = torch.isfinite(squared) & torch.isfinite(losses.detach())
+    if not bool(finite.all()):
+        # Total: the scientist chooses the weights, and weights that overflow for exactly
+        # the examples meeting some condition would make the released weights NaN if and
+        # only if such an example was sampled. An example whose loss or gradient is not
+        # finite contributes a zero gradient instead, which moves the sum by at most
+        # max_grad_norm, like any other example: the same sensitivity, no new channel.
+        keep = torch.nonzero(finite)[:, 0]
+        return clipped_gradient_sum(model, inputs[keep], targets[keep], task=task,
+                                    max_grad_norm=max_grad_norm)  # fmt: skip
     factors = (max_grad_norm / (squared.sqrt() + _CLIP_EPSILON)).clamp(max=1.0)
     # Each parameter belongs to exactly one layer: no accumulation buffers needed.
     found = {id(p): total for layer in layers for p, total in layer.weighted_sum(factors).items()}

@@ -27,6 +27,8 @@ from datasites.accounting import DpEvent, StudyBudget, epsilon
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
 SCHEMA_VERSION = 2
+# An event's result while its release is being computed: charged, nothing released yet.
+PENDING = b""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -301,6 +303,41 @@ class Ledger:
                  event.steps, bytes(result), _now()),
             )  # fmt: skip
         return total
+
+    def claim(self, study_id: str, kind: str, round: int, event: DpEvent) -> bool:
+        """Charge `event` for a release about to be computed; False if it was charged before.
+
+        The release is charged before anything is computed from private rows, so a
+        computation that fails still spends: a failure can never be a free query. The
+        event's row holds `PENDING` until `complete` stores the release.
+        """
+        if not isinstance(event, DpEvent):
+            raise ValueError(f"event must be a DpEvent, found {type(event).__name__}.")
+        with self._write() as conn:
+            study = self._admissible(conn, study_id, kind, round)
+            if study is None:
+                return False
+            self._charge(conn, study, kind, round, event)
+            conn.execute(
+                "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
+                "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_id, kind, round, event.noise_multiplier, event.sample_rate,
+                 event.steps, PENDING, _now()),
+            )  # fmt: skip
+        return True
+
+    def complete(self, study_id: str, kind: str, round: int, result: bytes) -> None:
+        """Store the release of a claimed (charged, still pending) event; once."""
+        if not isinstance(result, bytes | bytearray | memoryview) or not result:
+            raise ValueError("result must be non-empty bytes.")
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE events SET result = ? WHERE study_id = ? AND kind = ? AND round = ? "
+                "AND result = ?",
+                (bytes(result), study_id, kind, round, PENDING),
+            ).rowcount
+        if updated != 1:
+            raise LedgerError(f"study {study_id}: {kind} {round} has no pending release.")
 
     def check_round(self, study_id: str, kind: str, round: int) -> None:
         """Raise what `record` would raise for the study's planned event, writing nothing.

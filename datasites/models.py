@@ -28,6 +28,9 @@ _MAX_HIDDEN = 4096
 _MAX_LAYERS = 6
 _WIDTH_RANGE = (4, 128)
 _MAX_DROPOUT = 0.9
+# Weights come from the scientist: a bound decided on them alone (public input), far above
+# anything training produces, keeps a forward pass on bounded inputs far from overflow.
+MAX_ABS_WEIGHT = 1e6
 
 
 def model_task(name: str) -> str:
@@ -172,4 +175,9 @@ def _checked_array(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"weight {key!r} must have shape {shape}, found shape {array.shape}.")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"weight {key!r} contains NaN or infinite entries; send finite values.")
+    if array.size and float(np.abs(array).max()) > MAX_ABS_WEIGHT:
+        raise ValueError(
+            f"weight {key!r} has entries beyond +-{MAX_ABS_WEIGHT:g}; send the weights of a "
+            "trained model."
+        )
     return np.array(array, copy=True)

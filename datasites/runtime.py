@@ -299,23 +299,35 @@ def _once(
 ) -> dict[str, Any]:  # fmt: skip
     """Make a release at most once: a repeat returns the recorded result and spends nothing.
 
-    The result is written with its DP event in one ledger transaction; if a concurrent
-    identical call recorded first, the ledger's copy is the one returned.
+    The release is charged before it is computed (`Ledger.claim`), so a computation that
+    fails, whatever made it fail, has spent its epsilon: a failure is never a free query.
+    Only the call that charged it computes it; a concurrent identical call gets the
+    recorded release, or is told to call again while it is being computed.
     """
     ledger = hospital.ledger
     recorded = ledger.result(study_id, kind, round_)
-    if recorded is not None:
+    if recorded:
         hospital.audit.append("repeat_served", study=study_id, kind=kind, round=round_,
                               note="the recorded release was returned; nothing spent")  # fmt: skip
         return pickle.loads(recorded)
-    ledger.check_round(study_id, kind, round_)
-    mine = pickle.dumps(compute())
-    ledger.record(study_id, kind, round_, event, mine)
-    recorded = ledger.result(study_id, kind, round_)
-    result = pickle.loads(recorded)
-    if recorded == mine:  # a concurrent identical call may have recorded first
-        _audit_release(hospital, study_id, kind, round_, result)
+    if recorded is not None or not ledger.claim(study_id, kind, round_, event):
+        return _claimed_elsewhere(hospital, study_id, kind, round_)
+    result = compute()
+    ledger.complete(study_id, kind, round_, pickle.dumps(result))
+    _audit_release(hospital, study_id, kind, round_, result)
     return result
+
+
+def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int) -> dict:
+    """The release another call charged: its result if stored, else a refusal to retry."""
+    recorded = hospital.ledger.result(study_id, kind, round_)
+    if recorded:
+        return pickle.loads(recorded)
+    what = "training round" if kind == "train" else "evaluation after round"
+    raise RequestError(
+        f"the {what} {round_} of study {study_id} was charged by another call and has no "
+        "release yet (it is being computed, or that call failed); call again later."
+    )
 
 
 def _audit_release(
@@ -389,7 +401,15 @@ def _release(counts: Any, losses: np.ndarray, sigma: float) -> dict[str, Any]:
 def _counts(
     plan: Plan, model: Any, edges: np.ndarray, features: np.ndarray, labels: np.ndarray
 ) -> tuple[Any, np.ndarray]:
-    """Histogram counts and per-example losses of the model on the test rows."""
+    """Histogram counts and per-example losses of the model on the test rows.
+
+    Total: the scientist chooses the weights, and weights that overflow to a non-finite
+    logit for exactly the patients meeting some condition would otherwise make the call
+    fail for them alone, a noise-free yes/no answer about private rows. A patient whose
+    logits are not finite is scored as a fixed, data-independent prediction (probability
+    1/2, or uniform over the classes) with the loss bound as its loss; each patient still
+    moves the same cells, so the release's sensitivity is unchanged.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -399,9 +419,20 @@ def _counts(
         target = torch.from_numpy(labels)
         if plan.task == "ehr":
             logits = logits.reshape(-1)
+            finite = torch.isfinite(logits)
+            logits = torch.where(finite, logits, torch.zeros_like(logits))  # sigmoid(0) = 1/2
             losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             counts = binary_counts(torch.sigmoid(logits).double().numpy(), labels, edges)
-            return counts, losses.numpy()
+            return counts, _total_losses(losses, finite)
+        finite = torch.isfinite(logits).all(dim=1)
+        logits = torch.where(finite[:, None], logits, torch.zeros_like(logits))  # uniform
         losses = F.cross_entropy(logits, target, reduction="none")
         probs = torch.softmax(logits.double(), dim=1).numpy()
-        return multiclass_counts(probs, labels, edges), losses.numpy()
+        return multiclass_counts(probs, labels, edges), _total_losses(losses, finite)
+
+
+def _total_losses(losses: Any, finite: Any) -> np.ndarray:
+    """Per-example losses with the bound for every non-finite example or loss."""
+    out = losses.double().numpy().copy()
+    out[~finite.numpy() | ~np.isfinite(out)] = LOSS_BOUND
+    return out

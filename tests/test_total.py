@@ -1,0 +1,165 @@
+"""Total mechanisms: weights chosen to overflow for one patient cannot make a release fail
+or differ in kind, and a release is charged before it is computed.
+
+The attack (issue 12): finite float32 weights near 3.4e37 on one feature overflow to a
+non-finite logit for exactly the patients whose feature is large. Before, evaluation then
+raised (a free, noise-free yes/no about private rows) and training released NaN weights
+if and only if the target was sampled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasites.accounting import DpEvent
+from datasites.config import HOSPITAL_ROOT_ENV
+from datasites.dp import clipped_gradient_sum
+from datasites.encoding import N_FEATURES
+from datasites.evaluation import default_edges
+from datasites.ledger import Ledger, StudyRecord
+from datasites.models import build_model
+from datasites.plan import Plan
+from datasites.policy import Policy
+from datasites.runtime import LOSS_BOUND, RequestError, _counts, _once, current_hospital
+from scientist.config import DPConfig, StudyConfig
+
+FEATURE = 5  # the attacker's chosen condition: this feature is large
+PLAN = Plan.from_dict(
+    StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64,
+                dp=DPConfig(epsilon=1.0)).plan("ehr-total-0001", "s@research.org")
+)  # fmt: skip
+
+
+def poisoned_model() -> torch.nn.Module:
+    """ehr_logistic whose logit overflows for a row with a large FEATURE, and only then."""
+    model = build_model("ehr_logistic")
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].weight[0, FEATURE] = 3.0e37
+        model[0].bias.zero_()
+    return model
+
+
+def rows(n: int, target: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(0, 1, (n, N_FEATURES)).astype(np.float32)
+    features[:, FEATURE] = 0.0
+    labels = rng.integers(0, 2, n).astype(np.float32)
+    if target:
+        features[0, FEATURE] = 50.0  # logit 1.5e39: +inf in float32
+    return features, labels
+
+
+def test_a_non_finite_example_contributes_a_zero_gradient() -> None:
+    model = poisoned_model()
+    features, labels = rows(32, target=True)
+    inputs, targets = torch.from_numpy(features), torch.from_numpy(labels)
+
+    with_target, _ = clipped_gradient_sum(model, inputs, targets, task="ehr", max_grad_norm=1.0)
+    without, _ = clipped_gradient_sum(model, inputs[1:], targets[1:], task="ehr",
+                                      max_grad_norm=1.0)  # fmt: skip
+
+    for name, value in with_target.items():
+        assert torch.isfinite(value).all(), name
+        torch.testing.assert_close(value, without[name])
+
+
+def test_a_non_finite_score_is_a_fixed_prediction_with_the_loss_bound() -> None:
+    model = poisoned_model()
+    edges = default_edges("binary")
+    features, labels = rows(200, target=True)
+
+    counts, losses = _counts(PLAN, model, edges, features, labels)
+    clean_counts, clean_losses = _counts(PLAN, model, edges, features[1:], labels[1:])
+
+    assert np.isfinite(losses).all() and losses[0] == LOSS_BOUND
+    np.testing.assert_array_equal(losses[1:], clean_losses)
+    difference = counts - clean_counts
+    half = np.searchsorted(edges, 0.5, side="right") - 1
+    assert difference.sum() == 1 and difference[int(labels[0]), half] == 1
+
+
+def test_a_multiclass_non_finite_row_is_scored_uniform() -> None:
+    plan = Plan.from_dict(
+        StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=1, batch_size=64,
+                    dp=DPConfig(epsilon=1.0)).plan("img-total-0001", "s@research.org")
+    )  # fmt: skip
+    model = build_model("pathmnist_cnn")
+    with torch.no_grad():
+        model[-1].bias.fill_(float("inf"))  # every row overflows: the fixed prediction
+    images = np.zeros((6, 3, 28, 28), np.float32)
+    labels = np.arange(6, dtype=np.int64)
+
+    counts, losses = _counts(plan, model, default_edges("multiclass"), images, labels)
+
+    assert (losses == LOSS_BOUND).all()
+    assert counts["confusion"][:, 0].sum() == 6  # uniform: argmax is class 0 for everyone
+
+
+@pytest.fixture
+def hospital(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "hospital-z"
+    Policy.write_default(root)
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(root))
+    current_hospital.cache_clear()
+    yield current_hospital()
+    current_hospital.cache_clear()
+
+
+def register(ledger: Ledger) -> DpEvent:
+    event = DpEvent(noise_multiplier=1.0, sample_rate=0.01, steps=10)
+    ledger.register_study(StudyRecord(
+        study_id="ehr-total-0001", scientist="s@research.org", dataset="ehr", rounds=2,
+        local_epochs=1, batch_size=64, lr=0.1, epsilon=1.0, delta=1e-5, max_grad_norm=1.0,
+        n=6400, sample_rate=0.01, noise_multiplier=1.0, eval_noise_multiplier=1.0,
+        steps_per_round=10, evaluations=3,
+    ))  # fmt: skip
+    return event
+
+
+def test_a_failing_release_is_charged_and_never_retried(hospital) -> None:
+    event = register(hospital.ledger)
+
+    def fails() -> dict:
+        raise FloatingPointError("computed from private rows")
+
+    with pytest.raises(FloatingPointError):
+        _once(hospital, "ehr-total-0001", "train", 1, event, fails)
+    spent = hospital.ledger.study_spent("ehr-total-0001")
+    with pytest.raises(RequestError, match="was charged by another call"):
+        _once(hospital, "ehr-total-0001", "train", 1, event, lambda: {"weights": {}})
+
+    assert spent > 0
+    assert hospital.ledger.study_spent("ehr-total-0001") == spent
+
+
+def test_a_release_is_charged_once_and_repeats_return_it(hospital) -> None:
+    event = register(hospital.ledger)
+    release = {"weights": {"w": np.ones(2, np.float32)}, "n": 5, "steps": 1}
+
+    first = _once(hospital, "ehr-total-0001", "train", 1, event, lambda: release)
+    spent = hospital.ledger.study_spent("ehr-total-0001")
+    again = _once(hospital, "ehr-total-0001", "train", 1, event, lambda: {"other": 1})
+
+    assert first == release and again.keys() == release.keys()
+    assert hospital.ledger.claim("ehr-total-0001", "train", 1, event) is False
+    assert hospital.ledger.study_spent("ehr-total-0001") == spent > 0
+
+
+def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
+    from datasites.models import MAX_ABS_WEIGHT, load_weights, model_weights
+
+    model = build_model("ehr_logistic")
+    weights = model_weights(model)
+    weights["0.weight"][0, FEATURE] = 3.0e37
+
+    with pytest.raises(ValueError, match="beyond") as refused:
+        load_weights(model, weights)
+
+    assert "3e+37" not in str(refused.value) and "30000000" not in str(refused.value)
+    weights["0.weight"][0, FEATURE] = MAX_ABS_WEIGHT
+    load_weights(model, weights)  # the bound itself is allowed
