@@ -65,6 +65,7 @@ def sequential_round(args: argparse.Namespace, data_dir: Path, study: Any) -> fl
     from datasites.config import HospitalConfig
     from datasites.dp import TrainSpec, dp_train
     from datasites.encoding import encode_ehr, encode_images
+    from datasites.identity import Identity
     from datasites.ledger import Ledger
     from datasites.models import build_model, load_weights
     from datasites.sources import read_ehr, read_pathmnist
@@ -76,7 +77,8 @@ def sequential_round(args: argparse.Namespace, data_dir: Path, study: Any) -> fl
     for hospital in sorted(study.requests):
         config = HospitalConfig(name=hospital, port=1024, data_dir=data_dir)
         if args.task == "ehr":
-            train = ehr_assets(read_ehr(config), hospital, seed=0)[0].private
+            key = Identity.load_or_create(config.identity_path, hospital).split_key_bytes
+            train = ehr_assets(read_ehr(config), hospital, key)[0].private
             features, labels = encode_ehr(train)
         else:
             train = pathmnist_assets(read_pathmnist(config), hospital)[0].private

@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from datasites.assets import ehr_assets  # noqa: E402
 from datasites.config import HospitalConfig  # noqa: E402
 from datasites.encoding import encode_ehr, encode_images  # noqa: E402
+from datasites.identity import Identity  # noqa: E402
 from datasites.models import build_model  # noqa: E402
 from datasites.provision import read_manifest  # noqa: E402
 from datasites.sources import read_ehr, read_pathmnist  # noqa: E402
@@ -256,17 +257,17 @@ def hospital_configs(data_dir: Path) -> list[HospitalConfig]:
 def private_data(data_dir: Path, tasks: list[str]) -> dict[str, dict[str, list]]:
     """Each hospital's private train and test splits, as its assets hold them.
 
-    EHR: the source table through `ehr_assets` with the launch seed (patient-disjoint split,
-    one encounter per patient); images: the source npz's train and test. Row counts are
+    EHR: the source table through `ehr_assets` with each hospital's split key (patient-disjoint
+    keyed split, one encounter per patient); images: the source npz's train and test. Row counts are
     checked against the manifest of what each datasite uploaded.
     """
-    seed = json.loads((data_dir / "launch.json").read_text())["seed"]
     out: dict[str, dict[str, list]] = {t: {"train": [], "test": []} for t in tasks}
     for config in hospital_configs(data_dir):
         manifest = read_manifest(config)
         splits: dict[str, dict[str, Any]] = {}
         if "ehr" in tasks:
-            pairs = {p.name: p.private for p in ehr_assets(read_ehr(config), config.name, seed)}
+            key = Identity.load_or_create(config.identity_path, config.name).split_key_bytes
+            pairs = {p.name: p.private for p in ehr_assets(read_ehr(config), config.name, key)}
             splits["ehr"] = {s: encode_ehr(pairs[s]) for s in ("train", "test")}
             rows = {s: len(pairs[s]) for s in ("train", "test")}
             _check_rows(config.name, "ehr", rows, manifest)

@@ -89,9 +89,10 @@ def ehr_training_view(table: pd.DataFrame) -> pd.DataFrame:
     return first.reset_index(drop=True)
 
 
-def ehr_assets(identified: pd.DataFrame, hospital: str, seed: int) -> list[AssetPair]:
-    """The `ehr` dataset's train and test assets, patient-disjoint, with their mocks."""
-    train, test = split_train_test_patients(identified, EHR_TEST_FRACTION, seed)
+def ehr_assets(identified: pd.DataFrame, hospital: str, split_key: bytes) -> list[AssetPair]:
+    """The `ehr` dataset's train and test assets, patient-disjoint, with their mocks; each
+    patient's side follows from its id and the hospital's secret `split_key` alone."""
+    train, test = split_train_test_patients(identified, EHR_TEST_FRACTION, split_key)
     base = mock_seed(hospital, "ehr")
     pairs = []
     for i, (name, part) in enumerate((("train", train), ("test", test))):

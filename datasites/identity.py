@@ -14,7 +14,7 @@ import os
 import secrets
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,14 @@ class Identity:
     # How many times `rotate-keys` replaced the key and passwords; files written before
     # rotation existed lack it and load as generation 0.
     keys_generation: int = 0
+    # The secret key of the patients' train/test split (hex; see
+    # synthetic.partition.split_train_test_patients). Files written before it existed get
+    # one the first time they are loaded.
+    split_key: str = ""
+
+    @property
+    def split_key_bytes(self) -> bytes:
+        return bytes.fromhex(self.split_key)
 
     @classmethod
     def create(cls, hospital: str) -> Identity:
@@ -71,13 +79,18 @@ class Identity:
             admin_password=strong_password(),
             scientist_email=SCIENTIST_EMAIL,
             scientist_password=strong_password(),
+            split_key=secrets.token_hex(32),
         )
 
     @classmethod
     def load_or_create(cls, path: Path, hospital: str) -> Identity:
         """Load the hospital's identity, creating it on first start."""
         if path.exists():
-            return cls(**json.loads(path.read_text()))
+            identity = cls(**json.loads(path.read_text()))
+            if not identity.split_key:  # written before the keyed split existed
+                identity = replace(identity, split_key=secrets.token_hex(32))
+                write_private_json(path, asdict(identity))
+            return identity
         identity = cls.create(hospital)
         write_private_json(path, asdict(identity))
         return identity

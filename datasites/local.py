@@ -251,7 +251,7 @@ class LocalFederation:
         process.wait_ready()
         config = process.config
         identity = Identity.load_or_create(config.identity_path, config.name)
-        return provision(config, identity, self.settings.seed)
+        return provision(config, identity)
 
     def write_federation_files(self) -> None:
         hospitals = [{"name": c.name, "url": c.url} for c in self.configs]

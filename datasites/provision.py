@@ -52,9 +52,9 @@ def ensure_scientist(admin: Any, identity: Identity) -> bool:
     return True
 
 
-def _builders(config: HospitalConfig, seed: int) -> dict[str, Callable[[], list[AssetPair]]]:
+def _builders(config: HospitalConfig, split_key: bytes) -> dict[str, Callable[[], list[AssetPair]]]:
     return {
-        "ehr": lambda: ehr_assets(read_ehr(config), config.name, seed),
+        "ehr": lambda: ehr_assets(read_ehr(config), config.name, split_key),
         "pathmnist": lambda: pathmnist_assets(read_pathmnist(config), config.name),
     }
 
@@ -75,7 +75,7 @@ def _counts(pairs: list[AssetPair]) -> dict[str, dict[str, int]]:
             for p in pairs}  # fmt: skip
 
 
-def provision(config: HospitalConfig, identity: Identity, seed: int) -> dict[str, Any]:
+def provision(config: HospitalConfig, identity: Identity) -> dict[str, Any]:
     """Lock the datasite down, create the scientist, upload missing datasets.
 
     Returns the manifest (row counts per dataset and asset), which is also written to the
@@ -86,7 +86,7 @@ def provision(config: HospitalConfig, identity: Identity, seed: int) -> dict[str
     ensure_scientist(admin, identity)
     hosted = {d.name for d in admin.datasets.get_all()}
     manifest = read_manifest(config)
-    builders = _builders(config, seed)
+    builders = _builders(config, identity.split_key_bytes)
     for dataset in DATASETS:
         if dataset in hosted and dataset in manifest:
             continue

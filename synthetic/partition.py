@@ -8,6 +8,9 @@ disjoint by patient (the unit of privacy), and deterministic for a seed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import numpy as np
 import pandas as pd
 
@@ -128,15 +131,26 @@ def split_patients(
 
 
 def split_train_test_patients(
-    df: pd.DataFrame, test_fraction: float, seed: int
+    df: pd.DataFrame, test_fraction: float, key: bytes
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A fixed patient-disjoint train/test split: no patient is on both sides."""
+    """A patient-disjoint train/test split that no other patient can move.
+
+    Each patient's side is decided by a keyed hash (HMAC-SHA256 under the hospital's secret
+    `key`) of that patient's own id alone, so adding or removing one patient moves nobody
+    else, and without the key nobody can tell which side a patient is on. A split drawn
+    from the patient list instead (as before) moved hundreds of patients when one joined,
+    so a guarantee stated per patient of the hospital's table held only per uploaded asset.
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), found {test_fraction}.")
-    patients = np.sort(df[PATIENT_COLUMN].unique())
-    rng = np.random.default_rng([seed, 505])
-    test_patients = rng.choice(
-        patients, size=max(1, round(test_fraction * patients.size)), replace=False
-    )
-    is_test = df[PATIENT_COLUMN].isin(test_patients)
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ValueError("key must be at least 16 secret bytes; use the hospital's split key.")
+    is_test = df[PATIENT_COLUMN].map(lambda patient: in_test(patient, key, test_fraction))
+    is_test = is_test.astype(bool)
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+
+def in_test(patient: object, key: bytes, test_fraction: float) -> bool:
+    """Whether `patient` belongs to the test split: a function of its id and the key only."""
+    digest = hmac.new(key, str(patient).encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") < test_fraction * 2**64

@@ -65,11 +65,42 @@ def test_case_mix_differs_across_hospitals(table: pd.DataFrame) -> None:
     assert max(emergency) - min(emergency) > 0.05 or max(old) - min(old) > 0.05
 
 
+KEY = bytes(range(32))
+
+
 def test_train_test_split_is_patient_disjoint_and_fixed(table: pd.DataFrame) -> None:
-    train, test = split_train_test_patients(table, 0.2, seed=3)
+    train, test = split_train_test_patients(table, 0.2, KEY)
     assert len(train) + len(test) == len(table)
     assert not set(train["patient_nbr"]) & set(test["patient_nbr"])
     share = test["patient_nbr"].nunique() / table["patient_nbr"].nunique()
-    assert share == pytest.approx(0.2, abs=0.01)
-    again, _ = split_train_test_patients(table, 0.2, seed=3)
+    assert share == pytest.approx(0.2, abs=0.02)
+    again, _ = split_train_test_patients(table, 0.2, KEY)
     pd.testing.assert_frame_equal(train, again)
+
+
+def sides(df: pd.DataFrame, key: bytes) -> dict[int, str]:
+    train, test = split_train_test_patients(df, 0.2, key)
+    return {**dict.fromkeys(train["patient_nbr"], "train"),
+            **dict.fromkeys(test["patient_nbr"], "test")}  # fmt: skip
+
+
+def test_adding_or_removing_a_patient_moves_nobody_else(table: pd.DataFrame) -> None:
+    rng = np.random.default_rng(0)
+    patients = table["patient_nbr"].unique()
+    before = sides(table, KEY)
+    for _ in range(40):
+        gone = rng.choice(patients)
+        after = sides(table[table["patient_nbr"] != gone], KEY)
+        added = pd.concat([table, table[table["patient_nbr"] == gone].assign(
+            patient_nbr=int(patients.max()) + int(rng.integers(1, 10**6)))])  # fmt: skip
+        grown = sides(added, KEY)
+        assert {p: s for p, s in before.items() if p != gone} == after
+        assert all(grown[p] == s for p, s in before.items())
+
+
+def test_the_split_depends_on_the_secret_key(table: pd.DataFrame) -> None:
+    other = sides(table, bytes(32))
+    mine = sides(table, KEY)
+    assert sum(mine[p] != other[p] for p in mine) > 0.2 * len(mine)
+    with pytest.raises(ValueError, match="16 secret bytes"):
+        split_train_test_patients(table, 0.2, b"short")
