@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from datasites.runtime import Hospital
 
 
+# What one "row" is, stated wherever a guarantee is: the epsilon bounds what anyone learns
+# about one such unit being added to or removed from the dataset.
+PRIVACY_UNITS = {
+    "ehr": "one patient (one encounter per patient), added or removed",
+    "pathmnist": "one image patch, added or removed; a slide contributes many patches, and "
+    "its patches together are not protected as one",
+}
+
+
 @dataclass(frozen=True)
 class Projection:
     """A study's cost at one hospital and the dataset's budget around it."""
@@ -50,6 +59,7 @@ class Projection:
         return [
             f"projected cost here: epsilon {self.study_epsilon:.3f} (noise multiplier "
             f"{self.noise_multiplier:.3f} for this hospital's {self.n} training rows)",
+            f"unit of privacy: {PRIVACY_UNITS.get(self.dataset, 'one row')}",
             f"{self.dataset} spent so far: {self.spent:.3f} of cap {self.cap:g}",
             f"after this study: {self.total_after:.3f}, remaining {self.remaining_after:.3f}"
             + ("" if self.within_cap else "  ABOVE THE CAP"),

@@ -42,8 +42,8 @@ class DPConfig:
     """The privacy target: the whole study may cost at most (epsilon, delta) per hospital.
 
     Each hospital calibrates its own noise from its own dataset size so that training and
-    evaluation together spend exactly this budget there; max_grad_norm is the per-patient
-    clipping bound.
+    evaluation together spend exactly this budget there; max_grad_norm is the per-example
+    clipping bound (an example is one patient for EHR, one image patch for PathMNIST).
     """
 
     epsilon: float = 1.0

@@ -58,7 +58,8 @@ def test_show_projects_exactly_what_the_study_then_spends(
     record = ledger.study(study.id)
     assert shown.returncode == 0, shown.stderr
     for text in ("verdict   VETTED", "projected cost here: epsilon", "approve would be allowed",
-                 "  | def study_", "scientist@", "'epsilon': 2.0"):  # fmt: skip
+                 "  | def study_", "scientist@", "'epsilon': 2.0",
+                 "unit of privacy: one patient"):  # fmt: skip
         assert text in shown.stdout, text
     p = review.projection
     assert p is not None and review.problems == ()
