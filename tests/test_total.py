@@ -163,3 +163,59 @@ def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
     assert "3e+37" not in str(refused.value) and "30000000" not in str(refused.value)
     weights["0.weight"][0, FEATURE] = MAX_ABS_WEIGHT
     load_weights(model, weights)  # the bound itself is allowed
+
+
+# -- the attack through the hospital's runtime: the same reply with or without the target ----
+
+HIDDEN = [8] * 6
+ATTACK = StudyConfig(task="ehr", model="ehr_mlp", model_kwargs={"hidden": HIDDEN}, rounds=1,
+                     eval_every=1, batch_size=64, lr=0.01, dp=DPConfig(epsilon=1.0))  # fmt: skip
+
+
+def condition_weights(feature: int, threshold: float) -> dict[str, np.ndarray]:
+    """ehr_mlp weights (within the bound) whose logit overflows to +inf exactly for the rows
+    with feature > threshold: one unit opens on the condition, six layers amplify it."""
+    from datasites.models import MAX_ABS_WEIGHT, model_weights
+
+    weights = {k: np.zeros_like(v) for k, v in model_weights(build_model(
+        "ehr_mlp", hidden=HIDDEN)).items()}  # fmt: skip
+    linear = sorted({k.split(".")[0] for k in weights}, key=int)
+    opening = MAX_ABS_WEIGHT / max(1.0, abs(threshold))  # keeps the bias within the bound
+    weights[f"{linear[0]}.weight"][0, feature] = opening
+    weights[f"{linear[0]}.bias"][0] = -opening * threshold
+    for name in linear[1:]:
+        weights[f"{name}.weight"][:, 0] = MAX_ABS_WEIGHT
+    return weights
+
+
+def test_poisoned_weights_get_the_same_reply_and_charge_with_or_without_the_target(
+    hospital, tmp_path: Path
+) -> None:
+    from datasites.assets import ehr_training_view
+    from datasites.encoding import encode_ehr
+    from datasites.runtime import execute
+    from synthetic.ehr import generate_ehr
+
+    table = ehr_training_view(generate_ehr(1_200, seed=5, identifiers=False))
+    features, _ = encode_ehr(table)
+    feature = int(np.argmax([np.sort(c)[-1] - np.sort(c)[-2] for c in features.T]))
+    top, second = np.sort(features[:, feature])[-2:][::-1]
+    conditions = {"target": (top + second) / 2, "nobody": top + 1.0}  # 1 patient, 0 patients
+    replies: dict[str, list[dict]] = {"target": [], "nobody": []}
+
+    for i in range(6):
+        for case, threshold in conditions.items():
+            plan = ATTACK.plan(f"ehr-poison-{case}-{i}", "s@research.org")
+            request = {"round": 1, "weights": condition_weights(feature, threshold)}
+            replies[case].append(execute(plan, train=table, test=table, request=request))
+
+    for case, outs in replies.items():
+        for out in outs:
+            assert "error" not in out, (case, out)
+            assert sorted(out) == sorted(replies["nobody"][0])
+            assert all(np.isfinite(w).all() for w in out["train"]["weights"].values())
+            assert np.isfinite(out["evaluation"]["loss_sum"])
+    charges = {
+        case: {round(o["epsilon_study"], 12) for o in outs} for case, outs in replies.items()
+    }
+    assert charges["target"] == charges["nobody"] and len(charges["nobody"]) == 1
