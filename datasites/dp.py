@@ -67,9 +67,14 @@ class TrainSpec:
     local_steps: int = 0
     """If set, exactly this many steps (the ledger's steps per round) instead of
     `local_epochs * ceil(n / batch_size)`."""
+    population: int = 0
+    """If set, the n of the sampling rate and the steps: the dataset's released (noisy)
+    size, so that nothing about the exact count reaches the weights' schedule."""
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
+        if self.population:
+            _check_positive_int("population", self.population)
         _check_positive_int("local_epochs", self.local_epochs)
         _check_number("lr", self.lr, low=0.0, low_open=True)
         _check_number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
@@ -116,7 +121,7 @@ def dp_train(
     subtract) the noise.
     """
     inputs, targets = _tensors(features, labels, task)
-    n = int(inputs.shape[0])
+    n = spec.population or int(inputs.shape[0])
     if spec.batch_size > n:
         raise ValueError(
             f"batch_size {spec.batch_size} exceeds the {n} training examples; "
@@ -127,7 +132,7 @@ def dp_train(
     was_training = model.training
     model.train()
     try:
-        losses = _train_steps(model, inputs, targets, spec, steps, task, generator)
+        losses = _train_steps(model, inputs, targets, spec, steps, task, generator, n)
     finally:
         model.train(was_training)
     mean_loss = float(np.mean(losses)) if losses else math.nan
@@ -188,11 +193,12 @@ def _train_steps(
     steps: int,
     task: str,
     generator: torch.Generator,
+    population: int,
 ) -> list[float]:
     """Run the DP-SGD steps; return the mean loss of each non-empty batch."""
     params = _trainable(model)
     optimizer = torch.optim.SGD(list(params.values()), lr=spec.lr, momentum=spec.momentum)
-    rate = spec.batch_size / inputs.shape[0]
+    rate = spec.batch_size / population
     losses = []
     for _ in range(steps):
         # Poisson sampling: each example independently, so a batch may be empty.

@@ -70,11 +70,17 @@ class Projection:
 def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
     """The projection for `plan` at `hospital` with `n` training rows.
 
-    A study already running here counts only the events it has not spent yet.
+    The runtime calibrates from the dataset's released size (a DP count), so that is the n
+    used once it exists; before, the projection uses `n` and counts the size's release
+    among the events still to come. A study already running here counts only the events
+    it has not spent yet.
     """
+    from datasites.ledger import size_event
     from datasites.runtime import study_budget
 
     ledger = hospital.ledger
+    released = ledger.size(plan.dataset)
+    n = released if released is not None else n
     budget = study_budget(plan, n)
     planned = budget.planned_events()
     recorded = ledger.events(study_id=plan.study_id)
@@ -85,6 +91,8 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
         planned = [budget.train] * max(0, budget.rounds - done["train"]) + [
             budget.evaluation
         ] * max(0, budget.evaluations - done["eval"])
+    if released is None:
+        planned = [size_event(), *planned]
     spent_events = [event for *_, event in ledger.events(dataset=plan.dataset)]
     return Projection(
         dataset=plan.dataset,

@@ -95,7 +95,18 @@ def provision(config: HospitalConfig, identity: Identity) -> dict[str, Any]:
             upload(admin, dataset, pairs)
         manifest[dataset] = _counts(pairs)
     write_private_json(config.manifest_path, manifest)
+    release_sizes(config, manifest)
     return manifest
+
+
+def release_sizes(config: HospitalConfig, manifest: dict[str, Any]) -> None:
+    """Release each dataset's training size once, as a DP count charged to the ledger, so
+    that operators' projections and the runtime use the same public figure from the start."""
+    from datasites.runtime import Hospital
+
+    ledger = Hospital.open(config.root).ledger
+    for dataset in DATASETS:
+        ledger.public_size(dataset, int(manifest[dataset]["train"]["usable_rows"]))
 
 
 def read_manifest(config: HospitalConfig) -> dict[str, Any]:

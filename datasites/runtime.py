@@ -173,8 +173,11 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
         raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study: "
                             f"{'; '.join(violations)}.")  # fmt: skip
     features, labels = _encode(plan, train)
-    _check_compute(hospital, plan, n=len(labels))
-    record = _register(hospital, plan, n=len(labels))
+    # Everything that depends on the size (the compute limits, the sampling rate, the steps,
+    # the noise calibration, the reply) uses its released DP count, never len(labels).
+    n = hospital.ledger.public_size(plan.dataset, len(labels))
+    _check_compute(hospital, plan, n=n)
+    record = _register(hospital, plan, n=n)
     out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
     if round_ - 1 in plan.eval_rounds():
         model = _model(plan, weights)
@@ -352,7 +355,7 @@ def _train(
         spec = TrainSpec(
             batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
             max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
-            momentum=plan.momentum, local_steps=record.steps_per_round,
+            momentum=plan.momentum, local_steps=record.steps_per_round, population=record.n,
         )  # fmt: skip
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)

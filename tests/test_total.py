@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasites.accounting import DpEvent
+from datasites.accounting import DpEvent, epsilon
 from datasites.config import HOSPITAL_ROOT_ENV
 from datasites.dp import clipped_gradient_sum
 from datasites.encoding import N_FEATURES
@@ -219,3 +219,47 @@ def test_poisoned_weights_get_the_same_reply_and_charge_with_or_without_the_targ
         case: {round(o["epsilon_study"], 12) for o in outs} for case, outs in replies.items()
     }
     assert charges["target"] == charges["nobody"] and len(charges["nobody"]) == 1
+
+
+# -- the dataset's size leaves only as its DP count -------------------------------------------
+
+
+def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> None:
+    import sqlite3
+
+    from datasites.assets import ehr_training_view
+    from datasites.encoding import encode_ehr
+    from datasites.runtime import execute
+    from scientist.study import initial_weights
+    from synthetic.ehr import generate_ehr
+
+    table = ehr_training_view(generate_ehr(1_000, seed=8, identifiers=False))
+    exact = len(encode_ehr(table)[1])
+    released = exact + 137  # as if the Gaussian count had drawn +137
+    with sqlite3.connect(hospital.root / "ledger.sqlite") as conn:
+        conn.execute("INSERT INTO sizes VALUES ('ehr', ?, 50.0, 'now')", (released,))
+    config = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64,
+                         dp=DPConfig(epsilon=1.0))  # fmt: skip
+
+    out = execute(config.plan("ehr-size-0001", "s@research.org"), train=table, test=table,
+                  request={"round": 1, "weights": initial_weights(config)})  # fmt: skip
+
+    record = hospital.ledger.study("ehr-size-0001")
+    assert "error" not in out, out
+    assert out["train"]["n"] == released and record.n == released
+    assert record.sample_rate == pytest.approx(64 / released)
+    assert record.steps_per_round == -(-released // 64)
+    assert exact not in (out["train"]["n"], record.n)
+
+
+def test_the_size_is_released_and_charged_once_per_dataset(hospital) -> None:
+    from datasites.ledger import size_event
+
+    first = hospital.ledger.public_size("ehr", 5_000)
+    again = hospital.ledger.public_size("ehr", 5_001)  # another count later: the same figure
+
+    kinds = [kind for _, kind, _, _ in hospital.ledger.events(dataset="ehr")]
+    assert first == again and kinds == ["size"]
+    assert hospital.ledger.spent("ehr") == pytest.approx(
+        epsilon([size_event()], hospital.ledger.delta))  # fmt: skip
+    assert hospital.ledger.spent("pathmnist") == 0.0
