@@ -52,20 +52,20 @@ def released_weight(data: tuple[np.ndarray, np.ndarray], sigma: float, seed: int
     return float(outcome.weights["0.weight"][0, AUDITED])
 
 
-def empirical_epsilon(sigma: float) -> float:
+def empirical_epsilon(sigma: float, runs: int = RUNS) -> float:
     """The largest Clopper-Pearson lower bound on epsilon over a few thresholds."""
     without, with_canary = datasets()
     # The canary's clipped gradient is positive (label 0, positive feature), so SGD moves
     # the weight down: "canary present" is a small released weight.
-    neg = -np.array([released_weight(without, sigma, s) for s in range(RUNS)])
-    pos = -np.array([released_weight(with_canary, sigma, RUNS + s) for s in range(RUNS)])
+    neg = -np.array([released_weight(without, sigma, s) for s in range(runs)])
+    pos = -np.array([released_weight(with_canary, sigma, runs + s) for s in range(runs)])
     thresholds = np.quantile(np.concatenate([neg, pos]), [0.5, 0.7, 0.9, 0.97])
     alpha = CONFIDENCE / len(thresholds)
     best = 0.0
     for t in thresholds:
         true_pos, false_pos = int((pos > t).sum()), int((neg > t).sum())
-        tpr_low = beta.ppf(alpha / 2, true_pos, RUNS - true_pos + 1) if true_pos else 0.0
-        fpr_high = beta.ppf(1 - alpha / 2, false_pos + 1, RUNS - false_pos)
+        tpr_low = beta.ppf(alpha / 2, true_pos, runs - true_pos + 1) if true_pos else 0.0
+        fpr_high = beta.ppf(1 - alpha / 2, false_pos + 1, runs - false_pos)
         if tpr_low > DELTA and fpr_high > 0:
             best = max(best, math.log((tpr_low - DELTA) / fpr_high))
     return best
