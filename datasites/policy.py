@@ -142,20 +142,16 @@ class StudyPolicy:
     def compute_violations(self, compute: Compute) -> list[str]:
         """What in a study's projected compute (`Projection.compute`) this policy does not
         allow; one short sentence each, naming the policy key."""
-        c, out = compute, []
-        if c.steps_per_round > self.max_local_steps:
-            out.append(f"{c.steps_per_round:,} DP-SGD steps per round exceed "
-                       f"study.max_local_steps {self.max_local_steps:,}")  # fmt: skip
-        if c.total_steps > self.max_total_steps:
-            out.append(f"{c.total_steps:,} DP-SGD steps in all exceed study.max_total_steps "
-                       f"{self.max_total_steps:,}")  # fmt: skip
-        if c.evaluations > self.max_evaluations:
-            out.append(f"{c.evaluations:,} evaluations exceed study.max_evaluations "
-                       f"{self.max_evaluations:,}")  # fmt: skip
-        if c.parameters > self.max_model_parameters:
-            out.append(f"{c.parameters:,} model parameters exceed study.max_model_parameters "
-                       f"{self.max_model_parameters:,}")  # fmt: skip
-        return out
+        c = compute
+        checks = (
+            (c.steps_per_round, self.max_local_steps, "DP-SGD steps per round", "max_local_steps"),
+            (c.total_steps, self.max_total_steps, "DP-SGD steps in all", "max_total_steps"),
+            (c.evaluations, self.max_evaluations, "evaluations", "max_evaluations"),
+            (c.parameters, self.max_model_parameters, "model parameters",
+             "max_model_parameters"),
+        )  # fmt: skip
+        return [f"{value:,} {what} exceed study.{key} {limit:,}"
+                for value, limit, what, key in checks if value > limit]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ def _message(error: Any) -> str:
     return _first_line(getattr(error, "public_message", None) or getattr(error, "message", error))
 
 
-def _who(worker: Datasite, credentials: Any) -> tuple[str, bool]:
-    """(email, is_admin) of the caller; ("unknown", False) for a key with no account."""
+def caller(worker: Datasite, credentials: Any, *, unknown: str = "unknown") -> tuple[str, bool]:
+    """(email, is_admin) of the caller; (`unknown`, False) for a key with no account."""
     from syft.service.user.user_roles import ServiceRole
 
     try:
@@ -52,7 +52,7 @@ def _who(worker: Datasite, credentials: Any) -> tuple[str, bool]:
             credentials=worker.verify_key, verify_key=credentials
         ).unwrap()
     except Exception:
-        return "unknown", False
+        return unknown, False
     return str(user.email), user.role.value >= ServiceRole.DATA_OWNER.value
 
 
@@ -79,7 +79,7 @@ def _record(worker: Datasite, audit: AuditLog, api_call: Any, refused: str) -> N
     """Never fails the call: an audit problem is logged, the scientist sees syft's answer."""
     try:
         path = str(getattr(getattr(api_call, "message", api_call), "path", ""))
-        email, admin = _who(worker, api_call.credentials)
+        email, admin = caller(worker, api_call.credentials)
         if not admin:
             audit.append("refused", layer="syft", path=path, user=email, reason=refused)
     except Exception:

@@ -25,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from datasites.audit import AuditLog
+from datasites.server_audit import caller
 
 if TYPE_CHECKING:
     from syft.server.datasite import Datasite
@@ -158,13 +159,7 @@ class Guard:
             return "the call could not be checked"
 
     def _who(self, credentials: Any) -> str:
-        try:
-            user = self.worker.services.user.stash.get_by_verify_key(
-                credentials=self.worker.verify_key, verify_key=credentials
-            ).unwrap()
-            return str(user.email)
-        except Exception:
-            return "guest"
+        return caller(self.worker, credentials, unknown="guest")[0]
 
     def _refused(self, api_call: Any, reason: str) -> None:
         try:

@@ -28,19 +28,11 @@ from scientist.study import Study, StudyError, initial_weights
 from scientist.submit import _request
 from tests.conftest import REPO, Launch, listening_addresses, login, outside_address
 from tests.security.conftest import GUARDED_BASE_PORT, GUARDED_CAP, HOSPITALS
+from tests.security.forge import quiet as attempt
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 TINY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
             dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
-
-
-def attempt(fn: Callable[[], Any]) -> Any:
-    """What the attacker gets back: the value, or the exception syft raised."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return fn()
-    except Exception as error:
-        return error
 
 
 def refused(entries: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
