@@ -3,19 +3,20 @@
 Every release computed from private rows is a `DpEvent`, a small immutable value in the
 spirit of Google's dp-accounting: a Poisson-subsampled Gaussian mechanism applied `steps`
 times. DP-SGD is such a series (one event per training round); a noised evaluation release
-is the plain Gaussian mechanism, the same event with sample rate 1 and one step.
+or a dataset-size count is the plain Gaussian mechanism, sample rate 1 and one step.
 
-Events compose in Renyi DP [Mironov, "Renyi Differential Privacy", CSF 2017]: RDP adds up
-across mechanisms, and the RDP of the subsampled Gaussian is computed exactly for each
-order [Mironov, Talwar & Zhang, "Renyi Differential Privacy of the Sampled Gaussian
-Mechanism", 2019]. The arithmetic is Opacus's own `RDPAccountant`, so the figure a hospital
-states is the one its DP-SGD library would state for the same history.
+Events compose with privacy loss distributions (PLD) [Koskela, Jalko & Honkela 2020;
+Doroshenko et al., "Connect the Dots", PETS 2022], through Google's `dp-accounting`: the
+distribution of each mechanism's privacy loss is discretised pessimistically (every loss
+rounded up, so the figure is an upper bound at any grid) and composed exactly by
+convolution. For DP-SGD this is close to tight, and it states the same noise 5-9% cheaper
+than Renyi DP, which only bounds the loss through its moments; the saving is utility
+bought at no privacy cost.
 
-The only departure from Opacus's defaults is the set of RDP orders: Opacus stops at order
-63, where converting zero RDP already costs epsilon ~0.103 at delta 1e-5, so a small budget
-(a tenth of epsilon 1 for evaluations, say) could not be stated at all. `ALPHAS` extends
-Opacus's orders up to 1024, as dp-accounting does; every order gives a valid bound, so more
-orders only make the minimum tighter, never wrong.
+The Renyi figure stays alongside as a cross-check (`rdp_epsilon`): Opacus's own
+`RDPAccountant` arithmetic [Mironov 2017; Mironov, Talwar & Zhang 2019], over more orders
+than Opacus's default (up to 1024, as dp-accounting does) so that small releases can be
+stated at all. Both are valid upper bounds; PLD is the one the ledger enforces.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as privacy_analysis
 
@@ -35,6 +37,15 @@ ALPHAS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
     64, 72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024,
 )  # fmt: skip
 """RDP orders: Opacus's, then larger integer orders (scipy's binomials overflow past ~1030)."""
+
+PLD_DISCRETIZATION = 1e-3
+"""Grid step of the privacy loss: losses round up to it, so each figure is an upper bound.
+
+At 1e-3 a study's epsilon is within about 0.1% of the finest grid (measured against 1e-5),
+and a mechanism's distribution takes ~0.1 s to build instead of ~1 s at 1e-4.
+"""
+ACCOUNTANT = "pld"
+"""What the ledger's figures are: recorded in each ledger, so a change is a migration."""
 
 CALIBRATION_RTOL = 1e-3
 _SIGMA_RANGE = (1e-2, 1e6)
@@ -111,6 +122,34 @@ def _history(events: Iterable[DpEvent]) -> list[tuple[float, float, int]]:
 def epsilon(events: Iterable[DpEvent], delta: float) -> float:
     """The (epsilon, delta)-DP guarantee of all `events` composed; 0.0 for none.
 
+    The PLD of each distinct mechanism, self-composed for its steps, then all composed: the
+    pessimistic estimate of dp-accounting's `PLDAccountant` for the same events.
+    """
+    delta = _check_delta(delta)
+    history = _history(events)
+    if not history:
+        return 0.0
+    composed = None
+    for sigma, q, steps in history:
+        one = _pld_per_step(sigma, q)
+        series = one.self_compose(steps) if steps > 1 else one
+        composed = series if composed is None else composed.compose(series)
+    return float(composed.get_epsilon_for_delta(delta))
+
+
+@lru_cache(maxsize=128)
+def _pld_per_step(sigma: float, q: float) -> pld_lib.PrivacyLossDistribution:
+    """The PLD of one step of the sampled Gaussian; building it is most of the cost."""
+    return pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, sensitivity=1.0, sampling_prob=q,
+        value_discretization_interval=PLD_DISCRETIZATION, pessimistic_estimate=True,
+        use_connect_dots=True,
+    )  # fmt: skip
+
+
+def rdp_epsilon(events: Iterable[DpEvent], delta: float) -> float:
+    """The same guarantee by Renyi DP: the cross-check, never below the PLD figure.
+
     Opacus's RDPAccountant over `ALPHAS`: RDP composition [Mironov 2017] of the sampled
     Gaussian [Mironov et al. 2019], converted with Balle et al. 2020, Theorem 21.
     """
@@ -119,8 +158,7 @@ def epsilon(events: Iterable[DpEvent], delta: float) -> float:
     if not history:
         return 0.0
     # What RDPAccountant.get_epsilon computes, with the per-step RDP curve of each
-    # (sigma, q) cached: a ledger composes the same few mechanisms on every call, and
-    # recomputing their curves dominated a training round's cost.
+    # (sigma, q) cached: a ledger composes the same few mechanisms on every call.
     rdp = sum(steps * _rdp_per_step(sigma, q) for sigma, q, steps in history)
     eps, _ = privacy_analysis.get_privacy_spent(orders=list(ALPHAS), rdp=rdp, delta=delta)
     return float(eps)
@@ -135,10 +173,21 @@ def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
     return curve
 
 
-def epsilon_floor(delta: float) -> float:
-    """The smallest epsilon any release can be stated at with `ALPHAS` (zero RDP)."""
+ACCOUNTANTS: dict[str, Callable[[Iterable[DpEvent], float], float]] = {
+    "pld": epsilon, "rdp": rdp_epsilon,
+}  # fmt: skip
+
+
+def _accountant(name: str) -> Callable[[Iterable[DpEvent], float], float]:
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be 'pld' or 'rdp', found {name!r}.")
+    return ACCOUNTANTS[name]
+
+
+def epsilon_floor(delta: float, releases: int = 1) -> float:
+    """The least epsilon `releases` Gaussian releases can be stated at (the most noise)."""
     delta = _check_delta(delta)
-    return min(math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1) for a in ALPHAS)
+    return epsilon([DpEvent(_SIGMA_RANGE[1], 1.0, _count("releases", releases, minimum=1))], delta)
 
 
 @dataclass(frozen=True)
@@ -161,8 +210,8 @@ class StudyBudget:
     def planned_events(self) -> list[DpEvent]:
         return [self.train] * self.rounds + [self.evaluation] * self.evaluations
 
-    def total_epsilon(self, delta: float) -> float:
-        return epsilon(self.planned_events(), delta)
+    def total_epsilon(self, delta: float, accountant: str = ACCOUNTANT) -> float:
+        return _accountant(accountant)(self.planned_events(), delta)
 
 
 def calibrate_study(
@@ -176,6 +225,7 @@ def calibrate_study(
     evaluations: int,
     eval_share: float = 0.1,
     local_steps: int = 0,
+    accountant: str = ACCOUNTANT,
 ) -> StudyBudget:
     """The least noise that keeps a whole study (training and evaluations) within epsilon.
 
@@ -188,13 +238,14 @@ def calibrate_study(
     With no evaluations the evaluation noise is still set (as for one) but never spent.
     A round is `local_steps` steps if that is set, else `local_epochs * ceil(n / batch_size)`.
     Deterministic, so a hospital recalibrating the same study gets the same record.
+    `accountant="rdp"` calibrates by the Renyi cross-check instead (to measure what PLD saves).
     """
     return _calibrate(
         float(_positive_finite("epsilon", epsilon)), _check_delta(delta),
         _count("n", n, minimum=1), _count("batch_size", batch_size, minimum=1),
         _count("local_epochs", local_epochs, minimum=1), _count("rounds", rounds, minimum=1),
         _count("evaluations", evaluations, minimum=0), _positive_finite("eval_share", eval_share),
-        _count("local_steps", local_steps, minimum=0),
+        _count("local_steps", local_steps, minimum=0), _accountant(accountant),
     )  # fmt: skip
 
 
@@ -202,20 +253,21 @@ def calibrate_study(
 def _calibrate(
     target: float, delta: float, n: int, batch_size: int, local_epochs: int, rounds: int,
     evaluations: int, eval_share: float, local_steps: int,
+    cost: Callable[[Iterable[DpEvent], float], float],
 ) -> StudyBudget:  # fmt: skip
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n, found {batch_size} > {n}.")
     if not eval_share < 1:
         raise ValueError(f"eval_share must be in (0, 1), found {eval_share!r}.")
-    floor = epsilon_floor(delta)
+    releases = max(evaluations, 1)
+    floor = cost([DpEvent(_SIGMA_RANGE[1], 1.0, releases)], delta)
     if eval_share * target <= floor:
         raise ValueError(
             f"epsilon {target:g} is too small to account at delta {delta:g} (its evaluation "
             f"share must exceed {floor:.4f}); raise epsilon or eval_share."
         )
-    releases = max(evaluations, 1)
     sigma_eval = _smallest_sigma(
-        lambda s: epsilon([DpEvent(s, 1.0, releases)], delta), eval_share * target
+        lambda s: cost([DpEvent(s, 1.0, releases)], delta), eval_share * target
     )
     evaluation = DpEvent(sigma_eval, 1.0, 1)
     train_steps = local_steps or local_epochs * math.ceil(n / batch_size)
@@ -224,7 +276,7 @@ def _calibrate(
     def budget(sigma: float) -> StudyBudget:
         return StudyBudget(DpEvent(sigma, rate, train_steps), evaluation, rounds, evaluations)
 
-    sigma_train = _smallest_sigma(lambda s: budget(s).total_epsilon(delta), target)
+    sigma_train = _smallest_sigma(lambda s: cost(budget(s).planned_events(), delta), target)
     return budget(sigma_train)
 
 

@@ -1,11 +1,14 @@
 """The hospital's privacy ledger: every study it approved and every release it made.
 
 A dataset's epsilon is the composition of all its events, across every study of every
-scientist (`accounting.epsilon`), never a sum of per-study figures, and the hospital's cap
-bounds that composed figure. The ledger is one SQLite file in the hospital's folder, so it
-survives restarts, and every decision to release is taken inside one `BEGIN IMMEDIATE`
-transaction that also stores the release: two threads or two datasite processes asking for
-the same round charge it once, and concurrent rounds cannot jointly overshoot the cap.
+scientist (`accounting.epsilon`, a PLD accountant), never a sum of per-study figures, and
+the hospital's cap bounds that composed figure; the Renyi figure is kept alongside as a
+cross-check. The ledger stores events, never figures, so changing the accountant is a
+recorded migration (`accountants` table) that recomposes the same events. The ledger is one
+SQLite file in the hospital's folder, so it survives restarts, and every decision to release
+is taken inside one `BEGIN IMMEDIATE` transaction that also stores the release: two threads
+or two datasite processes asking for the same round charge it once, and concurrent rounds
+cannot jointly overshoot the cap.
 
 Messages of `LedgerError` reach the scientist, so they carry ids, round numbers and
 epsilons only, never a dataset size or a training hyperparameter's value.
@@ -25,17 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from datasites.accounting import DpEvent, StudyBudget, epsilon
+from datasites.accounting import ACCOUNTANT, ACCOUNTANTS, DpEvent, StudyBudget, epsilon, rdp_epsilon
 
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # An event's result while its release is being computed: charged, nothing released yet.
 PENDING = b""
 # A dataset's size is released once, as a Gaussian count (sensitivity 1 under add/remove
 # of one unit): everything derived from the size (sampling rate, steps, noise calibration,
 # FedAvg weights) uses that public figure, never the exact count. At 50 the release costs
-# 0.066 of epsilon at delta 1e-5 and is off by about 50 rows, under 3% of a hospital.
+# 0.059 of epsilon at delta 1e-5 (PLD; 0.066 by RDP) and is off by about 50 rows, under 3%
+# of a hospital.
 SIZE_NOISE_MULTIPLIER = 50.0
 SIZE_KIND = "size"
 
@@ -61,6 +65,10 @@ CREATE TABLE IF NOT EXISTS events (
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     result BLOB NOT NULL, recorded_at TEXT NOT NULL,
     UNIQUE (study_id, kind, round)
+);
+CREATE TABLE IF NOT EXISTS accountants (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, accountant TEXT NOT NULL, since TEXT NOT NULL,
+    note TEXT NOT NULL
 );
 """
 _STUDY_COLUMNS = (
@@ -190,7 +198,7 @@ class Ledger:
             # One statement at a time: executescript() would commit the open transaction.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-            _migrate(conn)
+            _migrate(conn, self.delta)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections -------------------------------------------------------------------
@@ -471,15 +479,47 @@ class Ledger:
         with self._connect() as conn:
             return epsilon(_events(conn, study_id=study_id), self.delta)
 
+    def spent_rdp(self, dataset: str) -> float:
+        """The same events composed by Renyi DP: the cross-check of `spent` (never below)."""
+        with self._connect() as conn:
+            return rdp_epsilon(_events(conn, dataset=dataset), self.delta)
+
+    def accountants(self) -> list[tuple[str, str, str]]:
+        """Each accountant this ledger was kept with: (accountant, since, note), oldest first."""
+        with self._connect() as conn:
+            query = "SELECT accountant, since, note FROM accountants ORDER BY id"
+            return [tuple(row) for row in conn.execute(query)]
+
     def cap(self, dataset: str) -> float:
         return float(self._caps.get(dataset, self._default_cap))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Schema 1 ledgers (before plan digests) gain the column; their studies keep ''."""
+def _migrate(conn: sqlite3.Connection, delta: float) -> None:
+    """Bring an older ledger to this schema, keeping every study and event as it was.
+
+    Schema 1 (before plan digests) gains the column; its studies keep ''. Schema 2 and older
+    were accounted by Renyi DP: the switch to `ACCOUNTANT` is recorded with each dataset's
+    figure before and after, the same events composed both ways. Studies registered then
+    keep the noise they were calibrated with, which now costs them less than their target.
+    """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(studies)")}
     if "plan_sha256" not in columns:
         conn.execute("ALTER TABLE studies ADD COLUMN plan_sha256 TEXT NOT NULL DEFAULT ''")
+    current = conn.execute("SELECT accountant FROM accountants ORDER BY id DESC LIMIT 1")
+    row = current.fetchone()
+    if row is not None and row[0] == ACCOUNTANT:
+        return
+    previous = row[0] if row is not None else "rdp"
+    datasets = sorted({d for (d,) in conn.execute("SELECT dataset FROM studies UNION "
+                                                  "SELECT dataset FROM sizes")})  # fmt: skip
+    old = ACCOUNTANTS.get(previous, rdp_epsilon)
+    figures = []
+    for dataset in datasets:
+        events = [event for *_, event in _event_rows(conn, dataset=dataset)]
+        figures.append(f"{dataset} {old(events, delta):.4f} -> {epsilon(events, delta):.4f}")
+    note = (f"from {previous}: " + ", ".join(figures)) if figures else "new ledger"
+    conn.execute("INSERT INTO accountants (accountant, since, note) VALUES (?, ?, ?)",
+                 (ACCOUNTANT, _now(), note))  # fmt: skip
 
 
 def _study(conn: sqlite3.Connection, study_id: str) -> StudyRecord | None:

@@ -1,7 +1,7 @@
 """What a study would cost this hospital, computed before anyone approves it.
 
 The scientist states a target epsilon; what the hospital loses is decided here: the noise is
-calibrated from this hospital's own training rows, and the dataset's total is the RDP
+calibrated from this hospital's own training rows, and the dataset's total is the PLD
 composition of everything already spent with every event the study plans. An operator sees
 these figures in `show`, and `approve` refuses a study whose projected total passes the cap,
 so a study that the runtime would have to stop half-way is never approved. The projection

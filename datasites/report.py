@@ -63,8 +63,9 @@ def review(r: Review) -> str:
 def budget(b: dict[str, dict[str, Any]]) -> str:
     lines = []
     for dataset, d in b.items():
-        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f}  "
-                     f"remaining {d['remaining']:.3f}  ({len(d['events'])} events)")  # fmt: skip
+        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} "
+                     f"(RDP cross-check {d['spent_rdp']:.3f})  remaining {d['remaining']:.3f}  "
+                     f"({len(d['events'])} events)")  # fmt: skip
         for s in d["studies"]:
             lines.append(f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
                          f"{s['epsilon']:g}, spent {s['spent']:.3f}")  # fmt: skip

@@ -18,7 +18,7 @@ from datasites.ledger import (
     StudyConflict,
     StudyRecord,
 )
-from tests.privacy_reference import opacus_epsilon
+from tests.privacy_reference import agrees_with_pld, opacus_epsilon
 
 DELTA = 1e-5
 
@@ -42,7 +42,7 @@ def run_all(record: StudyRecord, ledger: Ledger) -> None:
         ledger.record(record.study_id, "eval", r, budget.evaluation, b"counts")
 
 
-def test_dataset_epsilon_is_opacus_composition_of_all_studies(tmp_path: Path) -> None:
+def test_dataset_epsilon_is_the_pld_composition_of_all_studies(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     alice = ledger.register_study(study("s-alice"))
     bob = ledger.register_study(
@@ -58,9 +58,12 @@ def test_dataset_epsilon_is_opacus_composition_of_all_studies(tmp_path: Path) ->
 
     ehr_events = [alice.budget().train, bob.budget().evaluation, bob.budget().train,
                   alice.budget().train]  # fmt: skip
-    assert ledger.spent("ehr") == opacus_epsilon(ehr_events) == total
-    assert ledger.spent("images") == opacus_epsilon([images.budget().train])
-    assert ledger.study_spent("s-bob") == opacus_epsilon(ehr_events[1:3])
+    assert ledger.spent("ehr") == total
+    assert agrees_with_pld(total, ehr_events)
+    assert agrees_with_pld(ledger.spent("images"), [images.budget().train])
+    assert agrees_with_pld(ledger.study_spent("s-bob"), ehr_events[1:3])
+    assert ledger.spent_rdp("ehr") == opacus_epsilon(ehr_events)  # the cross-check
+    assert ledger.spent_rdp("ehr") > total
     assert ledger.spent("ehr") < ledger.study_spent("s-alice") + ledger.study_spent("s-bob")
     assert [e[:3] for e in ledger.events("ehr")] == [
         ("s-alice", "train", 1), ("s-bob", "eval", 0), ("s-bob", "train", 1),
@@ -205,6 +208,38 @@ def test_a_schema_1_ledger_is_migrated_in_place(tmp_path: Path) -> None:
 
     assert reopened.study("s-old") == record and reopened.spent("ehr") == spent
     assert reopened.register_study(study("s-new", plan_sha256="ab" * 32)).plan_sha256 == "ab" * 32
+
+
+def test_an_rdp_ledger_is_migrated_to_pld_with_both_figures_recorded(tmp_path: Path) -> None:
+    """A schema-2 ledger (kept by RDP) recomposes the same events by PLD, and says so."""
+    import sqlite3
+
+    path = tmp_path / "ledger.sqlite"
+    old = Ledger(path)
+    record = old.register_study(study("s-old"))
+    old.record("s-old", "train", 1, record.budget().train, b"w1")
+    old.record("s-old", "eval", 0, record.budget().evaluation, b"c0")
+    with sqlite3.connect(path) as conn:  # undo the migration: a schema-2 ledger
+        conn.execute("DROP TABLE accountants")
+        conn.execute("PRAGMA user_version = 2")
+    events = [record.budget().train, record.budget().evaluation]
+
+    reopened = Ledger(path)
+
+    ((accountant, since, note),) = reopened.accountants()
+    assert accountant == "pld" and since
+    assert note == (f"from rdp: ehr {opacus_epsilon(events):.4f} -> "
+                    f"{reopened.spent('ehr'):.4f}")  # fmt: skip
+    assert agrees_with_pld(reopened.spent("ehr"), events)
+    assert reopened.spent("ehr") < reopened.spent_rdp("ehr") == opacus_epsilon(events)
+    assert reopened.study("s-old") == record  # its noise is kept as approved
+    assert Ledger(path).accountants() == reopened.accountants()  # migrated once
+
+
+def test_a_new_ledger_records_its_accountant(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+
+    assert [(a, note) for a, _, note in ledger.accountants()] == [("pld", "new ledger")]
 
 
 def test_the_plan_digest_is_part_of_the_study(tmp_path: Path) -> None:
