@@ -36,6 +36,7 @@ from torch import nn
 
 from datasites.encoded import tensor_view
 from datasites.models import model_weights
+from datasites.noise import secure_gaussian
 
 __all__ = [
     "TASKS",
@@ -223,10 +224,8 @@ def _noisy_step(
     # when intra-op threads compete for cores. The noise is drawn even when sigma == 0, so
     # runs that differ only in sigma share their randomness.
     flat = torch.cat([sums[name].reshape(-1) for name in params])
-    flat.add_(
-        torch.randn(flat.numel(), generator=generator),
-        alpha=spec.noise_multiplier * spec.max_grad_norm,
-    )
+    # Secure-mode draws (`datasites.noise`): each value the halved sum of four Gaussians.
+    flat.add_(secure_gaussian(flat.numel(), spec.noise_multiplier * spec.max_grad_norm, generator))
     flat.div_(spec.batch_size)
     offset = 0
     for param in params.values():

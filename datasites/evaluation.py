@@ -3,8 +3,9 @@
 A model's test-set performance leaves the hospital as histograms of predicted
 probabilities (and, for several classes, a confusion matrix). Each patient adds 1 to a
 fixed number of cells, so adding or removing one patient moves the release by a known L2
-distance (its sensitivity); Gaussian noise of `noise_multiplier` times that distance on
-every cell is the Gaussian mechanism, accounted as `release_event(noise_multiplier)`.
+distance (its sensitivity); discrete Gaussian noise of `noise_multiplier` times that
+distance on every cell is the Gaussian mechanism on integers (`datasites.noise`: exact,
+OS-random, no float to round), accounted as `release_event(noise_multiplier)`.
 Every metric the scientist computes from the noised counts is post-processing and costs
 nothing more. Bins are fixed in advance (never data-dependent) so the layout itself
 reveals nothing.
@@ -26,6 +27,7 @@ import math
 import numpy as np
 
 from datasites.accounting import DpEvent
+from datasites.noise import discrete_gaussian
 
 # Default inner edges, evenly spaced on logit(p): every 2/3 over [-8, 2] for one outcome
 # (rare outcomes sit low; logit 0 = the 0.5 threshold is an edge), every 1 over [-7, 7] for
@@ -154,17 +156,18 @@ def sensitivity(counts: Counts) -> float:
     return 1.0
 
 
-def noisy(counts: Counts, *, noise_multiplier: float, rng: np.random.Generator) -> Counts:
-    """The Gaussian mechanism: N(0, (noise_multiplier * sensitivity)^2) on every cell.
+def noisy(counts: Counts, *, noise_multiplier: float) -> Counts:
+    """The Gaussian mechanism on integers: N_Z(0, (noise_multiplier * sensitivity)^2) per cell.
 
-    Charge it to the ledger as `release_event(noise_multiplier)` before it leaves. `rng`
-    must be unpredictable to the scientist (seeded from the OS), or the noise can be removed.
+    Charge it to the ledger as `release_event(noise_multiplier)` before it leaves. The noise
+    is discrete Gaussian from the OS's CSPRNG (slightly larger than stated, so that the
+    continuous event charged dominates it), and the released cells are int64.
     """
     std = release_event(noise_multiplier).noise_multiplier * sensitivity(counts)
 
     def add(cells: np.ndarray) -> np.ndarray:
-        cells = np.asarray(cells, dtype=np.float64)
-        return cells + rng.normal(0.0, std, size=cells.shape)
+        cells = np.asarray(cells, dtype=np.int64)
+        return cells + discrete_gaussian(std, cells.shape)
 
     if isinstance(counts, dict):
         return {key: add(counts[key]) for key in ("confusion", "ovr")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,16 +25,15 @@ from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from datasites.accounting import ACCOUNTANT, ACCOUNTANTS, DpEvent, StudyBudget, epsilon, rdp_epsilon
+from datasites.noise import discrete_gaussian
 
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
 SCHEMA_VERSION = 3
 # An event's result while its release is being computed: charged, nothing released yet.
 PENDING = b""
-# A dataset's size is released once, as a Gaussian count (sensitivity 1 under add/remove
+# A dataset's size is released once, as a discrete Gaussian count (sensitivity 1 under add/remove
 # of one unit): everything derived from the size (sampling rate, steps, noise calibration,
 # FedAvg weights) uses that public figure, never the exact count. At 50 the release costs
 # 0.059 of epsilon at delta 1e-5 (PLD; 0.066 by RDP) and is off by about 50 rows, under 3%
@@ -368,7 +366,7 @@ class Ledger:
         return None if found is None else int(found[0])
 
     def public_size(self, dataset: str, n: int) -> int:
-        """The dataset's size as this hospital releases it: a Gaussian count of the `n`
+        """The dataset's size as this hospital releases it: a discrete Gaussian count of the `n`
         private rows, drawn and charged to the dataset once; the stored figure after.
 
         Under add/remove adjacency an exact size would tell whether one patient is in the
@@ -390,7 +388,7 @@ class Ledger:
                     f"{total:.3f}, above its cap {self.cap(dataset):g}; this hospital makes "
                     "no further release of it."
                 )
-            noisy = max(1, round(n + _gaussian(event.noise_multiplier)))
+            noisy = max(1, n + int(discrete_gaussian(event.noise_multiplier)))
             conn.execute(
                 "INSERT INTO sizes (dataset, noisy_n, noise_multiplier, released_at) "
                 "VALUES (?, ?, ?, ?)",
@@ -566,11 +564,6 @@ def _size_rows(
 def size_event() -> DpEvent:
     """The DP event of one dataset-size release."""
     return DpEvent(noise_multiplier=SIZE_NOISE_MULTIPLIER, sample_rate=1.0, steps=1)
-
-
-def _gaussian(sigma: float) -> float:
-    """One draw of N(0, sigma^2) from a generator seeded by the OS's CSPRNG."""
-    return float(np.random.default_rng(secrets.randbits(128)).normal(0.0, sigma))
 
 
 def _events(

@@ -46,6 +46,7 @@ from datasites.evaluation import (
 )
 from datasites.ledger import Ledger, LedgerError, StudyRecord
 from datasites.models import build_model, load_weights
+from datasites.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 from datasites.plan import Plan, PlanError
 from datasites.policy import POLICY_FILE, Policy
 from datasites.untrusted import int_fits, shown
@@ -61,6 +62,7 @@ EVAL_SHARE = 0.3
 # Per-example loss is clipped to this bound before it is summed and released, so one
 # patient changes the released sum by at most LOSS_BOUND.
 LOSS_BOUND = 5.0
+LOSS_STEPS = 1024  # a patient's clipped loss is released in steps of LOSS_BOUND / 1024
 log = logging.getLogger("datasites.runtime")
 # Encoded image assets, reused while the datasite hands out the same read-only arrays.
 _ENCODED_IMAGES = EncodedMemo(encode_images)
@@ -388,16 +390,20 @@ def _release(counts: Any, losses: np.ndarray, sigma: float) -> dict[str, Any]:
     The loss sum is scaled by 1 / LOSS_BOUND so that one patient moves it by at most 1;
     with the counts' sensitivity S the joint L2 sensitivity is sqrt(S^2 + 1), and every
     coordinate gets noise sigma * sqrt(S^2 + 1): one release at noise multiplier sigma.
+    Every coordinate is an integer with discrete Gaussian noise (`datasites.noise`): each
+    patient's clipped loss counts in LOSS_STEPS steps of LOSS_BOUND / LOSS_STEPS, so the
+    released loss sum lies on that fixed grid and no float rounding depends on the data.
     """
-    rng = np.random.default_rng(secrets.randbits(128))
     base = sensitivity(counts)
     joint = float(np.sqrt(base**2 + 1.0))
-    loss_sum = float(np.clip(losses, 0.0, LOSS_BOUND).sum()) / LOSS_BOUND
+    steps = np.rint(np.clip(losses, 0.0, LOSS_BOUND) * (LOSS_STEPS / LOSS_BOUND))
+    loss_steps = int(steps.astype(np.int64).sum())
+    noised_steps = loss_steps + int(discrete_gaussian(sigma * joint * LOSS_STEPS))
     return {
-        "counts": noisy(counts, noise_multiplier=sigma * joint / base, rng=rng),
-        "loss_sum": (loss_sum + rng.normal(0.0, sigma * joint)) * LOSS_BOUND,
+        "counts": noisy(counts, noise_multiplier=sigma * joint / base),
+        "loss_sum": noised_steps * (LOSS_BOUND / LOSS_STEPS),
         # Public (it follows from the plan and n): lets the scientist judge the metrics.
-        "noise_std": sigma * joint,
+        "noise_std": sigma * joint * DISCRETE_NOISE_FACTOR,
     }
 
 
