@@ -9,6 +9,7 @@ if and only if the target was sampled.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,27 @@ def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> Non
     assert record.sample_rate == pytest.approx(64 / released)
     assert record.steps_per_round == -(-released // 64)
     assert exact not in (out["train"]["n"], record.n)
+    assert out["train"]["steps"] == -(-released // 64)
+    # Nowhere else either: every number of the reply but the noised counts (a cell of ~n
+    # patients may equal n by chance; they are DP themselves).
+    counts = out["evaluation"].pop("counts")
+    scalars = list(_scalars(out))
+    assert len(scalars) > 250 and counts.sum() > 0  # the walk reached the weights too
+    assert float(exact) not in scalars
+
+
+def _scalars(reply: object) -> Iterator[float]:
+    """Every number in a runtime reply, weights and counts included, element by element."""
+    if isinstance(reply, dict):
+        for value in reply.values():
+            yield from _scalars(value)
+    elif isinstance(reply, list | tuple):
+        for value in reply:
+            yield from _scalars(value)
+    elif isinstance(reply, np.ndarray):
+        yield from (float(x) for x in reply.ravel())
+    elif isinstance(reply, int | float) and not isinstance(reply, bool):
+        yield float(reply)
 
 
 def test_the_size_is_released_and_charged_once_per_dataset(hospital) -> None:
