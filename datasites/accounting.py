@@ -13,6 +13,17 @@ convolution. For DP-SGD this is close to tight, and it states the same noise 5-9
 than Renyi DP, which only bounds the loss through its moments; the saving is utility
 bought at no privacy cost.
 
+Train and test are disjoint parts, and compose in parallel [McSherry, "Privacy Integrated
+Queries", SIGMOD 2009]: each patient is assigned to one part by a keyed hash of its own id
+(`synthetic.partition`), so adding or removing one patient changes one part and leaves the
+other exactly as it was. Every mechanism reads one part (DP-SGD rounds and the size release
+the training part, evaluations the test part; a later mechanism may also read earlier
+outputs, which is post-processing). Given the outputs so far, a mechanism on the unchanged
+part has the same output distribution under both neighbours, so its privacy loss is zero:
+the loss of the whole history is that of the changed part's mechanisms alone, composed
+adaptively. Its epsilon is therefore the larger of the two parts' compositions, never their
+sum (`parallel_epsilon`), and a study calibrates each part to its target on its own.
+
 The Renyi figure stays alongside as a cross-check (`rdp_epsilon`): Opacus's own
 `RDPAccountant` arithmetic [Mironov 2017; Mironov, Talwar & Zhang 2019], over more orders
 than Opacus's default (up to 1024, as dp-accounting does) so that small releases can be
@@ -24,7 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -177,6 +188,20 @@ ACCOUNTANTS: dict[str, Callable[[Iterable[DpEvent], float], float]] = {
     "pld": epsilon, "rdp": rdp_epsilon,
 }  # fmt: skip
 
+TRAIN_PART, TEST_PART = "train", "test"
+
+
+def parallel_epsilon(
+    parts: Mapping[str, Iterable[DpEvent]], delta: float, accountant: str = ACCOUNTANT
+) -> float:
+    """The guarantee of events on disjoint parts of the data: the largest part's figure.
+
+    Sound only when each record is in exactly one part by a function of that record alone,
+    and each event reads one part (see the module docstring).
+    """
+    cost = _accountant(accountant)
+    return max((cost(list(events), delta) for events in parts.values()), default=0.0)
+
 
 def _accountant(name: str) -> Callable[[Iterable[DpEvent], float], float]:
     if name not in ACCOUNTANTS:
@@ -210,8 +235,14 @@ class StudyBudget:
     def planned_events(self) -> list[DpEvent]:
         return [self.train] * self.rounds + [self.evaluation] * self.evaluations
 
+    def parts(self) -> dict[str, list[DpEvent]]:
+        """The planned events by the part of the data they read."""
+        return {TRAIN_PART: [self.train] * self.rounds,
+                TEST_PART: [self.evaluation] * self.evaluations}  # fmt: skip
+
     def total_epsilon(self, delta: float, accountant: str = ACCOUNTANT) -> float:
-        return _accountant(accountant)(self.planned_events(), delta)
+        """The study's whole cost: its parts composed in parallel (the larger of the two)."""
+        return parallel_epsilon(self.parts(), delta, accountant)
 
 
 def calibrate_study(
@@ -223,18 +254,19 @@ def calibrate_study(
     local_epochs: int,
     rounds: int,
     evaluations: int,
-    eval_share: float = 0.1,
+    eval_share: float = 1.0,
     local_steps: int = 0,
     accountant: str = ACCOUNTANT,
 ) -> StudyBudget:
     """The least noise that keeps a whole study (training and evaluations) within epsilon.
 
-    The evaluation noise is set first, so that the evaluations alone would cost about
-    `eval_share * epsilon`; then the training noise is the smallest (to 0.1%) for which all
-    planned events composed stay within `epsilon`. Composition is sub-additive, so training
-    gets somewhat more than the rest. The result always satisfies
-    `total_epsilon(delta) <= epsilon`. The training event samples at `batch_size / n`: the
-    runtime must Poisson-sample at that rate (or lower) for the figure to hold.
+    Training reads the training part and evaluations the test part, which compose in
+    parallel, so each is calibrated on its own: the evaluation noise is the smallest (to
+    0.1%) for which the evaluations cost at most `eval_share * epsilon` (all of it by
+    default), the training noise the smallest for which the rounds cost at most `epsilon`.
+    The result always satisfies `total_epsilon(delta) <= epsilon`. The training event
+    samples at `batch_size / n`: the runtime must Poisson-sample at that rate (or lower) for
+    the figure to hold.
     With no evaluations the evaluation noise is still set (as for one) but never spent.
     A round is `local_steps` steps if that is set, else `local_epochs * ceil(n / batch_size)`.
     Deterministic, so a hospital recalibrating the same study gets the same record.
@@ -257,8 +289,8 @@ def _calibrate(
 ) -> StudyBudget:  # fmt: skip
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n, found {batch_size} > {n}.")
-    if not eval_share < 1:
-        raise ValueError(f"eval_share must be in (0, 1), found {eval_share!r}.")
+    if not eval_share <= 1:
+        raise ValueError(f"eval_share must be in (0, 1], found {eval_share!r}.")
     releases = max(evaluations, 1)
     floor = cost([DpEvent(_SIGMA_RANGE[1], 1.0, releases)], delta)
     if eval_share * target <= floor:
@@ -276,7 +308,7 @@ def _calibrate(
     def budget(sigma: float) -> StudyBudget:
         return StudyBudget(DpEvent(sigma, rate, train_steps), evaluation, rounds, evaluations)
 
-    sigma_train = _smallest_sigma(lambda s: cost(budget(s).planned_events(), delta), target)
+    sigma_train = _smallest_sigma(lambda s: cost(budget(s).parts()[TRAIN_PART], delta), target)
     return budget(sigma_train)
 
 

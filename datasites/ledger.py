@@ -2,8 +2,10 @@
 
 A dataset's epsilon is the composition of all its events, across every study of every
 scientist (`accounting.epsilon`, a PLD accountant), never a sum of per-study figures, and
-the hospital's cap bounds that composed figure; the Renyi figure is kept alongside as a
-cross-check. The ledger stores events, never figures, so changing the accountant is a
+the hospital's cap bounds that composed figure. Train and test are disjoint parts of each
+dataset (a patient's part follows from its own id), so the dataset's figure is the larger
+of the two parts' compositions (`accounting.parallel_epsilon`); the Renyi figure is kept
+alongside as a cross-check. The ledger stores events, never figures, so changing the accountant is a
 recorded migration (`accountants` table) that recomposes the same events. The ledger is one
 SQLite file in the hospital's folder, so it survives restarts, and every decision to release
 is taken inside one `BEGIN IMMEDIATE` transaction that also stores the release: two threads
@@ -25,7 +27,15 @@ from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from datasites.accounting import ACCOUNTANT, ACCOUNTANTS, DpEvent, StudyBudget, epsilon, rdp_epsilon
+from datasites.accounting import (
+    ACCOUNTANT,
+    ACCOUNTANTS,
+    TEST_PART,
+    TRAIN_PART,
+    DpEvent,
+    StudyBudget,
+    parallel_epsilon,
+)
 from datasites.noise import discrete_gaussian
 
 KINDS = ("train", "eval")
@@ -40,6 +50,10 @@ PENDING = b""
 # of a hospital.
 SIZE_NOISE_MULTIPLIER = 50.0
 SIZE_KIND = "size"
+# The part of a dataset each kind of event reads: they compose in parallel.
+PART_OF = {"train": TRAIN_PART, SIZE_KIND: TRAIN_PART, "eval": TEST_PART}
+# How this ledger composes: the accountant, parts in parallel. Recorded in `accountants`.
+LEDGER_ACCOUNTING = f"{ACCOUNTANT}/parts"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -259,9 +273,9 @@ class Ledger:
                     f"study {record.study_id} is calibrated at delta {record.delta:g} but this "
                     f"hospital accounts at delta {self.delta:g}; recalibrate at {self.delta:g}."
                 )
-            spent_events = _events(conn, dataset=record.dataset)
-            spent = epsilon(spent_events, self.delta)
-            total = epsilon(spent_events + record.budget().planned_events(), self.delta)
+            spent_parts = _parts(conn, dataset=record.dataset)
+            spent = parallel_epsilon(spent_parts, self.delta)
+            total = parallel_epsilon(_merge(spent_parts, record.budget().parts()), self.delta)
             cap = self.cap(record.dataset)
             if total > cap:
                 raise BudgetExceeded(
@@ -313,7 +327,7 @@ class Ledger:
         with self._write() as conn:
             study = self._admissible(conn, study_id, kind, round)
             if study is None:  # already recorded
-                return epsilon(_events(conn, dataset=_dataset(conn, study_id)), self.delta)
+                return parallel_epsilon(_parts(conn, dataset=_dataset(conn, study_id)), self.delta)
             total = self._charge(conn, study, kind, round, event)
             conn.execute(
                 "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
@@ -381,7 +395,8 @@ class Ledger:
             if row is not None:
                 return int(row[0])
             event = size_event()
-            total = epsilon([*_events(conn, dataset=dataset), event], self.delta)
+            parts = _merge(_parts(conn, dataset=dataset), {TRAIN_PART: [event]})
+            total = parallel_epsilon(parts, self.delta)
             if total > self.cap(dataset):
                 raise BudgetExceeded(
                     f"releasing the size of dataset {dataset} would bring it to epsilon "
@@ -446,14 +461,14 @@ class Ledger:
         self, conn: sqlite3.Connection, study: StudyRecord, kind: str, round: int, event: DpEvent
     ) -> float:
         """The dataset's epsilon with `event` added; BudgetExceeded above the cap."""
-        spent_events = _events(conn, dataset=study.dataset)
-        total = epsilon([*spent_events, event], self.delta)
+        spent_parts = _parts(conn, dataset=study.dataset)
+        total = parallel_epsilon(_merge(spent_parts, {PART_OF[kind]: [event]}), self.delta)
         cap = self.cap(study.dataset)
         if total > cap:
             what = "training round" if kind == "train" else "evaluation after round"
             raise BudgetExceeded(
                 f"study {study.study_id}: {what} {round} would bring dataset {study.dataset} "
-                f"to epsilon {total:.3f} (spent {epsilon(spent_events, self.delta):.3f}), "
+                f"to epsilon {total:.3f} (spent {parallel_epsilon(spent_parts, self.delta):.3f}), "
                 f"above its cap {cap:g}; this hospital makes no further release of it."
             )
         return total
@@ -468,19 +483,27 @@ class Ledger:
             return _event_rows(conn, dataset=dataset, study_id=study_id)
 
     def spent(self, dataset: str) -> float:
-        """The dataset's composed epsilon at this ledger's delta, all studies together."""
+        """The dataset's epsilon at this ledger's delta: all studies composed in each part,
+        the larger part's figure."""
         with self._connect() as conn:
-            return epsilon(_events(conn, dataset=dataset), self.delta)
+            return parallel_epsilon(_parts(conn, dataset=dataset), self.delta)
+
+    def part_spent(self, dataset: str) -> dict[str, float]:
+        """Each part's composed epsilon (training: rounds and the size; test: evaluations)."""
+        with self._connect() as conn:
+            parts = _parts(conn, dataset=dataset)
+        return {part: parallel_epsilon({part: events}, self.delta)
+                for part, events in parts.items()}  # fmt: skip
 
     def study_spent(self, study_id: str) -> float:
-        """The study's own composed epsilon (what it cost, were it alone)."""
+        """The study's own epsilon (what it cost, were it alone)."""
         with self._connect() as conn:
-            return epsilon(_events(conn, study_id=study_id), self.delta)
+            return parallel_epsilon(_parts(conn, study_id=study_id), self.delta)
 
     def spent_rdp(self, dataset: str) -> float:
-        """The same events composed by Renyi DP: the cross-check of `spent` (never below)."""
+        """The same parts composed by Renyi DP: the cross-check of `spent` (never below)."""
         with self._connect() as conn:
-            return rdp_epsilon(_events(conn, dataset=dataset), self.delta)
+            return parallel_epsilon(_parts(conn, dataset=dataset), self.delta, "rdp")
 
     def accountants(self) -> list[tuple[str, str, str]]:
         """Each accountant this ledger was kept with: (accountant, since, note), oldest first."""
@@ -496,8 +519,8 @@ def _migrate(conn: sqlite3.Connection, delta: float) -> None:
     """Bring an older ledger to this schema, keeping every study and event as it was.
 
     Schema 1 (before plan digests) gains the column; its studies keep ''. Schema 2 and older
-    were accounted by Renyi DP: the switch to `ACCOUNTANT` is recorded with each dataset's
-    figure before and after, the same events composed both ways. Studies registered then
+    summed all events by Renyi DP: the switch to `LEDGER_ACCOUNTING` is recorded with each
+    dataset's figure before and after, the same events composed both ways. Studies registered then
     keep the noise they were calibrated with, which now costs them less than their target.
     """
     columns = {row[1] for row in conn.execute("PRAGMA table_info(studies)")}
@@ -505,19 +528,21 @@ def _migrate(conn: sqlite3.Connection, delta: float) -> None:
         conn.execute("ALTER TABLE studies ADD COLUMN plan_sha256 TEXT NOT NULL DEFAULT ''")
     current = conn.execute("SELECT accountant FROM accountants ORDER BY id DESC LIMIT 1")
     row = current.fetchone()
-    if row is not None and row[0] == ACCOUNTANT:
+    if row is not None and row[0] == LEDGER_ACCOUNTING:
         return
-    previous = row[0] if row is not None else "rdp"
+    previous = row[0] if row is not None else "rdp"  # schema 2 and older: RDP, summed
     datasets = sorted({d for (d,) in conn.execute("SELECT dataset FROM studies UNION "
                                                   "SELECT dataset FROM sizes")})  # fmt: skip
-    old = ACCOUNTANTS.get(previous, rdp_epsilon)
+    old = ACCOUNTANTS[previous.split("/")[0]]
     figures = []
     for dataset in datasets:
-        events = [event for *_, event in _event_rows(conn, dataset=dataset)]
-        figures.append(f"{dataset} {old(events, delta):.4f} -> {epsilon(events, delta):.4f}")
+        parts = _parts(conn, dataset=dataset)
+        before = (parallel_epsilon(parts, delta, previous.split("/")[0]) if "/" in previous
+                  else old([e for events in parts.values() for e in events], delta))  # fmt: skip
+        figures.append(f"{dataset} {before:.4f} -> {parallel_epsilon(parts, delta):.4f}")
     note = (f"from {previous}: " + ", ".join(figures)) if figures else "new ledger"
     conn.execute("INSERT INTO accountants (accountant, since, note) VALUES (?, ?, ?)",
-                 (ACCOUNTANT, _now(), note))  # fmt: skip
+                 (LEDGER_ACCOUNTING, _now(), note))  # fmt: skip
 
 
 def _study(conn: sqlite3.Connection, study_id: str) -> StudyRecord | None:
@@ -564,6 +589,24 @@ def _size_rows(
 def size_event() -> DpEvent:
     """The DP event of one dataset-size release."""
     return DpEvent(noise_multiplier=SIZE_NOISE_MULTIPLIER, sample_rate=1.0, steps=1)
+
+
+def _parts(
+    conn: sqlite3.Connection, *, dataset: str | None = None, study_id: str | None = None
+) -> dict[str, list[DpEvent]]:
+    """The events by the part of the dataset they read (both parts always present)."""
+    parts: dict[str, list[DpEvent]] = {TRAIN_PART: [], TEST_PART: []}
+    for _, kind, _, event in _event_rows(conn, dataset=dataset, study_id=study_id):
+        parts[PART_OF[kind]].append(event)
+    return parts
+
+
+def _merge(*parts: dict[str, list[DpEvent]]) -> dict[str, list[DpEvent]]:
+    merged: dict[str, list[DpEvent]] = {TRAIN_PART: [], TEST_PART: []}
+    for each in parts:
+        for part, events in each.items():
+            merged[part].extend(events)
+    return merged
 
 
 def _events(

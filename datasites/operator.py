@@ -412,8 +412,9 @@ class Operator:
     # -- budget and audit --------------------------------------------------------------
 
     def budget(self) -> dict[str, dict[str, Any]]:
-        """Per dataset: cap, composed spent (PLD, and RDP as a cross-check), remaining, and the
-        studies and events behind."""
+        """Per dataset: cap, composed spent (PLD, and RDP as a cross-check; each of the
+        training and test parts, which compose in parallel), remaining, and the studies and
+        events behind."""
         ledger = self.hospital.ledger
         out = {}
         for dataset in ("ehr", "pathmnist"):
@@ -428,6 +429,7 @@ class Operator:
                       for sid, kind, rnd, e in ledger.events(dataset=dataset)]  # fmt: skip
             out[dataset] = {"cap": ledger.cap(dataset), "spent": spent,
                             "spent_rdp": ledger.spent_rdp(dataset),
+                            "parts": ledger.part_spent(dataset),
                             "remaining": ledger.cap(dataset) - spent,
                             "studies": studies, "events": events}  # fmt: skip
         return out

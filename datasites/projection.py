@@ -2,11 +2,11 @@
 
 The scientist states a target epsilon; what the hospital loses is decided here: the noise is
 calibrated from this hospital's own training rows, and the dataset's total is the PLD
-composition of everything already spent with every event the study plans. An operator sees
-these figures in `show`, and `approve` refuses a study whose projected total passes the cap,
-so a study that the runtime would have to stop half-way is never approved. The projection
-also carries the study's compute here (`datasites.compute.Compute`), which the site policy
-bounds because epsilon does not.
+composition (training and test parts in parallel) of everything already spent with every
+event the study plans. An operator sees these figures in `show`, and `approve` refuses a
+study whose projected total passes the cap, so a study that the runtime would have to stop
+half-way is never approved. The projection also carries the study's compute here
+(`datasites.compute.Compute`), which the site policy bounds because epsilon does not.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from datasites.accounting import epsilon
+from datasites.accounting import TEST_PART, TRAIN_PART, parallel_epsilon
 from datasites.compute import Compute
 
 if TYPE_CHECKING:
@@ -75,32 +75,35 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
     among the events still to come. A study already running here counts only the events
     it has not spent yet.
     """
-    from datasites.ledger import size_event
+    from datasites.ledger import PART_OF, size_event
     from datasites.runtime import study_budget
 
     ledger = hospital.ledger
     released = ledger.size(plan.dataset)
     n = released if released is not None else n
     budget = study_budget(plan, n)
-    planned = budget.planned_events()
+    planned = budget.parts()
     recorded = ledger.events(study_id=plan.study_id)
     if recorded:
         done = {"train": 0, "eval": 0}
         for _, kind, _, _ in recorded:
             done[kind] += 1
-        planned = [budget.train] * max(0, budget.rounds - done["train"]) + [
-            budget.evaluation
-        ] * max(0, budget.evaluations - done["eval"])
+        rounds, evaluations = budget.rounds - done["train"], budget.evaluations - done["eval"]
+        planned = {TRAIN_PART: [budget.train] * max(0, rounds),
+                   TEST_PART: [budget.evaluation] * max(0, evaluations)}  # fmt: skip
     if released is None:
-        planned = [size_event(), *planned]
-    spent_events = [event for *_, event in ledger.events(dataset=plan.dataset)]
+        planned[TRAIN_PART] = [size_event(), *planned[TRAIN_PART]]
+    spent = {TRAIN_PART: [], TEST_PART: []}
+    for _, kind, _, event in ledger.events(dataset=plan.dataset):
+        spent[PART_OF[kind]].append(event)
+    after = {part: spent[part] + planned[part] for part in spent}
     return Projection(
         dataset=plan.dataset,
         n=n,
         noise_multiplier=budget.train.noise_multiplier,
         study_epsilon=budget.total_epsilon(ledger.delta),
-        spent=epsilon(spent_events, ledger.delta),
-        total_after=epsilon(spent_events + planned, ledger.delta),
+        spent=parallel_epsilon(spent, ledger.delta),
+        total_after=parallel_epsilon(after, ledger.delta),
         cap=ledger.cap(plan.dataset),
         compute=Compute.of(plan, n),
     )

@@ -63,9 +63,10 @@ def review(r: Review) -> str:
 def budget(b: dict[str, dict[str, Any]]) -> str:
     lines = []
     for dataset, d in b.items():
-        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} "
-                     f"(RDP cross-check {d['spent_rdp']:.3f})  remaining {d['remaining']:.3f}  "
-                     f"({len(d['events'])} events)")  # fmt: skip
+        parts = ", ".join(f"{part} {value:.3f}" for part, value in d["parts"].items())
+        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} (the larger "
+                     f"part of {parts}; RDP cross-check {d['spent_rdp']:.3f})  remaining "
+                     f"{d['remaining']:.3f}  ({len(d['events'])} events)")  # fmt: skip
         for s in d["studies"]:
             lines.append(f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
                          f"{s['epsilon']:g}, spent {s['spent']:.3f}")  # fmt: skip

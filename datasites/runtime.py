@@ -55,10 +55,10 @@ LEDGER_FILE = "ledger.sqlite"
 REQUEST_KEYS = frozenset({"round", "weights"})
 # Histogram bin edges for this call's evaluation: the scientist's choice, costs nothing.
 OPTIONAL_KEYS = frozenset({"edges"})
-# Share of a study's epsilon that pays for evaluation releases. At 0.1 the noised counts
-# drown the signal on a hospital's few hundred test patients; 0.3 costs training little
-# (sigma_train 4.40 -> 4.61 for a typical study) and makes the metrics readable.
-EVAL_SHARE = 0.3
+# Share of a study's epsilon its evaluation releases may cost. They read the test part,
+# which composes in parallel with training (`datasites.accounting`), so they take all of it
+# and cost training nothing: a third of the noise they had at a 0.3 share of a summed budget.
+EVAL_SHARE = 1.0
 # Per-example loss is clipped to this bound before it is summed and released, so one
 # patient changes the released sum by at most LOSS_BOUND.
 LOSS_BOUND = 5.0
@@ -250,7 +250,8 @@ def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def study_budget(plan: Plan, n: int) -> StudyBudget:
     """The events a study will spend at a hospital with n training rows: its noise is
-    calibrated so that training and evaluation together cost the plan's epsilon."""
+    calibrated so that training (on the training part) and evaluation (on the test part)
+    each cost at most the plan's epsilon: in parallel, the study's cost is that epsilon."""
     return calibrate_study(
         epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
         local_epochs=plan.local_epochs, rounds=plan.rounds,

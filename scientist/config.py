@@ -41,8 +41,9 @@ def _count(name: str, value: int, low: int = 1) -> None:
 class DPConfig:
     """The privacy target: the whole study may cost at most (epsilon, delta) per hospital.
 
-    Each hospital calibrates its own noise from its own dataset size so that training and
-    evaluation together spend exactly this budget there; max_grad_norm is the per-example
+    Each hospital calibrates its own noise from its own dataset size so that training (on
+    its training part) and evaluation (on its disjoint test part, in parallel) each spend
+    exactly this budget there; max_grad_norm is the per-example
     clipping bound (an example is one patient for EHR, one image patch for PathMNIST).
     """
 

@@ -199,10 +199,14 @@ def test_calibration_never_exceeds_and_nearly_fills_the_target(
     assert StudyBudget(less_noise, budget.evaluation, rounds, evaluations).total_epsilon(
         DELTA
     ) > eps  # fmt: skip
+    # Training and evaluations read disjoint parts: each is calibrated to the whole target.
+    train_alone = epsilon(budget.parts()["train"], DELTA)
+    assert eps * 0.98 <= train_alone <= eps
     if evaluations:
         evals_alone = epsilon([budget.evaluation] * evaluations, DELTA)
-        assert evals_alone == pytest.approx(0.1 * eps, rel=0.01)
-        assert evals_alone <= 0.1 * eps
+        assert evals_alone == pytest.approx(eps, rel=0.01)
+        assert evals_alone <= eps
+        assert total == max(train_alone, evals_alone)
 
 
 def test_eval_share_sets_the_evaluations_cost() -> None:
@@ -212,6 +216,10 @@ def test_eval_share_sets_the_evaluations_cost() -> None:
     assert epsilon([budget.evaluation] * 5, DELTA) == pytest.approx(0.6, rel=0.01)
     assert budget.train.steps == 2 * 10
     assert 0.98 * 2.0 <= budget.total_epsilon(DELTA) <= 2.0
+    default = calibrate_study(epsilon=2.0, delta=DELTA, n=2000, batch_size=200, local_epochs=2,
+                              rounds=4, evaluations=5)  # fmt: skip
+    assert default.train == budget.train  # the evaluations' share costs training nothing
+    assert default.evaluation.noise_multiplier < budget.evaluation.noise_multiplier
 
 
 def test_local_steps_set_the_steps_per_round_and_the_noise_follows() -> None:
@@ -241,7 +249,6 @@ def test_calibration_is_deterministic() -> None:
     [
         ({"epsilon": 0.0}, "epsilon must be a positive finite number, found 0.0"),
         ({"epsilon": math.inf}, "epsilon must be a positive finite number, found inf"),
-        ({"epsilon": 1e-5}, "no noise level reaches this epsilon; raise epsilon"),
         ({"delta": 0.0}, "delta must be a number in (0, 1), found 0.0"),
         ({"delta": 1.0}, "delta must be a number in (0, 1), found 1.0"),
         ({"batch_size": 3000}, "batch_size must be at most n, found 3000 > 2500"),
@@ -251,7 +258,7 @@ def test_calibration_is_deterministic() -> None:
         ({"rounds": 0}, "rounds must be at least 1, found 0"),
         ({"evaluations": -1}, "evaluations must be at least 0, found -1"),
         ({"local_steps": -1}, "local_steps must be at least 0, found -1"),
-        ({"eval_share": 1.0}, "eval_share must be in (0, 1), found 1.0"),
+        ({"eval_share": 1.5}, "eval_share must be in (0, 1], found 1.5"),
         ({"eval_share": 0.0}, "eval_share must be a positive finite number, found 0.0"),
     ],
 )
