@@ -14,15 +14,16 @@ than Renyi DP, which only bounds the loss through its moments; the saving is uti
 bought at no privacy cost.
 
 Train and test are disjoint parts, and compose in parallel [McSherry, "Privacy Integrated
-Queries", SIGMOD 2009]: each patient is assigned to one part by a keyed hash of its own id
-(`synthetic.partition`), so adding or removing one patient changes one part and leaves the
-other exactly as it was. Every mechanism reads one part (DP-SGD rounds and the size release
-the training part, evaluations the test part; a later mechanism may also read earlier
-outputs, which is post-processing). Given the outputs so far, a mechanism on the unchanged
-part has the same output distribution under both neighbours, so its privacy loss is zero:
-the loss of the whole history is that of the changed part's mechanisms alone, composed
-adaptively. Its epsilon is therefore the larger of the two parts' compositions, never their
-sum (`parallel_epsilon`), and a study calibrates each part to its target on its own.
+Queries", SIGMOD 2009]: each EHR patient is assigned to one part by a keyed hash of its own
+id (`synthetic.partition`), each PathMNIST patch keeps the split of the hospital's own file,
+so adding or removing one unit changes one part and leaves the other as it was. Every
+mechanism reads one part (DP-SGD rounds and the size release the training part, evaluations
+the test part; a later mechanism may also read earlier outputs, which is post-processing).
+Given the outputs so far, a mechanism on the unchanged part has the same output distribution
+under both neighbours, so its privacy loss is zero: the loss of the whole history is that of
+the changed part's mechanisms alone, composed adaptively. Its epsilon is therefore the
+larger of the two parts' compositions, never their sum (`parallel_epsilon`), and a study
+calibrates each part to its target on its own.
 
 The Renyi figure stays alongside as a cross-check (`rdp_epsilon`): Opacus's own
 `RDPAccountant` arithmetic [Mironov 2017; Mironov, Talwar & Zhang 2019], over more orders

@@ -22,6 +22,7 @@ from datasites.accounting import (
     calibrate_study,
     epsilon,
     epsilon_floor,
+    parallel_epsilon,
     rdp_epsilon,
 )
 from tests.privacy_reference import agrees_with_pld, opacus_epsilon
@@ -98,6 +99,18 @@ def test_extra_orders_only_tighten_opacus_defaults() -> None:
 
     assert rdp_epsilon([TRAIN], DELTA) <= accountant.get_epsilon(delta=DELTA)
     assert set(RDPAccountant.DEFAULT_ALPHAS) <= set(ALPHAS)
+
+
+def test_disjoint_parts_compose_in_parallel() -> None:
+    parts = {"train": [TRAIN, OTHER_TRAIN], "test": [EVAL] * 3}
+
+    both = parallel_epsilon(parts, DELTA)
+
+    assert both == max(epsilon([TRAIN, OTHER_TRAIN], DELTA), epsilon([EVAL] * 3, DELTA))
+    assert both < epsilon([TRAIN, OTHER_TRAIN, EVAL, EVAL, EVAL], DELTA)  # never the sum
+    assert parallel_epsilon(parts, DELTA, "rdp") == max(
+        opacus_epsilon([TRAIN, OTHER_TRAIN]), opacus_epsilon([EVAL] * 3))  # fmt: skip
+    assert parallel_epsilon({}, DELTA) == parallel_epsilon({"train": []}, DELTA) == 0.0
 
 
 def test_no_events_cost_nothing() -> None:

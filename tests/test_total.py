@@ -285,3 +285,5 @@ def test_the_size_is_released_and_charged_once_per_dataset(hospital) -> None:
     assert hospital.ledger.spent("ehr") == pytest.approx(
         epsilon([size_event()], hospital.ledger.delta))  # fmt: skip
     assert hospital.ledger.spent("pathmnist") == 0.0
+    size_cost = epsilon([size_event()], hospital.ledger.delta)
+    assert hospital.ledger.part_spent("ehr") == {"train": size_cost, "test": 0.0}
