@@ -3,10 +3,10 @@
 Usage: python benchmarks/accounting.py
 
 For typical studies (the README's recipes and the defaults at a hospital's size), the
-hospital calibrates the training and evaluation noise once by PLD (what the ledger uses) and
-once by RDP (the cross-check, what it used before), and prints one JSON line per study:
-both noise multipliers, the saving, the calibrated study's cost under each accountant, and
-the seconds calibration took.
+hospital calibrates the training and evaluation noise (each part to the whole target, as
+the runtime does) once by PLD (what the ledger uses) and once by RDP (the cross-check),
+and prints one JSON line per study: both noise multipliers, the saving, the calibrated
+study's cost under each accountant, and the seconds calibration took.
 """
 
 from __future__ import annotations
