@@ -56,6 +56,13 @@ PLD_DISCRETIZATION = 1e-3
 At 1e-3 a study's epsilon is within about 0.1% of the finest grid (measured against 1e-5),
 and a mechanism's distribution takes ~0.1 s to build instead of ~1 s at 1e-4.
 """
+MAX_COMPOSED_STEPS = 1_000_000
+"""Steps of one mechanism beyond which its composition is stated as unbounded (inf).
+
+A million steps compose in about 2 s; a hostile plan asking for 10^12 would hold the
+accountant (and the operator's `show`) for hours. Infinity is a valid upper bound, far above
+any cap, and the site policy already refuses such studies for their compute.
+"""
 ACCOUNTANT = "pld"
 """What the ledger's figures are: recorded in each ledger, so a change is a migration."""
 
@@ -141,6 +148,8 @@ def epsilon(events: Iterable[DpEvent], delta: float) -> float:
     history = _history(events)
     if not history:
         return 0.0
+    if any(steps > MAX_COMPOSED_STEPS for _, _, steps in history):
+        return math.inf
     composed = None
     for sigma, q, steps in history:
         one = _pld_per_step(sigma, q)

@@ -258,7 +258,7 @@ class Operator:
         if projection is not None:
             study = self.hospital.policy.study
             problems += [f"policy: {p}" for p in study.compute_violations(projection.compute)]
-        if projection is not None and not projection.within_cap:
+        if projection is not None and projection.calibrated and not projection.within_cap:
             problems.append(
                 f"budget: {projection.dataset} would reach epsilon {projection.total_after:.3f}, "
                 f"above its cap {projection.cap:g}"

@@ -11,6 +11,7 @@ half-way is never approved. The projection also carries the study's compute here
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +56,21 @@ class Projection:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "remaining_after": self.remaining_after}
 
+    @property
+    def calibrated(self) -> bool:
+        """False when the study's compute is beyond the site policy (nothing projected)."""
+        return math.isfinite(self.study_epsilon)
+
     def lines(self) -> list[str]:
-        return [
+        cost = (
             f"projected cost here: epsilon {self.study_epsilon:.3f} (noise multiplier "
-            f"{self.noise_multiplier:.3f} for this hospital's {self.n} training rows)",
+            f"{self.noise_multiplier:.3f} for this hospital's {self.n} training rows)"
+            if self.calibrated
+            else "projected cost here: not calibrated (the study's compute is beyond this "
+            "site's policy)"
+        )
+        return [
+            cost,
             f"unit of privacy: {PRIVACY_UNITS.get(self.dataset, 'one row')}",
             f"{self.dataset} spent so far: {self.spent:.3f} of cap {self.cap:g}",
             f"after this study: {self.total_after:.3f}, remaining {self.remaining_after:.3f}"
@@ -81,6 +93,15 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
     ledger = hospital.ledger
     released = ledger.size(plan.dataset)
     n = released if released is not None else n
+    compute = Compute.of(plan, n)
+    if hospital.policy.study.compute_violations(compute):
+        # Not calibrated: the runtime refuses the study before it would, and a plan asking
+        # for absurd compute must not hold the operator's `show` in the accountant.
+        return Projection(
+            dataset=plan.dataset, n=n, noise_multiplier=math.nan, study_epsilon=math.inf,
+            spent=ledger.spent(plan.dataset), total_after=math.inf,
+            cap=ledger.cap(plan.dataset), compute=compute,
+        )  # fmt: skip
     budget = study_budget(plan, n)
     planned = budget.parts()
     recorded = ledger.events(study_id=plan.study_id)
@@ -105,5 +126,5 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
         spent=parallel_epsilon(spent, ledger.delta),
         total_after=parallel_epsilon(after, ledger.delta),
         cap=ledger.cap(plan.dataset),
-        compute=Compute.of(plan, n),
+        compute=compute,
     )

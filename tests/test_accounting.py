@@ -17,6 +17,7 @@ from scipy import optimize, stats
 from datasites import accounting
 from datasites.accounting import (
     ALPHAS,
+    MAX_COMPOSED_STEPS,
     DpEvent,
     StudyBudget,
     calibrate_study,
@@ -111,6 +112,18 @@ def test_disjoint_parts_compose_in_parallel() -> None:
     assert parallel_epsilon(parts, DELTA, "rdp") == max(
         opacus_epsilon([TRAIN, OTHER_TRAIN]), opacus_epsilon([EVAL] * 3))  # fmt: skip
     assert parallel_epsilon({}, DELTA) == parallel_epsilon({"train": []}, DELTA) == 0.0
+
+
+def test_an_absurd_composition_is_stated_unbounded_at_once() -> None:
+    # A hostile plan's 10^12 steps would hold the PLD accountant for hours; inf is a valid
+    # bound above any cap, and calibration then says no noise reaches the target.
+    huge = DpEvent(noise_multiplier=1.0, sample_rate=0.01, steps=10**12)
+
+    assert epsilon([huge], DELTA) == math.inf
+    assert epsilon([DpEvent(1.0, 0.01, MAX_COMPOSED_STEPS)], DELTA) < math.inf
+    with pytest.raises(ValueError, match="no noise level reaches this epsilon"):
+        calibrate_study(epsilon=1.0, delta=DELTA, n=1000, batch_size=10, local_epochs=1,
+                        rounds=10, evaluations=0, local_steps=10**6)  # fmt: skip
 
 
 def test_no_events_cost_nothing() -> None:
