@@ -116,6 +116,18 @@ class StudyConfig:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
         if isinstance(self.dp, dict):
             object.__setattr__(self, "dp", DPConfig(**self.dp))
+        self._check_plan()
+
+    def _check_plan(self) -> None:
+        """Refuse here, in the same sentence, every plan the hospitals' runtime would refuse:
+        the runtime's `Plan` is the one schema, so a notebook cannot pass what every
+        hospital then rejects (rounds=2000, say)."""
+        from datasites.plan import Plan, PlanError
+
+        try:
+            Plan.from_dict(self.plan("plan-check", "scientist@example.org"))
+        except PlanError as error:
+            raise ValueError(str(error)) from None
 
     def plan(self, study_id: str, scientist: str) -> dict[str, Any]:
         """The literal plan the hospitals' runtime executes (and their operators read).
