@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python launch.py --demo --reset
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=20
 
 lint: $(STAMP)
 	$(RUFF) check .
