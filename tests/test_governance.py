@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,10 @@ def test_launch_auto_approve_starts_a_watcher_per_hospital(tmp_path: Path) -> No
         # request while the rest of the suite keeps both cores busy.
         table = study.wait_for_approval(timeout=180, poll=1.0)
         assert table["status"].tolist() == ["approved"]
+        # The watcher prints its decision after applying it: give the line time to arrive.
+        deadline = time.monotonic() + 30
+        while "hospital-a: auto-approved" not in launch.output and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert "hospital-a: auto-approved" in launch.output
     finally:
         assert launch.stop() == 0
