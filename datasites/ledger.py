@@ -488,12 +488,16 @@ class Ledger:
         with self._connect() as conn:
             return parallel_epsilon(_parts(conn, dataset=dataset), self.delta)
 
-    def part_spent(self, dataset: str) -> dict[str, float]:
-        """Each part's composed epsilon (training: rounds and the size; test: evaluations)."""
+    def parts(self, dataset: str) -> dict[str, list[DpEvent]]:
+        """The dataset's events by the part they read (training: rounds and the size; test:
+        evaluations); the parts compose in parallel."""
         with self._connect() as conn:
-            parts = _parts(conn, dataset=dataset)
+            return _parts(conn, dataset=dataset)
+
+    def part_spent(self, dataset: str) -> dict[str, float]:
+        """Each part's composed epsilon."""
         return {part: parallel_epsilon({part: events}, self.delta)
-                for part, events in parts.items()}  # fmt: skip
+                for part, events in self.parts(dataset).items()}  # fmt: skip
 
     def study_spent(self, study_id: str) -> float:
         """The study's own epsilon (what it cost, were it alone)."""

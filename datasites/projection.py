@@ -87,7 +87,7 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
     among the events still to come. A study already running here counts only the events
     it has not spent yet.
     """
-    from datasites.ledger import PART_OF, size_event
+    from datasites.ledger import size_event
     from datasites.runtime import study_budget
 
     ledger = hospital.ledger
@@ -114,9 +114,7 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
                    TEST_PART: [budget.evaluation] * max(0, evaluations)}  # fmt: skip
     if released is None:
         planned[TRAIN_PART] = [size_event(), *planned[TRAIN_PART]]
-    spent = {TRAIN_PART: [], TEST_PART: []}
-    for _, kind, _, event in ledger.events(dataset=plan.dataset):
-        spent[PART_OF[kind]].append(event)
+    spent = ledger.parts(plan.dataset)
     after = {part: spent[part] + planned[part] for part in spent}
     return Projection(
         dataset=plan.dataset,
