@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.stamp
-RUFF := $(BIN)/ruff --config .ci/ruff.toml
+RUFF := $(BIN)/ruff
 
 .PHONY: venv demo test lint format clean
 

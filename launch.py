@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from datasites.local import LaunchError, LaunchSettings, LocalFederation
-from datasites.process import DatasiteStartError
+from datasites.local.federation import LaunchError, LaunchSettings, LocalFederation
+from datasites.local.process import DatasiteStartError
 from synthetic.errors import DataFormatError
 
 
@@ -79,16 +79,16 @@ def serve(federation: LocalFederation) -> int:
 
 def start_watchers(federation: LocalFederation, stop: threading.Event) -> list[threading.Thread]:
     """One `datasites watch` loop per hospital, in this process, until `stop` is set."""
-    from datasites.operator import Operator
-    from datasites.report import watch
-    from datasites.terminal import printable
+    from datasites.cli.report import watch
+    from datasites.cli.terminal import printable
+    from datasites.governance.operator import Operator
 
     threads = []
     for config in federation.configs:
         op = Operator.open(federation.settings.data_dir, config.name, name="watch")
 
         def run(op: Operator = op, name: str = config.name) -> None:
-            from datasites.watch import watch as loop
+            from datasites.governance.watch import watch as loop
 
             watch(op, name, interval=2.0, once=True)  # prints the policy hint once
             loop(op, stop=stop, report=lambda d: print(printable(d.line(name)), flush=True))
@@ -101,7 +101,7 @@ def start_watchers(federation: LocalFederation, stop: threading.Event) -> list[t
 
 def run_demo(federation: LocalFederation) -> None:
     """Play the scientist and, for each request, every hospital's operator."""
-    from datasites.operator import Operator
+    from datasites.governance.operator import Operator
     from scientist.demo import explore, run_studies
     from scientist.federation import Federation
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasites.accounting import calibrate_study  # noqa: E402
-from datasites.runtime import EVAL_SHARE  # noqa: E402
+from datasites.privacy.accounting import calibrate_study  # noqa: E402
+from datasites.runtime.execute import EVAL_SHARE  # noqa: E402
 
 DELTA = 1e-5
 STUDIES = {  # name: (epsilon, n, batch_size, local_epochs, rounds, evaluations)

@@ -3,7 +3,7 @@
 Usage: python benchmarks/dp_throughput.py [--seconds S] [--batch-size 256] [--threads T]
 
 Three trainers take turns on the same synthetic PathMNIST tiles at the same (expected) batch
-size: plain SGD on shuffled fixed batches, this project's DP path (`datasites.dp.dp_train`:
+size: plain SGD on shuffled fixed batches, this project's DP path (`datasites.privacy.dp.dp_train`:
 Poisson sampling, exact per-example clipping, Gaussian noise) and Opacus' default hooks path
 (`PrivacyEngine.make_private`, Poisson sampling) for reference. They are interleaved round by
 round, rotating the order, after one warm-up round, so that load from other processes on a
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasites.dp import TrainSpec, dp_train  # noqa: E402
-from datasites.encoding import encode_images  # noqa: E402
-from datasites.models import build_model  # noqa: E402
-from datasites.noise import secure_gaussian  # noqa: E402
+from datasites.contract.encoding import encode_images  # noqa: E402
+from datasites.contract.zoo import build_model  # noqa: E402
+from datasites.privacy.dp import TrainSpec, dp_train  # noqa: E402
+from datasites.privacy.noise import secure_gaussian  # noqa: E402
 from synthetic.pathology import generate_pathmnist  # noqa: E402
 
 TARGET = 0.6
@@ -148,7 +148,7 @@ def _plain(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Callable[
 
 
 def _ours(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Callable[[], None]:
-    """One epoch of datasites.dp.dp_train (sigma = 1, C = 1)."""
+    """One epoch of datasites.privacy.dp.dp_train (sigma = 1, C = 1)."""
     torch.manual_seed(0)
     model = build_model(MODEL)
     spec = TrainSpec(batch_size, LR, local_epochs=1, max_grad_norm=1.0, noise_multiplier=1.0)

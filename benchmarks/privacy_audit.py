@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasites.accounting import DpEvent, epsilon  # noqa: E402
+from datasites.privacy.accounting import DpEvent, epsilon  # noqa: E402
 from tests.test_privacy_audit import DELTA, empirical_epsilon  # noqa: E402
 
 

@@ -41,7 +41,7 @@ def launch(args: argparse.Namespace, data_dir: Path) -> subprocess.Popen[str]:
 
 
 def federated_rounds(args: argparse.Namespace, data_dir: Path) -> tuple[Any, list[float]]:
-    from datasites.operator import Operator
+    from datasites.governance.operator import Operator
     from scientist import DPConfig, Federation, StudyConfig
 
     fed = Federation.connect(data_dir, workdir=data_dir / "bench-studies")
@@ -61,14 +61,14 @@ def federated_rounds(args: argparse.Namespace, data_dir: Path) -> tuple[Any, lis
 def sequential_round(args: argparse.Namespace, data_dir: Path, study: Any) -> float:
     import torch
 
-    from datasites.assets import ehr_assets, pathmnist_assets
-    from datasites.config import HospitalConfig
-    from datasites.dp import TrainSpec, dp_train
-    from datasites.encoding import encode_ehr, encode_images
-    from datasites.identity import Identity
-    from datasites.ledger import Ledger
-    from datasites.models import build_model, load_weights
-    from datasites.sources import read_ehr, read_pathmnist
+    from datasites.contract.encoding import encode_ehr, encode_images
+    from datasites.contract.zoo import build_model, load_weights
+    from datasites.privacy.dp import TrainSpec, dp_train
+    from datasites.privacy.ledger import Ledger
+    from datasites.server.assets import ehr_assets, pathmnist_assets
+    from datasites.server.sources import read_ehr, read_pathmnist
+    from datasites.site.identity import Identity
+    from datasites.site.paths import HospitalConfig
     from scientist.study import initial_weights
 
     torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ One run, one data set: `launch.py --reset` generates the hospitals' data and sta
 datasites. Then, on the same rows:
 - centralized: one process trains the zoo model (`ehr_mlp`, `pathmnist_cnn`) without any
   privacy (Adam, mean loss, shuffled batches, no clipping, no noise) on the union of every
-  hospital's private `train` split, encoded with `datasites.encoding`;
+  hospital's private `train` split, encoded with `datasites.contract.encoding`;
 - federated: the real stack. The scientist connects, submits one EHR study (epsilon 1) and one
   PathMNIST study (epsilon 3), every hospital's operator approves them, and `study.run()`
   trains round after round with each hospital's DP-SGD runtime and FedAvg.
@@ -42,13 +42,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from datasites.assets import ehr_assets  # noqa: E402
-from datasites.config import HospitalConfig  # noqa: E402
-from datasites.encoding import encode_ehr, encode_images  # noqa: E402
-from datasites.identity import Identity  # noqa: E402
-from datasites.models import build_model  # noqa: E402
-from datasites.provision import read_manifest  # noqa: E402
-from datasites.sources import read_ehr, read_pathmnist  # noqa: E402
+from datasites.contract.encoding import encode_ehr, encode_images  # noqa: E402
+from datasites.contract.zoo import build_model  # noqa: E402
+from datasites.server.assets import ehr_assets  # noqa: E402
+from datasites.server.provision import read_manifest  # noqa: E402
+from datasites.server.sources import read_ehr, read_pathmnist  # noqa: E402
+from datasites.site.identity import Identity  # noqa: E402
+from datasites.site.paths import HospitalConfig  # noqa: E402
 
 EHR_TARGET_GAP = 0.02  # federated AUROC at epsilon 1 within 0.02 of centralized
 # Share of the EHR train union held out to choose each centralized candidate's epoch count.
@@ -59,13 +59,13 @@ PATH_EPSILON = 3.0
 LAUNCH_TIMEOUT = 1800.0
 
 # Federated study hyperparameters per scale, from tuning runs of the hospitals' own DP-SGD
-# (datasites.dp + the runtime's calibration) on the same synthetic data; see the README.
+# (datasites.privacy.dp + the runtime's calibration) on the same synthetic data; see the README.
 # momentum: the hospitals' local heavy-ball momentum (in the plan); server_momentum and
 # server_lr: the scientist's FedAvgM step. Server momentum lowered both tasks in tuning.
 # `model` is the federated study's zoo model when it is not the baseline's architecture
 # (`hidden`/`width` describe the baseline's MLP and CNN): EHR trains ehr_logistic, whose
 # fewer noised coordinates did better under DP than ehr_mlp([8]). Its lr 0.5 was tuned at
-# full scale on the standardized features (datasites.ehr_reference); small scale reuses it.
+# full scale on the standardized features (datasites.contract.ehr_reference); small scale reuses it.
 FEDERATED = {
     "small": {
         "ehr": dict(model="ehr_logistic", rounds=10, local_epochs=1, batch_size=512, lr=0.5,
@@ -334,7 +334,7 @@ def binned_auroc(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray]) ->
     quantiles of the predictions (as the study picks them from the mocks) and the scientist's
     formula. It tells how much of the gap between the noised and the exact AUROC is binning,
     how much noise."""
-    from datasites.evaluation import binary_counts
+    from datasites.contract.release import binary_counts
     from scientist.bins import THRESHOLD, quantile_edges
     from scientist.metrics import binary_metrics
 
@@ -429,7 +429,7 @@ def ehr_baselines(settings: dict[str, Any], federated_settings: dict[str, Any],
 def federated(fed: Any, operators: dict[str, Any], task: str, settings: dict[str, Any],
               epsilon: float, data_dir: Path, seed: int) -> dict[str, Any]:  # fmt: skip
     """Submit, approve at every hospital, run; the result and what each hospital charged."""
-    from datasites.ledger import Ledger
+    from datasites.privacy.ledger import Ledger
     from scientist import DPConfig, StudyConfig
 
     model, kwargs = federated_model(task, settings)
@@ -515,7 +515,7 @@ def run(args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
             seconds[f"centralized_{task}"] = time.perf_counter() - mark
             log(f"centralized {task}: {central_metrics[task]:.4f}")
 
-        from datasites.operator import Operator
+        from datasites.governance.operator import Operator
         from scientist import Federation
 
         workdir = args.data_dir / "utility-studies"

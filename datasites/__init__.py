@@ -15,7 +15,7 @@ __all__ = ["Operator"]
 
 def __getattr__(name: str) -> Any:
     if name == "Operator":
-        from datasites.operator import Operator
+        from datasites.governance.operator import Operator
 
         return Operator
     raise AttributeError(f"module 'datasites' has no attribute {name!r}")

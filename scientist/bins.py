@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from datasites.evaluation import MAX_BINS
+from datasites.contract.release import MAX_BINS
 from scientist.config import StudyConfig
 
 DEFAULT_BINS = 10
@@ -50,7 +50,7 @@ class MockScorer:
     """Scores the global model on the union of the approving hospitals' test mocks."""
 
     def __init__(self, config: StudyConfig, mocks: Mapping[str, Any], bins: int = DEFAULT_BINS):
-        from datasites.encoding import encode_ehr, encode_images
+        from datasites.contract.encoding import encode_ehr, encode_images
 
         parts = []
         for mock in mocks.values():
@@ -75,7 +75,7 @@ class MockScorer:
     def _predict(self, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        from datasites.models import build_model, load_weights
+        from datasites.contract.zoo import build_model, load_weights
 
         model = build_model(self.config.model, **self.config.model_kwargs)
         load_weights(model, weights)

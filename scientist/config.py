@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from datasites.models import MODEL_NAMES, build_model, model_task
+from datasites.contract.zoo import MODEL_NAMES, build_model, model_task
 
 TASKS = ("ehr", "pathmnist")
 DEFAULT_MODEL = {"ehr": "ehr_mlp", "pathmnist": "pathmnist_cnn"}
@@ -122,7 +122,7 @@ class StudyConfig:
         """Refuse here, in the same sentence, every plan the hospitals' runtime would refuse:
         the runtime's `Plan` is the one schema, so a notebook cannot pass what every
         hospital then rejects (rounds=2000, say)."""
-        from datasites.plan import Plan, PlanError
+        from datasites.contract.plan import Plan, PlanError
 
         try:
             Plan.from_dict(self.plan("plan-check", "scientist@example.org"))

@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-FEDERATION_FILE = "federation.json"
-CREDENTIALS_FILE = "credentials.json"
+from datasites.contract.files import CREDENTIALS_FILE, FEDERATION_FILE
 
 Password = str | Mapping[str, str] | None
 

@@ -7,49 +7,26 @@ in parallel because a federation is only as responsive as its slowest member.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 
+from datasites.contract.health import is_up
+from scientist.config import StudyConfig
 from scientist.connect import FederationError, HospitalLogin, Password, resolve_logins
-
-if TYPE_CHECKING:
-    from scientist.config import StudyConfig
-    from scientist.study import Study
+from scientist.pool import HospitalPool, parallel
+from scientist.study import Study
+from scientist.submit import reopen_study, submit_study
 
 T = TypeVar("T")
-METADATA_PATH = "/api/v2/metadata"
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """syft prints login banners and progress bars; swallow them for one block.
-
-    Done once in the calling thread around a parallel block, never inside workers:
-    swapping sys.stdout from several threads at once would race.
-    """
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
-def _reachable(url: str, timeout: float) -> bool:
-    try:
-        with urllib.request.urlopen(url + METADATA_PATH, timeout=timeout) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _login(login: HospitalLogin, timeout: float) -> Any:
     import syft as sy
 
-    if not _reachable(login.url, timeout):
+    if not is_up(login.url, timeout):
         raise FederationError(f"{login.label} is unreachable")
     host, port = login.url.rsplit(":", 1)
     try:
@@ -65,11 +42,12 @@ class Federation:
     connected through a local data dir, else `./studies`).
     """
 
-    def __init__(self, clients: dict[str, Any], emails: dict[str, str],
-                 workdir: Path) -> None:  # fmt: skip
-        self._clients = clients
-        self._emails = emails
-        self.workdir = Path(workdir)
+    def __init__(self, clients: dict[str, Any], emails: dict[str, str], workdir: Path) -> None:
+        self.pool = HospitalPool(clients, emails, Path(workdir))
+
+    @property
+    def workdir(self) -> Path:
+        return self.pool.workdir
 
     @classmethod
     def connect(
@@ -83,7 +61,7 @@ class Federation:
     ) -> Federation:
         """Log in to every hospital in parallel; name every one that fails, in one error."""
         logins = resolve_logins(source, email=email, password=password)
-        outcomes = _parallel(lambda login: _try(_login, login, timeout), logins)
+        outcomes = parallel(lambda login: _try(_login, login, timeout), logins)
         failures = [str(o) for o in outcomes if isinstance(o, FederationError)]
         if failures:
             raise FederationError(
@@ -97,35 +75,21 @@ class Federation:
 
     @property
     def hospitals(self) -> list[str]:
-        return list(self._clients)
+        return self.pool.hospitals
 
     def client(self, hospital: str) -> Any:
-        if hospital not in self._clients:
-            raise KeyError(f"no hospital {hospital!r}; this federation has {self.hospitals}.")
-        return self._clients[hospital]
-
-    def _map(self, fn: Callable[[str, Any], T]) -> dict[str, T]:
-        names = self.hospitals
-        return dict(zip(names, self._map_hospitals(fn, names), strict=True))
-
-    def _map_hospitals(self, fn: Callable[[str, Any], T], names: list[str]) -> list[T]:
-        """Call fn(name, client) for the named hospitals in parallel, in order."""
-        return _parallel(lambda name: fn(name, self.client(name)), names)
+        return self.pool.client(hospital)
 
     def submit(self, config: StudyConfig, *, hospitals: list[str] | None = None) -> Study:
         """Send the study's code request to every hospital (or the named ones)."""
-        from scientist.submit import submit_study
-
-        return submit_study(self, config, hospitals or self.hospitals)
+        return submit_study(self.pool, config, hospitals or self.hospitals)
 
     def resume(self, study_id: str) -> Study:
         """Reopen a submitted study from its checkpoint; `run()` continues where it stopped."""
-        from scientist.submit import reopen_study
-
-        return reopen_study(self, study_id)
+        return reopen_study(self.pool, study_id)
 
     def email(self, hospital: str) -> str:
-        return self._emails[hospital]
+        return self.pool.email(hospital)
 
     def datasets(self) -> pd.DataFrame:
         """One row per hospital, dataset and asset, with mock size and description."""
@@ -145,7 +109,7 @@ class Federation:
                     )
             return out
 
-        table = [r for rs in self._map(rows).values() for r in rs]
+        table = [r for rs in self.pool.map(rows) for r in rs]
         return pd.DataFrame(
             table, columns=["hospital", "dataset", "asset", "mock rows", "description"]
         )
@@ -153,18 +117,7 @@ class Federation:
     def mock(self, dataset: str, asset: str = "train", *,
              hospitals: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
         """Each hospital's mock (or the named ones'): a DataFrame (ehr) or (images, labels)."""
-
-        def fetch(hospital: str, client: Any) -> Any:
-            try:
-                value = client.datasets[dataset].assets[asset].mock
-            except Exception:
-                raise FederationError(
-                    f"{hospital} has no asset {dataset}/{asset}; see fed.datasets()."
-                ) from None
-            return (value["images"], value["labels"]) if isinstance(value, dict) else value
-
-        names = hospitals or self.hospitals
-        return dict(zip(names, self._map_hospitals(fetch, names), strict=True))
+        return self.pool.mock(dataset, asset, hospitals=hospitals)
 
     def show_samples(self, dataset: str, path: str | Path, *, per_class: int = 3) -> Path:
         """Write a PNG grid of mock images: rows are classes, columns hospitals."""
@@ -187,11 +140,6 @@ def _try(fn: Callable[..., T], *args: Any) -> T | FederationError:
         return fn(*args)
     except FederationError as error:
         return error
-
-
-def _parallel(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
-    with _quiet(), ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def _count(value: Any) -> int:

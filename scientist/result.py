@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datasites.models import build_model, load_weights
+from datasites.contract.zoo import build_model, load_weights
 
 HEADLINE = {"ehr": "auroc", "pathmnist": "accuracy"}
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from datasites.models import build_model, model_weights
-from datasites.plan import Plan
+from datasites.contract.plan import Plan
+from datasites.contract.zoo import build_model, model_weights
 from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
@@ -31,7 +31,7 @@ from scientist.result import StudyResult
 from scientist.study_code import function_name
 
 if TYPE_CHECKING:
-    from scientist.federation import Federation
+    from scientist.pool import HospitalPool
 
 APPROVED, PENDING, DENIED = "approved", "pending", "denied"
 
@@ -75,9 +75,9 @@ def summed_metrics(task: str, released: list[dict[str, Any]]) -> dict[str, Any]:
 class Study:
     """A submitted study; `status()` shows each hospital's decision, `run()` trains."""
 
-    def __init__(self, fed: Federation, study_id: str, config: StudyConfig,
+    def __init__(self, pool: HospitalPool, study_id: str, config: StudyConfig,
                  requests: dict[str, str], folder: Path) -> None:  # fmt: skip
-        self.fed = fed
+        self.pool = pool
         self.id = study_id
         self.config = config
         self.requests = requests
@@ -97,7 +97,7 @@ class Study:
 
     def status(self) -> pd.DataFrame:
         """Per hospital: pending, approved or denied (with the operator's reason)."""
-        rows = self.fed._map_hospitals(self._status_of, list(self.requests))
+        rows = self.pool.map(self._status_of, list(self.requests))
         return pd.DataFrame(rows, columns=["hospital", "status", "reason"])
 
     def _status_of(self, hospital: str, client: Any) -> dict[str, str]:
@@ -174,7 +174,7 @@ class Study:
         (public, so free); None leaves the hospitals' fixed default bins."""
         if self._scorer is None:
             try:
-                mocks = self.fed.mock(self.config.task, "test", hospitals=hospitals)
+                mocks = self.pool.mock(self.config.task, "test", hospitals=hospitals)
             except FederationError:
                 mocks = {}
             self._scorer = MockScorer(self.config, mocks)
@@ -185,7 +185,7 @@ class Study:
         payload: dict[str, Any] = {"round": round_, "weights": weights}
         if edges is not None:
             payload["edges"] = edges
-        replies = self.fed._map_hospitals(lambda h, c: self._call_one(h, c, payload), hospitals)
+        replies = self.pool.map(lambda h, c: self._call_one(h, c, payload), hospitals)
         failed = [r for r in replies if "error" in r]
         if failed:
             raise StudyError(

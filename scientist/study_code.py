@@ -1,8 +1,9 @@
 """Generate the code a study submits: a literal plan and one call into the hospital runtime.
 
 The code is deliberately nothing else, so an operator can read it in seconds and a verifier
-can check it. The template and its rendering belong to the hospitals
-(`datasites.verify`): they define what is vetted, and this library generates exactly that.
+can check it. The template and its rendering are the contract's
+(`datasites.contract.template`): they define what is vetted, and this library generates
+exactly that.
 syft reads a function's source with `inspect.getsource`, so the generated source is
 registered with `linecache` under a pseudo-filename before it is compiled.
 """
@@ -13,7 +14,7 @@ import linecache
 from collections.abc import Callable
 from typing import Any
 
-from datasites.verify import TEMPLATE, function_name, study_source
+from datasites.contract.template import TEMPLATE, function_name, study_source
 
 __all__ = ["TEMPLATE", "function_name", "study_function", "study_source"]
 

@@ -19,7 +19,7 @@ from scientist.study import Study, StudyError
 from scientist.study_code import study_function
 
 if TYPE_CHECKING:
-    from scientist.federation import Federation
+    from scientist.pool import HospitalPool
 
 
 def new_study_id(task: str) -> str:
@@ -42,22 +42,22 @@ def _request(client: Any, plan: dict[str, Any]) -> str:
     return str(request.id)
 
 
-def submit_study(fed: Federation, config: StudyConfig, hospitals: list[str]) -> Study:
+def submit_study(pool: HospitalPool, config: StudyConfig, hospitals: list[str]) -> Study:
     """Send the study to the hospitals; remember it locally for status, run and resume."""
     study_id = new_study_id(config.task)
 
     def submit(hospital: str, client: Any) -> str | StudyError:
         try:
-            return _request(client, config.plan(study_id, fed.email(hospital)))
+            return _request(client, config.plan(study_id, pool.email(hospital)))
         except Exception as error:
             return StudyError(f"{hospital} did not accept the request: {error}")
 
-    outcomes = fed._map_hospitals(submit, hospitals)
+    outcomes = pool.map(submit, hospitals)
     failed = [str(o) for o in outcomes if isinstance(o, StudyError)]
     if failed:
         raise StudyError("; ".join(failed) + ".")
     requests = dict(zip(hospitals, outcomes, strict=True))
-    folder = fed.workdir / study_id
+    folder = pool.workdir / study_id
     save_study(
         folder,
         {
@@ -67,17 +67,17 @@ def submit_study(fed: Federation, config: StudyConfig, hospitals: list[str]) -> 
             "submitted": datetime.now(UTC).isoformat(),
         },
     )
-    return Study(fed, study_id, config, requests, folder)
+    return Study(pool, study_id, config, requests, folder)
 
 
-def reopen_study(fed: Federation, study_id: str) -> Study:
-    folder = fed.workdir / study_id
+def reopen_study(pool: HospitalPool, study_id: str) -> Study:
+    folder = pool.workdir / study_id
     record = load_study(folder)
-    missing = sorted(set(record["requests"]) - set(fed.hospitals))
+    missing = sorted(set(record["requests"]) - set(pool.hospitals))
     if missing:
         raise StudyError(
             f"study {study_id} was submitted to {', '.join(missing)}, which this federation "
             "does not include; connect to the same hospitals."
         )
     config = StudyConfig.from_dict(record["config"])
-    return Study(fed, study_id, config, record["requests"], folder)
+    return Study(pool, study_id, config, record["requests"], folder)

@@ -143,9 +143,9 @@ def admin_login(launch: Launch, name: str) -> Any:
     import contextlib
     import io
 
-    from datasites.admin_key import admin_client
-    from datasites.config import HospitalConfig
-    from datasites.identity import Identity
+    from datasites.server.admin_key import admin_client
+    from datasites.site.identity import Identity
+    from datasites.site.paths import HospitalConfig
 
     port = int(launch.hospital(name)["url"].rsplit(":", 1)[1])
     config = HospitalConfig(name=name, port=port, data_dir=launch.data_dir)

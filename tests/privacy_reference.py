@@ -13,7 +13,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from opacus.accountants import RDPAccountant
 
-from datasites.accounting import ALPHAS, DpEvent
+from datasites.privacy.accounting import ALPHAS, DpEvent
 
 DELTA = 1e-5
 

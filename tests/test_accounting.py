@@ -14,8 +14,8 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from scipy import optimize, stats
 
-from datasites import accounting
-from datasites.accounting import (
+from datasites.privacy import accounting
+from datasites.privacy.accounting import (
     ALPHAS,
     MAX_COMPOSED_STEPS,
     DpEvent,

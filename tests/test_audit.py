@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from datasites.audit import (
+from datasites.site.audit import (
     AUDIT_FILE,
     GENESIS,
     RESERVED,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from datasites.compute import Compute, _count, count_parameters, steps_per_round
-from datasites.encoding import N_FEATURES
-from datasites.models import build_model
-from datasites.plan import Plan, PlanError
-from datasites.policy import StudyPolicy
-from datasites.runtime import study_budget
+from datasites.contract.encoding import N_FEATURES
+from datasites.contract.plan import Plan, PlanError
+from datasites.contract.zoo import _count, build_model, count_parameters
+from datasites.privacy.budget import study_budget
+from datasites.site.compute import Compute, steps_per_round
+from datasites.site.policy import StudyPolicy
 from scientist.config import DPConfig, StudyConfig
 
 EMAIL = "scientist@research.org"
@@ -149,8 +149,8 @@ def test_model_kwargs_are_checked_when_the_plan_is_read() -> None:
 
 
 def test_the_projection_carries_the_compute(tmp_path: Path) -> None:
-    from datasites.projection import project
-    from datasites.runtime import Hospital
+    from datasites.governance.projection import project
+    from datasites.site.hospital import Hospital
 
     study = plan(task="pathmnist", rounds=20, local_steps=5, eval_every=10)
     projection = project(Hospital.open(tmp_path / "hospital-q"), study, 2_000)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from datasites.plan import MAX_LOCAL_STEPS, MAX_ROUNDS, Plan, PlanError
+from datasites.contract.plan import MAX_LOCAL_STEPS, MAX_ROUNDS, Plan, PlanError
 from scientist import DPConfig, StudyConfig
 
 # Each plan field the runtime bounds, with values just outside its limits (and a type).

@@ -17,9 +17,15 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from torch import nn
 
-from datasites.dp import TrainOutcome, TrainSpec, clipped_gradient_sum, dp_train, steps_per_epoch
-from datasites.encoding import N_FEATURES, encode_ehr
-from datasites.models import build_model, model_weights
+from datasites.contract.encoding import N_FEATURES, encode_ehr
+from datasites.contract.zoo import build_model, model_weights
+from datasites.privacy.dp import (
+    TrainOutcome,
+    TrainSpec,
+    clipped_gradient_sum,
+    dp_train,
+    steps_per_epoch,
+)
 from synthetic.ehr import generate_ehr
 
 torch.set_num_threads(1)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasites import ehr_reference
-from datasites.encoding import FEATURE_NAMES, encode_ehr, encode_features
+from datasites.contract import derive_reference, ehr_reference
+from datasites.contract.encoding import FEATURE_NAMES, encode_ehr, encode_features
 from synthetic.ehr import generate_ehr
 
 
@@ -18,7 +18,7 @@ def test_frozen_file_is_what_derive_computes_from_the_public_schema() -> None:
     # Prepare
     frozen = json.loads(ehr_reference.REFERENCE_FILE.read_text())
     # Execute
-    derived = ehr_reference.derive()
+    derived = derive_reference.derive()
     # Assert: a change to the encoder or the generator must come with a regenerated file
     assert list(frozen["features"]) == list(FEATURE_NAMES) == list(derived)
     for key in ("center", "scale"):
@@ -63,7 +63,9 @@ def test_a_file_that_does_not_match_the_encoder_is_refused(tmp_path: Path, damag
     path = tmp_path / "ehr_reference.json"
     path.write_text(json.dumps(document))
     # Execute / Assert
-    with pytest.raises(ValueError, match="regenerate it with python -m datasites.ehr_reference"):
+    with pytest.raises(
+        ValueError, match="regenerate it with python -m datasites.contract.derive_reference"
+    ):
         ehr_reference.load(FEATURE_NAMES, path)
 
 

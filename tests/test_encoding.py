@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from datasites.encoding import (
+from datasites.contract.encoding import (
     FEATURE_NAMES,
     IMAGE_MEAN,
     IMAGE_STD,
@@ -281,7 +281,7 @@ def test_image_encoding_is_the_fixed_affine_map_bit_for_bit() -> None:
 
 
 def test_encoded_memo_reuses_only_read_only_inputs() -> None:
-    from datasites.encoded import EncodedMemo
+    from datasites.runtime.cache import EncodedMemo
 
     images, labels = (a.copy() for a in generate_pathmnist(40, seed=5))  # own their memory
     memo = EncodedMemo(encode_images)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasites.plan import Plan, PlanError
+from datasites.contract.plan import Plan, PlanError
 from scientist.checkpoint import Checkpoint
 from scientist.config import DPConfig, StudyConfig
 from scientist.fedavg import fedavg, fedavgm, weight_average

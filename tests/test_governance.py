@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from datasites.audit import AuditLog, weights_digest
-from datasites.ledger import Ledger
-from datasites.operator import Operator, OperatorError
+from datasites.governance.operator import Operator, OperatorError
+from datasites.privacy.ledger import Ledger
+from datasites.site.audit import AuditLog, weights_digest
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import initial_weights
 from tests.conftest import REPO, Launch, start_launch

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from datasites.accounting import epsilon
-from datasites.ledger import (
+from datasites.privacy.accounting import epsilon
+from datasites.privacy.ledger import (
     BudgetExceeded,
     Ledger,
     LedgerError,

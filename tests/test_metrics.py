@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from datasites.evaluation import (
+from datasites.contract.release import (
     MAX_BINS,
     binary_counts,
     check_edges,
     default_edges,
     multiclass_counts,
-    noisy,
-    release_event,
     sensitivity,
 )
-from datasites.noise import DISCRETE_NOISE_FACTOR
+from datasites.privacy.evaluation import noisy, release_event
+from datasites.privacy.noise import DISCRETE_NOISE_FACTOR
 from scientist.bins import quantile_edges
 from scientist.metrics import binary_metrics, multiclass_metrics
 

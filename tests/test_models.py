@@ -7,8 +7,8 @@ import pytest
 import torch
 from opacus.validators import ModuleValidator
 
-from datasites.encoding import N_FEATURES
-from datasites.models import MODEL_NAMES, build_model, load_weights, model_task, model_weights
+from datasites.contract.encoding import N_FEATURES
+from datasites.contract.zoo import MODEL_NAMES, build_model, load_weights, model_task, model_weights
 
 torch.set_num_threads(1)
 

@@ -12,9 +12,9 @@ import torch
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy import stats
 
-from datasites.evaluation import sensitivity
-from datasites.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian, secure_gaussian
-from datasites.runtime import LOSS_STEPS
+from datasites.contract.release import sensitivity
+from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian, secure_gaussian
+from datasites.runtime.execute import LOSS_STEPS
 
 DELTA = 1e-5
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from datasites.compute import Compute
-from datasites.policy import (
+from datasites.site.compute import Compute
+from datasites.site.policy import (
     DEFAULT_POLICY,
     AutoApprovePolicy,
     BudgetPolicy,

@@ -3,7 +3,7 @@ what the accountant claims.
 
 Worst case for one step: every other example has a zero gradient on the audited weight,
 and the canary's gradient points along it with a norm far above the clipping bound. The
-attacker sees the released weight after one step of `datasites.dp.dp_train` on the dataset
+attacker sees the released weight after one step of `datasites.privacy.dp.dp_train` on the dataset
 with and without the canary, many times each, and thresholds it. By the definition of
 (epsilon, delta)-DP, TPR <= e^epsilon * FPR + delta for every threshold, so
 epsilon >= log((TPR - delta) / FPR); with Clopper-Pearson bounds (95%, split over the
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from scipy.stats import beta
 
-from datasites.accounting import DpEvent, epsilon
-from datasites.dp import TrainSpec, dp_train
-from datasites.encoding import N_FEATURES
-from datasites.models import build_model
+from datasites.contract.encoding import N_FEATURES
+from datasites.contract.zoo import build_model
+from datasites.privacy.accounting import DpEvent, epsilon
+from datasites.privacy.dp import TrainSpec, dp_train
 
 DELTA = 1e-5
 AUDITED = 7  # the weight the canary's gradient points along

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasites.accounting import epsilon
-from datasites.assets import ehr_training_view
-from datasites.config import HOSPITAL_ROOT_ENV
-from datasites.ledger import size_event
-from datasites.policy import Policy
-from datasites.runtime import current_hospital, execute
+from datasites.privacy.accounting import epsilon
+from datasites.privacy.ledger import size_event
+from datasites.runtime.execute import current_hospital, execute
+from datasites.server.assets import ehr_training_view
+from datasites.site.paths import HOSPITAL_ROOT_ENV
+from datasites.site.policy import Policy
 from scientist.config import DPConfig, StudyConfig
 from scientist.study import initial_weights
 from synthetic.ehr import generate_ehr
@@ -58,7 +58,7 @@ def test_private_value_in_an_error_does_not_reach_the_scientist(
 ) -> None:
     poisoned = table.copy()
     poisoned.loc[poisoned.index[7], "readmitted"] = MARKER
-    with caplog.at_level(logging.ERROR, logger="datasites.runtime"):
+    with caplog.at_level(logging.ERROR, logger="datasites.runtime.execute"):
         out = execute(plan(), train=poisoned, test=poisoned,
                       request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
     assert MARKER not in repr(out)
@@ -111,11 +111,11 @@ def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
 
 
 def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> None:
-    from datasites.encoding import encode_ehr
-    from datasites.evaluation import default_edges, sensitivity
-    from datasites.models import build_model
-    from datasites.plan import Plan
-    from datasites.runtime import LOSS_BOUND, _counts, _release
+    from datasites.contract.encoding import encode_ehr
+    from datasites.contract.plan import Plan
+    from datasites.contract.release import default_edges, sensitivity
+    from datasites.contract.zoo import build_model
+    from datasites.runtime.execute import LOSS_BOUND, _counts, _release
 
     parsed = Plan.from_dict(plan())
     model = build_model("ehr_logistic")
@@ -174,7 +174,7 @@ def test_unknown_request_keys_are_refused(hospital: Path, table) -> None:
 def test_syft_mock_run_spends_nothing(hospital: Path, table) -> None:
     """syft runs approved code again on the mocks; the runtime must neither train nor
     charge that run (the mock EHR rows carry ids in the mock range)."""
-    from datasites.assets import MOCK_ID_START, is_mock
+    from datasites.contract.mocks import MOCK_ID_START, is_mock
 
     mock = table.assign(encounter_id=table["encounter_id"] + MOCK_ID_START)
     out = execute(plan(), train=mock, test=mock,

@@ -9,7 +9,7 @@ from sqlalchemy.dialects import sqlite
 from syft.store.db.schema import UIDTypeDecorator
 from syft.types.uid import UID
 
-from datasites.syft_fixes import skip_walking_bytes, store_uuids_as_text
+from datasites.server.syft_fixes import skip_walking_bytes, store_uuids_as_text
 
 # All digits but the uuid4 version and variant nibbles: SQLite's NUMERIC affinity would
 # store its hex as 6.77e+31.
@@ -60,7 +60,7 @@ def test_blob_cache_serves_identical_bytes_only_and_freezes_what_it_keeps() -> N
     import numpy as np
     import pandas as pd
 
-    from datasites.syft_fixes import BlobCache
+    from datasites.server.syft_fixes import BlobCache
 
     calls = []
 
@@ -95,7 +95,7 @@ def test_syft_blob_reads_go_through_the_cache() -> None:
     from syft.serde.serialize import _serialize
     from syft.store.blob_storage import SyftObjectRetrieval
 
-    from datasites.syft_fixes import cache_blob_reads
+    from datasites.server.syft_fixes import cache_blob_reads
 
     cache = cache_blob_reads()
     assert cache_blob_reads() is cache  # one cache per process, however often applied

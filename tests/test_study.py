@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from datasites.encoding import N_FEATURES, encode_ehr
-from datasites.ledger import Ledger
-from datasites.models import build_model, load_weights
-from datasites.operator import Operator, OperatorError
+from datasites.contract.encoding import N_FEATURES, encode_ehr
+from datasites.contract.zoo import build_model, load_weights
+from datasites.governance.operator import Operator, OperatorError
+from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datasites.terminal import printable, say
+from datasites.cli.terminal import printable, say
 
 
 @pytest.mark.parametrize(
@@ -76,8 +76,8 @@ def test_the_audit_command_prints_through_printable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Whatever a line of the log renders to, the terminal gets it escaped."""
-    from datasites import report
-    from datasites.audit import AuditLog
+    from datasites.cli import report
+    from datasites.site.audit import AuditLog
 
     AuditLog.open(tmp_path).append("denied", reason="fewer rounds")
     monkeypatch.setattr(report, "format_entry", lambda entry: "ok\r\x1b[32mapproved\u202e")
@@ -92,7 +92,7 @@ def test_the_command_line_routes_every_print_through_say(
 ) -> None:
     """`requests` lists a hostile scientist's name and summary with the escapes visible."""
     import datasites.__main__ as cli
-    from datasites import operator
+    from datasites.governance import operator
 
     class View:
         id, status, scientist = "r" * 12, "pending", "eve\x1b[2K\r@x.org"

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from datasites.accounting import DpEvent, epsilon
-from datasites.config import HOSPITAL_ROOT_ENV
-from datasites.dp import clipped_gradient_sum
-from datasites.encoding import N_FEATURES
-from datasites.evaluation import default_edges
-from datasites.ledger import Ledger, StudyRecord
-from datasites.models import build_model
-from datasites.plan import Plan
-from datasites.policy import Policy
-from datasites.runtime import LOSS_BOUND, RequestError, _counts, _once, current_hospital
+from datasites.contract.encoding import N_FEATURES
+from datasites.contract.plan import Plan
+from datasites.contract.release import default_edges
+from datasites.contract.zoo import build_model
+from datasites.privacy.accounting import DpEvent, epsilon
+from datasites.privacy.dp import clipped_gradient_sum
+from datasites.privacy.ledger import Ledger, StudyRecord
+from datasites.runtime.execute import LOSS_BOUND, RequestError, _counts, _once, current_hospital
+from datasites.site.paths import HOSPITAL_ROOT_ENV
+from datasites.site.policy import Policy
 from scientist.config import DPConfig, StudyConfig
 
 FEATURE = 5  # the attacker's chosen condition: this feature is large
@@ -152,7 +152,7 @@ def test_a_release_is_charged_once_and_repeats_return_it(hospital) -> None:
 
 
 def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
-    from datasites.models import MAX_ABS_WEIGHT, load_weights, model_weights
+    from datasites.contract.zoo import MAX_ABS_WEIGHT, load_weights, model_weights
 
     model = build_model("ehr_logistic")
     weights = model_weights(model)
@@ -176,7 +176,7 @@ ATTACK = StudyConfig(task="ehr", model="ehr_mlp", model_kwargs={"hidden": HIDDEN
 def condition_weights(feature: int, threshold: float) -> dict[str, np.ndarray]:
     """ehr_mlp weights (within the bound) whose logit overflows to +inf exactly for the rows
     with feature > threshold: one unit opens on the condition, six layers amplify it."""
-    from datasites.models import MAX_ABS_WEIGHT, model_weights
+    from datasites.contract.zoo import MAX_ABS_WEIGHT, model_weights
 
     weights = {k: np.zeros_like(v) for k, v in model_weights(build_model(
         "ehr_mlp", hidden=HIDDEN)).items()}  # fmt: skip
@@ -192,9 +192,9 @@ def condition_weights(feature: int, threshold: float) -> dict[str, np.ndarray]:
 def test_poisoned_weights_get_the_same_reply_and_charge_with_or_without_the_target(
     hospital, tmp_path: Path
 ) -> None:
-    from datasites.assets import ehr_training_view
-    from datasites.encoding import encode_ehr
+    from datasites.contract.encoding import encode_ehr
     from datasites.runtime import execute
+    from datasites.server.assets import ehr_training_view
     from synthetic.ehr import generate_ehr
 
     table = ehr_training_view(generate_ehr(1_200, seed=5, identifiers=False))
@@ -228,9 +228,9 @@ def test_poisoned_weights_get_the_same_reply_and_charge_with_or_without_the_targ
 def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> None:
     import sqlite3
 
-    from datasites.assets import ehr_training_view
-    from datasites.encoding import encode_ehr
+    from datasites.contract.encoding import encode_ehr
     from datasites.runtime import execute
+    from datasites.server.assets import ehr_training_view
     from scientist.study import initial_weights
     from synthetic.ehr import generate_ehr
 
@@ -275,7 +275,7 @@ def _scalars(reply: object) -> Iterator[float]:
 
 
 def test_the_size_is_released_and_charged_once_per_dataset(hospital) -> None:
-    from datasites.ledger import size_event
+    from datasites.privacy.ledger import size_event
 
     first = hospital.ledger.public_size("ehr", 5_000)
     again = hospital.ledger.public_size("ehr", 5_001)  # another count later: the same figure

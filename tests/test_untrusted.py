@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from datasites.operator import RequestView
-from datasites.plan import Plan, PlanError
-from datasites.policy import AutoApprovePolicy, StudyPolicy
-from datasites.report import review
-from datasites.untrusted import Limits, int_fits, printable_int, problem, shown
-from datasites.verify import CUSTOM, TEMPLATE, VETTED, Verdict, classify, function_name
+from datasites.cli.report import review
+from datasites.contract.plan import Plan, PlanError
+from datasites.contract.template import TEMPLATE, function_name
+from datasites.contract.untrusted import Limits, int_fits, printable_int, problem, shown
+from datasites.governance.operator import RequestView
+from datasites.governance.vetting import CUSTOM, VETTED, Verdict, classify
+from datasites.site.policy import AutoApprovePolicy, StudyPolicy
 from scientist.config import StudyConfig
 
 STUDY_ID = "ehr-hostile-01"
@@ -208,7 +209,7 @@ def test_hostile_code_around_the_plan_is_custom_not_a_crash(code: str) -> None:
 
 def test_report_review_of_a_withheld_plan_prints() -> None:
     """`show` renders the verdict of a hostile request (report.review is what it prints)."""
-    from datasites.operator import Review
+    from datasites.governance.operator import Review
 
     source = TEMPLATE.format(name=NAME, plan=literal({**BASE, "rounds": 10**4000}))
     verdict = classify(source, NAME)
@@ -268,10 +269,10 @@ def test_a_hostile_round_is_refused_and_audited_not_a_crash(
 ) -> None:
     """`round` comes with each call, not with the approved plan: a 5,000-digit one once made
     the refusal's own message raise, and could not have been written to the audit log."""
-    from datasites.assets import ehr_training_view
-    from datasites.config import HOSPITAL_ROOT_ENV
-    from datasites.policy import Policy
-    from datasites.runtime import current_hospital, execute
+    from datasites.runtime.execute import current_hospital, execute
+    from datasites.server.assets import ehr_training_view
+    from datasites.site.paths import HOSPITAL_ROOT_ENV
+    from datasites.site.policy import Policy
     from scientist.study import initial_weights
     from synthetic.ehr import generate_ehr
 

@@ -5,22 +5,15 @@ Nothing here executes request code; the custom examples are strings that are onl
 
 from __future__ import annotations
 
+import ast
 import inspect
 import textwrap
 
 import pytest
 
-from datasites.review import extract_plan
-from datasites.verify import (
-    CUSTOM,
-    TEMPLATE,
-    VETTED,
-    Verdict,
-    classify,
-    code_diff,
-    function_name,
-    study_source,
-)
+from datasites.contract.template import TEMPLATE, function_name, study_source
+from datasites.governance.plan_literal import read_plan
+from datasites.governance.vetting import CUSTOM, VETTED, Verdict, classify, code_diff
 from scientist import study_code
 from scientist.config import DPConfig, StudyConfig
 from scientist.study_code import study_function
@@ -340,9 +333,9 @@ def test_verdict_rejects_inconsistent_values() -> None:
 # --- the plan reader the operator view uses ------------------------------------------
 
 
-def test_extract_plan_survives_unhashable_keys() -> None:
-    assert extract_plan(source()) == plan()
-    assert extract_plan("plan = {[1]: 2}\n") is None
+def test_plan_reader_survives_unhashable_keys() -> None:
+    assert classify(source()).plan == plan()
+    assert read_plan(ast.parse("{[1]: 2}", mode="eval").body) == (None, None)
     assert classify("def study_x(train, test, weights):\n    plan = {[1]: 2}\n").plan is None
 
 
@@ -378,7 +371,7 @@ def test_code_diff_uses_the_given_labels() -> None:
     ("extra", "shown"), [({}, "rounds x 1 epochs"), ({"local_steps": 20}, "rounds x 20 steps")]
 )
 def test_the_request_line_shows_how_long_a_round_is(extra: dict, shown: str) -> None:
-    from datasites.operator import RequestView
+    from datasites.governance.operator import RequestView
 
     config = StudyConfig(task="pathmnist", rounds=48, **extra)
     plan = config.plan("path-0042", "ana@research.org")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from datasites.audit import AuditLog
-from datasites.operator import Operator
+from datasites.governance.operator import Operator
+from datasites.site.audit import AuditLog
 from scientist import Federation
 from tests.conftest import Launch, admin_login, start_launch
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasites.ledger import Ledger
-from datasites.operator import Operator, OperatorError
+from datasites.governance.operator import Operator, OperatorError
+from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import Study, StudyError, initial_weights
 from scientist.submit import _request
@@ -169,7 +169,7 @@ def test_06_dp_parameters_cannot_change_after_approval(
     # an operator who bypasses the checks (syft's own approve) is still covered by the runtime
     with contextlib.redirect_stdout(io.StringIO()):
         operators["hospital-a"].request(second).approve()
-    rerun = Study(scientist, study.id, bigger, {"hospital-a": second}, study.folder)
+    rerun = Study(scientist.pool, study.id, bigger, {"hospital-a": second}, study.folder)
     bigger_weights = {"round": 1, "weights": initial_weights(bigger)}
     bypassed = call(scientist, rerun, "hospital-a", bigger_weights)
 

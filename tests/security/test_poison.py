@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from datasites.encoding import encode_ehr
-from datasites.ledger import Ledger
-from datasites.operator import Operator
+from datasites.contract.encoding import encode_ehr
+from datasites.governance.operator import Operator
+from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
 from tests.conftest import Launch, admin_login, start_launch
 from tests.test_total import condition_weights

@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from datasites.changes import output_policy_problem
-from datasites.operator import Operator, OperatorError
-from datasites.watch import watch_once
+from datasites.governance.changes import output_policy_problem
+from datasites.governance.operator import Operator, OperatorError
+from datasites.governance.watch import watch_once
 from scientist import DPConfig, Federation, StudyConfig
 from tests.conftest import REPO, Launch, login
 from tests.security.conftest import POLICY
@@ -376,7 +376,7 @@ def test_login_and_password_reset_do_not_tell_which_accounts_exist(
 def test_the_admin_signing_key_never_leaves_identity_json(
     guarded: Launch, scientist: Federation, audit_since: Since
 ) -> None:
-    from datasites.identity import Identity
+    from datasites.site.identity import Identity
 
     log = audit_since(HOSPITAL)
     root = guarded.data_dir / HOSPITAL

@@ -29,13 +29,13 @@ from typing import Any
 
 import pytest
 
-from datasites.audit import AuditLog
-from datasites.config import HospitalConfig
-from datasites.identity import Identity
-from datasites.operator import Operator
-from datasites.process import DatasiteProcess
-from datasites.rotate import RotationError, rotate_keys, rotated
-from datasites.store import StoreError, secure_hospital_folder
+from datasites.governance.operator import Operator
+from datasites.local.process import DatasiteProcess
+from datasites.server.rotate import RotationError, rotate_keys, rotated
+from datasites.site.audit import AuditLog
+from datasites.site.identity import Identity
+from datasites.site.paths import HospitalConfig
+from datasites.site.permissions import StoreError, secure_hospital_folder
 from scientist import DPConfig, Federation, StudyConfig
 from tests.conftest import REPO, Launch, login, start_launch
 from tests.security.forge import quiet as attempt

@@ -1,0 +1,103 @@
+"""Text for the operator's terminal: reviews, budgets, the audit log, watcher decisions.
+
+Kept apart from `datasites.governance.operator` so the Python API returns data (for notebooks and
+tests) and only the command line turns it into lines to read. What this module prints
+itself goes through `datasites.cli.terminal.say`; what it returns, `datasites.__main__` prints
+the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from datasites.cli.terminal import say
+from datasites.governance.operator import Operator, Review
+from datasites.site.audit import AuditLog, format_entry
+
+PLAN_FIELDS = ("study_id", "task", "model", "model_kwargs", "label", "rounds", "local_epochs",
+               "batch_size", "lr", "momentum", "epsilon", "delta", "max_grad_norm",
+               "eval_every")  # fmt: skip
+
+
+def review(r: Review) -> str:
+    """What `show` prints, top to bottom in the order an operator decides."""
+    v = r.view
+    lines = [
+        f"request   {v.id}",
+        f"from      {v.scientist or '(unknown)'} at {v.submitted}",
+        f"status    {v.status}",
+        f"function  {v.function}",
+    ]
+    if v.malformed:
+        lines.append(f"MALFORMED {v.malformed}")
+    lines.append(f"changes   {len(v.changes)} (only one, the approval of a vetted code, can be "
+                 "approved)")  # fmt: skip
+    lines += [f"  {i}. {change.line()}" for i, change in enumerate(v.changes, 1)]
+    lines.append(
+        f"verdict   {v.verdict.kind.upper()}"
+        + ("" if v.verdict.vetted else " - would run unsandboxed inside this datasite")
+    )
+    lines += [f"          - {reason}" for reason in v.verdict.reasons]
+    if v.plan:
+        lines.append("plan")
+        lines += [f"  {k:<14} {v.plan[k]}" for k in PLAN_FIELDS if k in v.plan]
+    if v.verdict.plan_error:
+        lines.append(f"plan error: {v.verdict.plan_error}")
+    if r.projection:
+        lines.append("privacy")
+        lines += [f"  {line}" for line in r.projection.lines()]
+    lines.append("approve would be " + ("REFUSED:" if r.problems else "allowed"))
+    lines += [f"  - {p}" for p in r.problems]
+    lines += ["code", *(f"  | {line}" for line in v.code.splitlines())]
+    if r.diff:
+        lines += ["diff against this scientist's previously approved request", r.diff]
+    else:
+        lines.append("no previously approved request from this scientist to compare with")
+    return "\n".join(lines)
+
+
+def budget(b: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for dataset, d in b.items():
+        parts = ", ".join(f"{part} {value:.3f}" for part, value in d["parts"].items())
+        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} (the larger "
+                     f"part of {parts}; RDP cross-check {d['spent_rdp']:.3f})  remaining "
+                     f"{d['remaining']:.3f}  ({len(d['events'])} events)")  # fmt: skip
+        for s in d["studies"]:
+            lines.append(f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
+                         f"{s['epsilon']:g}, spent {s['spent']:.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def audit(root: Path, verify: bool, as_json: bool) -> int:
+    """Print the log (or verify it); exit status 1 when verification fails."""
+    log = AuditLog.open(root)
+    if not verify:
+        for entry in log.entries():
+            say(json.dumps(entry) if as_json else format_entry(entry))
+        return 0
+    result = log.verify()
+    if result.ok:
+        say(f"{root.name}: audit log intact, {result.entries} entries; last hash "
+              f"{result.last_hash}")  # fmt: skip
+        return 0
+    say(f"{root.name}: audit log FAILED verification at entry {result.first_bad}: "
+        f"{result.problem}", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def watch(op: Operator, hospital: str, interval: float, once: bool) -> int:
+    from datasites.governance.watch import watch as run
+
+    rules = op.hospital.policy.auto_approve
+    if not rules.enabled or not rules.scientists:
+        say(f"{hospital}: auto-approval is off (policy.toml [auto_approve] enabled = "
+            f"{str(rules.enabled).lower()}, scientists = {list(rules.scientists)}); every "
+            "request is left for a person.", flush=True)  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):
+        run(op, interval=interval, once=once, report=lambda d: say(d.line(hospital), flush=True))
+    return 0

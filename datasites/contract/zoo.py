@@ -1,0 +1,202 @@
+"""The vetted model zoo: the only architectures a study may train inside a hospital.
+
+Why a zoo instead of the scientist's own `nn.Module`: approved code runs unsandboxed in the
+datasite (PySyft <= 0.9.5), so a study names a model and its few hyperparameters and the
+hospital builds it from this file. Both sides import it, so the scientist's global model and
+every hospital's local copy have the same parameter names and shapes. Every model here is
+accepted by Opacus' validator (no BatchNorm: batch statistics mix examples and break
+per-example privacy; GroupNorm normalises within one example).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasites.contract.encoding import N_CLASSES, N_FEATURES
+from datasites.contract.plan import MODEL_NAMES, model_task
+
+__all__ = [
+    "MODEL_NAMES", "build_model", "count_parameters", "load_weights", "model_task",
+    "model_weights",
+]  # fmt: skip
+
+_MAX_HIDDEN = 4096
+_MAX_LAYERS = 6
+_WIDTH_RANGE = (4, 128)
+_MAX_DROPOUT = 0.9
+# Weights come from the scientist: a bound decided on them alone (public input), far above
+# anything training produces, keeps a forward pass on bounded inputs far from overflow.
+MAX_ABS_WEIGHT = 1e6
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """A freshly initialised zoo model (deterministic under `torch.manual_seed`).
+
+    ehr_logistic(): one logit from the N_FEATURES encoding.
+    ehr_mlp(hidden=(64, 32), dropout=0.0): ReLU layers, then one logit.
+    pathmnist_cnn(width=16): three conv/GroupNorm/ReLU/pool stages, 9 logits.
+    """
+    _check_name(name)
+    builder, allowed = _BUILDERS[name]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        options = ", ".join(allowed) if allowed else "none"
+        raise ValueError(
+            f"{name} does not take the argument {unknown[0]!r}; allowed arguments: {options}."
+        )
+    return builder(**kwargs)
+
+
+def model_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as float32 numpy copies, safe to send and to keep."""
+    return {
+        key: value.detach().cpu().numpy().astype(np.float32, copy=True)
+        for key, value in model.state_dict().items()
+    }
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, Any]) -> None:
+    """Replace the model's state with `weights` after checking names, shapes and finiteness.
+
+    Weights come from the other side of the trust boundary, so a bad entry is refused with a
+    message that names the key and the shapes but never echoes a value.
+    """
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"weights must be a mapping of names to arrays, found {type(weights)}.")
+    state = model.state_dict()
+    missing = [key for key in state if key not in weights]
+    unexpected = [str(key) for key in weights if key not in state]
+    if missing:
+        raise ValueError(f"weights lack the entries {', '.join(missing)}; send the full state.")
+    if unexpected:
+        raise ValueError(f"weights carry unexpected entries {', '.join(unexpected)}.")
+    loaded = {key: _checked_array(key, weights[key], tuple(state[key].shape)) for key in state}
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in loaded.items()})
+
+
+# --- builders ---------------------------------------------------------------------------------
+
+
+def _ehr_logistic() -> nn.Module:
+    return nn.Sequential(nn.Linear(N_FEATURES, 1))
+
+
+def _ehr_mlp(hidden: list[int] | tuple[int, ...] = (64, 32), dropout: float = 0.0) -> nn.Module:
+    sizes = _check_hidden(hidden)
+    rate = _check_float("dropout", dropout, 0.0, _MAX_DROPOUT)
+    layers: list[nn.Module] = []
+    width = N_FEATURES
+    for size in sizes:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        if rate > 0:
+            layers.append(nn.Dropout(rate))
+        width = size
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def _pathmnist_cnn(width: int = 16) -> nn.Module:
+    w = _check_int("width", width, *_WIDTH_RANGE)
+    return nn.Sequential(
+        *_conv_stage(3, w),  # 28 -> 14
+        *_conv_stage(w, 2 * w),  # 14 -> 7
+        *_conv_stage(2 * w, 2 * w),  # 7 -> 3
+        nn.Flatten(),
+        nn.Linear(2 * w * 3 * 3, 8 * w),
+        nn.ReLU(),
+        nn.Linear(8 * w, N_CLASSES),
+    )
+
+
+def _conv_stage(channels_in: int, channels_out: int) -> list[nn.Module]:
+    # GroupNorm, not BatchNorm: normalising within one example keeps examples independent,
+    # which per-example clipping needs. Groups of >= 2 channels whenever the width allows.
+    groups = math.gcd(channels_out, 4)
+    return [
+        nn.Conv2d(channels_in, channels_out, kernel_size=3, padding=1),
+        nn.GroupNorm(groups, channels_out),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ]
+
+
+_BUILDERS: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
+    "ehr_logistic": (_ehr_logistic, ()),
+    "ehr_mlp": (_ehr_mlp, ("hidden", "dropout")),
+    "pathmnist_cnn": (_pathmnist_cnn, ("width",)),
+}
+
+
+def count_parameters(model: str, kwargs: dict[str, Any]) -> int:
+    """Trainable parameters of the zoo model, built on torch's meta device: shapes only, no
+    memory, so an 85-million-parameter request is counted in milliseconds, not allocated.
+
+    Raises ValueError (from the zoo) when `kwargs` are not valid for `model`.
+    """
+    try:
+        key = json.dumps(kwargs, sort_keys=True)
+    except (TypeError, ValueError):
+        raise ValueError("model_kwargs must be plain JSON values.") from None
+    return _count(model, key)
+
+
+@lru_cache(maxsize=256)
+def _count(model: str, kwargs_json: str) -> int:
+    with torch.device("meta"):
+        built = build_model(model, **json.loads(kwargs_json))
+    return sum(p.numel() for p in built.parameters() if p.requires_grad)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int in {low}..{high}, found {type(value).__name__}.")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, found {value}.")
+    return int(value)
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number in [{low}, {high}], found {value!r}.")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], found {value}.")
+    return float(value)
+
+
+def _check_hidden(hidden: Any) -> list[int]:
+    if not isinstance(hidden, list | tuple) or not 1 <= len(hidden) <= _MAX_LAYERS:
+        raise ValueError(f"hidden must be a list of 1..{_MAX_LAYERS} layer sizes.")
+    return [_check_int("each hidden size", size, 1, _MAX_HIDDEN) for size in hidden]
+
+
+def _checked_array(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"weight {key!r} is not a numeric array of shape {shape}.") from None
+    if array.shape != shape:
+        raise ValueError(f"weight {key!r} must have shape {shape}, found shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"weight {key!r} contains NaN or infinite entries; send finite values.")
+    if array.size and float(np.abs(array).max()) > MAX_ABS_WEIGHT:
+        raise ValueError(
+            f"weight {key!r} has entries beyond +-{MAX_ABS_WEIGHT:g}; send the weights of a "
+            "trained model."
+        )
+    return np.array(array, copy=True)

@@ -1,0 +1,407 @@
+"""The hospital's training runtime: the only code that touches private rows for training.
+
+An approved study's code is a literal plan plus one call to `execute`. Enforcement lives
+here, not in the approval: the plan and the weights are validated on every call, the round
+must be within the approved rounds, the noise is calibrated by this hospital from its own
+dataset size so that the approved epsilon is the study's whole cost here (training and
+evaluation), and every release is charged to the ledger in the same transaction that
+records its result. A repeated call for a completed round returns the recorded result and
+spends nothing, so re-running a round never yields a second noisy sample.
+
+Errors that reach the scientist are built from ids, round numbers and epsilons only;
+anything unexpected is logged here with an incident id and reported without its message,
+which could carry private values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import secrets
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasites.contract.encoding import N_CLASSES, encode_ehr, encode_images
+from datasites.contract.mocks import is_mock
+from datasites.contract.plan import Plan, PlanError
+from datasites.contract.release import (
+    binary_counts,
+    check_edges,
+    default_edges,
+    multiclass_counts,
+    sensitivity,
+)
+from datasites.contract.untrusted import int_fits, shown
+from datasites.contract.zoo import build_model, load_weights
+from datasites.privacy.budget import study_budget
+from datasites.privacy.dp import TrainSpec, dp_train, tensor_view
+from datasites.privacy.evaluation import noisy
+from datasites.privacy.ledger import LedgerError, StudyRecord
+from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
+from datasites.runtime.cache import EncodedMemo
+from datasites.site.audit import weights_digest
+from datasites.site.compute import Compute
+from datasites.site.hospital import Hospital
+from datasites.site.paths import HOSPITAL_ROOT_ENV, POLICY_FILE
+
+REQUEST_KEYS = frozenset({"round", "weights"})
+# Histogram bin edges for this call's evaluation: the scientist's choice, costs nothing.
+OPTIONAL_KEYS = frozenset({"edges"})
+# Per-example loss is clipped to this bound before it is summed and released, so one
+# patient changes the released sum by at most LOSS_BOUND.
+LOSS_BOUND = 5.0
+LOSS_STEPS = 1024  # a patient's clipped loss is released in steps of LOSS_BOUND / 1024
+log = logging.getLogger("datasites.runtime.execute")
+# Encoded image assets, reused while the datasite hands out the same read-only arrays.
+_ENCODED_IMAGES = EncodedMemo(encode_images)
+
+
+class RequestError(ValueError):
+    """The call's arguments are wrong; the message carries no private value."""
+
+
+class PolicyRefusal(RequestError):
+    """The study is outside the hospital's site policy (which may have changed since the
+    approval): the runtime enforces it on every call, not only `approve`."""
+
+
+def current_hospital() -> Hospital:
+    """The hospital this datasite serves, reopened when its operator edits policy.toml (a
+    lowered cap or a tightened study limit applies from the next call, no restart)."""
+    root = os.environ.get(HOSPITAL_ROOT_ENV)
+    if not root:
+        raise RuntimeError(f"{HOSPITAL_ROOT_ENV} is not set: the runtime runs inside a datasite.")
+    policy = Path(root) / POLICY_FILE
+    stamp = policy.stat().st_mtime_ns if policy.exists() else 0
+    return _hospital(root, stamp)
+
+
+@lru_cache(maxsize=2)
+def _hospital(root: str, policy_stamp: int) -> Hospital:
+    return Hospital.open(Path(root))
+
+
+current_hospital.cache_clear = _hospital.cache_clear  # type: ignore[attr-defined]
+
+
+def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]:
+    """Run one call of an approved study: evaluate what is due, train the round.
+
+    `request` is {"round": r, "weights": global weights after round r - 1} and optionally
+    "edges", the evaluation's histogram bin edges (see `datasites.privacy.evaluation`). Round r in
+    1..rounds trains; round rounds + 1 only evaluates the final model.
+    """
+    hospital = current_hospital()
+    if is_mock(train) or is_mock(test):
+        # syft's second run of the approved code, on the mocks (the twin result's mock
+        # half): nothing private is involved, so nothing is trained, recorded or spent.
+        return {"hospital": hospital.name, "mock": True}
+    started = time.perf_counter()
+    try:
+        parsed = Plan.from_dict(plan)
+        out = _execute(hospital, parsed, train, test, request)
+        log.info("%s call %s: %.2f s in the runtime", parsed.study_id, out.get("round"),
+                 time.perf_counter() - started)  # fmt: skip
+        return out
+    except (PlanError, RequestError, LedgerError) as error:
+        log.warning("refused: %s", error)
+        hospital.audit.append("refused", **_call_fields(plan, request), reason=str(error),
+                              refusal=type(error).__name__)  # fmt: skip
+        return {"hospital": hospital.name, "error": str(error), "refused": type(error).__name__}
+    except Exception:
+        incident = secrets.token_hex(4)
+        log.exception("incident %s", incident)
+        hospital.audit.append("incident", **_call_fields(plan, request), incident=incident)
+        return {
+            "hospital": hospital.name,
+            "error": f"{hospital.name} could not complete this call (incident {incident}); its "
+            "operator can find the details in the datasite log.",
+            "refused": "InternalError",
+        }
+
+
+def _call_fields(plan: Any, request: Any) -> dict[str, Any]:
+    """Study id and round of a call, for the audit log; only if they are what they claim
+    (a refused call's arguments are the scientist's, possibly malformed)."""
+    study = plan.get("study_id") if isinstance(plan, dict) else None
+    round_ = request.get("round") if isinstance(request, dict) else None
+    return {
+        "study": study[:64] if isinstance(study, str) else None,
+        # Bounded too: a 5,000-digit round cannot even be written as JSON.
+        "round": round_ if type(round_) is int and int_fits(round_) else None,
+    }
+
+
+def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any) -> dict:
+    round_, weights, edges = _parse_request(request, plan)
+    if plan.delta != hospital.policy.budget.delta:
+        raise RequestError(
+            f"{hospital.name} accounts at delta {hospital.policy.budget.delta:g}; set the "
+            "study's delta to that value."
+        )
+    violations = hospital.policy.study.violations(plan.to_dict())
+    if violations:
+        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study: "
+                            f"{'; '.join(violations)}.")  # fmt: skip
+    features, labels = _encode(plan, train)
+    # Everything that depends on the size (the compute limits, the sampling rate, the steps,
+    # the noise calibration, the reply) uses its released DP count, never len(labels).
+    n = hospital.ledger.public_size(plan.dataset, len(labels))
+    _check_compute(hospital, plan, n=n)
+    record = _register(hospital, plan, n=n)
+    out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
+    if round_ - 1 in plan.eval_rounds():
+        model = _model(plan, weights)
+        out["evaluation"] = _evaluate(hospital, plan, record, round_ - 1, (model, edges), test)
+    if round_ <= plan.rounds:
+        out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
+    out["epsilon_study"] = hospital.ledger.study_spent(plan.study_id)
+    out["epsilon_total"] = hospital.ledger.spent(plan.dataset)
+    out["epsilon_cap"] = hospital.ledger.cap(plan.dataset)
+    return out
+
+
+def _check_compute(hospital: Hospital, plan: Plan, n: int) -> None:
+    """Refuse, before any training, a study whose compute here is beyond the site policy:
+    epsilon bounds what a study learns, not how long it occupies this server."""
+    violations = hospital.policy.study.compute_violations(Compute.of(plan, n))
+    if violations:
+        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study's "
+                            f"compute: {'; '.join(violations)}.")  # fmt: skip
+
+
+def _parse_request(request: Any, plan: Plan) -> tuple[int, dict[str, Any], Any]:
+    if not isinstance(request, dict) or not REQUEST_KEYS <= set(request) <= (
+        REQUEST_KEYS | OPTIONAL_KEYS
+    ):
+        raise RequestError(
+            "the weights argument must be a dict with the keys round and weights (and "
+            "optionally edges); DP parameters come from the approved plan only."
+        )
+    round_ = request["round"]
+    if not isinstance(round_, int) or isinstance(round_, bool):
+        raise RequestError("round must be an integer.")
+    if not 1 <= round_ <= plan.rounds + 1:
+        raise RequestError(
+            f"round {shown(round_)} is outside this study's approved rounds 1-{plan.rounds} "
+            f"(and {plan.rounds + 1} for the final evaluation)."
+        )
+    if not isinstance(request["weights"], dict):
+        raise RequestError("weights must be a dict of parameter name to array.")
+    return round_, request["weights"], _edges(request.get("edges"), plan)
+
+
+def _edges(edges: Any, plan: Plan) -> np.ndarray:
+    """The evaluation's bin edges: the request's, validated, or the task's defaults."""
+    kind = "binary" if plan.task == "ehr" else "multiclass"
+    if edges is None:
+        return default_edges(kind)
+    try:
+        return check_edges(edges, None if kind == "binary" else N_CLASSES)
+    except ValueError as error:  # the scientist's own input: the message is safe
+        raise RequestError(str(error)) from None
+
+
+def _model(plan: Plan, weights: dict[str, Any]) -> Any:
+    try:
+        model = build_model(plan.model, **plan.model_kwargs)
+        load_weights(model, weights)
+    except ValueError as error:  # zoo messages name keys and shapes, never values
+        raise RequestError(str(error)) from None
+    return model
+
+
+def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
+    if plan.task == "ehr":
+        return encode_ehr(asset, plan.label)
+    return _ENCODED_IMAGES(asset["images"], asset["labels"])
+
+
+def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
+    """Calibrate this study's noise from this hospital's own n once; reuse it after.
+
+    Calibration searches the accountant and takes seconds, so later calls only check that
+    the plan still matches what was registered (a reused study id with other parameters is
+    refused by the ledger).
+    """
+    stored = hospital.ledger.study(plan.study_id)
+    if stored is not None and _same_plan(stored, plan, n):
+        return stored
+    evaluations = len(plan.eval_rounds())
+    budget = study_budget(plan, n)
+    record = StudyRecord(
+        study_id=plan.study_id, scientist=plan.scientist, dataset=plan.dataset,
+        rounds=plan.rounds, local_epochs=plan.local_epochs, batch_size=min(plan.batch_size, n),
+        lr=plan.lr, epsilon=plan.epsilon, delta=plan.delta, max_grad_norm=plan.max_grad_norm,
+        n=n, sample_rate=budget.train.sample_rate,
+        noise_multiplier=budget.train.noise_multiplier,
+        eval_noise_multiplier=budget.evaluation.noise_multiplier,
+        steps_per_round=budget.train.steps, evaluations=evaluations,
+        plan_sha256=plan.digest(),
+    )  # fmt: skip
+    return hospital.ledger.register_study(record)
+
+
+def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
+    expected = {
+        "scientist": plan.scientist, "dataset": plan.dataset, "rounds": plan.rounds,
+        "local_epochs": plan.local_epochs, "batch_size": min(plan.batch_size, n), "lr": plan.lr,
+        "epsilon": plan.epsilon, "delta": plan.delta, "max_grad_norm": plan.max_grad_norm,
+        "n": n, "evaluations": len(plan.eval_rounds()), "plan_sha256": plan.digest(),
+    }  # fmt: skip
+    return all(getattr(stored, k) == v for k, v in expected.items())
+
+
+def _once(
+    hospital: Hospital, study_id: str, kind: str, round_: int, event: Any,
+    compute: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """Make a release at most once: a repeat returns the recorded result and spends nothing.
+
+    The release is charged before it is computed (`Ledger.claim`), so a computation that
+    fails, whatever made it fail, has spent its epsilon: a failure is never a free query.
+    Only the call that charged it computes it; a concurrent identical call gets the
+    recorded release, or is told to call again while it is being computed.
+    """
+    ledger = hospital.ledger
+    recorded = ledger.result(study_id, kind, round_)
+    if recorded:
+        hospital.audit.append("repeat_served", study=study_id, kind=kind, round=round_,
+                              note="the recorded release was returned; nothing spent")  # fmt: skip
+        return pickle.loads(recorded)
+    if recorded is not None or not ledger.claim(study_id, kind, round_, event):
+        return _claimed_elsewhere(hospital, study_id, kind, round_)
+    result = compute()
+    ledger.complete(study_id, kind, round_, pickle.dumps(result))
+    _audit_release(hospital, study_id, kind, round_, result)
+    return result
+
+
+def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int) -> dict:
+    """The release another call charged: its result if stored, else a refusal to retry."""
+    recorded = hospital.ledger.result(study_id, kind, round_)
+    if recorded:
+        return pickle.loads(recorded)
+    what = "training round" if kind == "train" else "evaluation after round"
+    raise RequestError(
+        f"the {what} {round_} of study {study_id} was charged by another call and has no "
+        "release yet (it is being computed, or that call failed); call again later."
+    )
+
+
+def _audit_release(
+    hospital: Hospital, study_id: str, kind: str, round_: int, result: dict[str, Any]
+) -> None:
+    """What left the hospital: sample count and weights digest, or the evaluation's noise."""
+    spent = {"epsilon_study": hospital.ledger.study_spent(study_id)}
+    if kind == "train":
+        digest = weights_digest(result["weights"])
+        hospital.audit.append("round_executed", study=study_id, round=round_, n=result["n"],
+                              weights_sha256=digest, **spent)  # fmt: skip
+    else:
+        hospital.audit.append("evaluation_released", study=study_id, after_round=round_,
+                              noise_std=result["noise_std"], **spent)  # fmt: skip
+
+
+def _train(
+    hospital: Hospital, plan: Plan, record: StudyRecord, round_: int, weights: dict,
+    features: np.ndarray, labels: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    def compute() -> dict[str, Any]:
+        spec = TrainSpec(
+            batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
+            max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
+            momentum=plan.momentum, local_steps=record.steps_per_round, population=record.n,
+        )  # fmt: skip
+        outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
+        log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
+        # The mean training loss is computed from private rows without noise, so it is not
+        # released: progress is shown by the noised test loss of each evaluation instead.
+        return {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
+
+    return _once(hospital, plan.study_id, "train", round_, record.budget().train, compute)
+
+
+def _evaluate(
+    hospital: Hospital, plan: Plan, record: StudyRecord, after: int, scored: tuple, test: Any
+) -> dict[str, Any]:
+    """Release the noised evaluation of `scored` = (model, bin edges) once per round."""
+
+    def compute() -> dict[str, Any]:
+        features, labels = _encode(plan, test)
+        counts, losses = _counts(plan, *scored, features, labels)
+        released = _release(counts, losses, record.eval_noise_multiplier)
+        # The edges are public (the scientist's or the defaults): they make the release
+        # self-describing, also when a repeated call returns the recorded one.
+        return {**released, "edges": scored[1].tolist(), "after_round": after}
+
+    return _once(hospital, plan.study_id, "eval", after, record.budget().evaluation, compute)
+
+
+def _release(counts: Any, losses: np.ndarray, sigma: float) -> dict[str, Any]:
+    """One Gaussian mechanism over the histogram counts and the clipped test-loss sum.
+
+    The loss sum is scaled by 1 / LOSS_BOUND so that one patient moves it by at most 1;
+    with the counts' sensitivity S the joint L2 sensitivity is sqrt(S^2 + 1), and every
+    coordinate gets noise sigma * sqrt(S^2 + 1): one release at noise multiplier sigma.
+    Every coordinate is an integer with discrete Gaussian noise (`datasites.privacy.noise`): each
+    patient's clipped loss counts in LOSS_STEPS steps of LOSS_BOUND / LOSS_STEPS, so the
+    released loss sum lies on that fixed grid and no float rounding depends on the data.
+    """
+    base = sensitivity(counts)
+    joint = float(np.sqrt(base**2 + 1.0))
+    steps = np.rint(np.clip(losses, 0.0, LOSS_BOUND) * (LOSS_STEPS / LOSS_BOUND))
+    loss_steps = int(steps.astype(np.int64).sum())
+    noised_steps = loss_steps + int(discrete_gaussian(sigma * joint * LOSS_STEPS))
+    return {
+        "counts": noisy(counts, noise_multiplier=sigma * joint / base),
+        "loss_sum": noised_steps * (LOSS_BOUND / LOSS_STEPS),
+        # Public (it follows from the plan and n): lets the scientist judge the metrics.
+        "noise_std": sigma * joint * DISCRETE_NOISE_FACTOR,
+    }
+
+
+def _counts(
+    plan: Plan, model: Any, edges: np.ndarray, features: np.ndarray, labels: np.ndarray
+) -> tuple[Any, np.ndarray]:
+    """Histogram counts and per-example losses of the model on the test rows.
+
+    Total: the scientist chooses the weights, and weights that overflow to a non-finite
+    logit for exactly the patients meeting some condition would otherwise make the call
+    fail for them alone, a noise-free yes/no answer about private rows. A patient whose
+    logits are not finite is scored as a fixed, data-independent prediction (probability
+    1/2, or uniform over the classes) with the loss bound as its loss; each patient still
+    moves the same cells, so the release's sensitivity is unchanged.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(tensor_view(features))
+        target = torch.from_numpy(labels)
+        if plan.task == "ehr":
+            logits = logits.reshape(-1)
+            finite = torch.isfinite(logits)
+            logits = torch.where(finite, logits, torch.zeros_like(logits))  # sigmoid(0) = 1/2
+            losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            counts = binary_counts(torch.sigmoid(logits).double().numpy(), labels, edges)
+            return counts, _total_losses(losses, finite)
+        finite = torch.isfinite(logits).all(dim=1)
+        logits = torch.where(finite[:, None], logits, torch.zeros_like(logits))  # uniform
+        losses = F.cross_entropy(logits, target, reduction="none")
+        probs = torch.softmax(logits.double(), dim=1).numpy()
+        return multiclass_counts(probs, labels, edges), _total_losses(losses, finite)
+
+
+def _total_losses(losses: Any, finite: Any) -> np.ndarray:
+    """Per-example losses with the bound for every non-finite example or loss."""
+    out = losses.double().numpy().copy()
+    out[~finite.numpy() | ~np.isfinite(out)] = LOSS_BOUND
+    return out

@@ -1,0 +1,257 @@
+"""The syft surface this hospital does not use, closed inside its datasite process.
+
+syft 0.9.5 gives a caller with no account (a "guest") about 62 endpoints, writes included
+(`code.submit`, `request.submit`, `action.set`, `blob_storage.allocate`, `network.add_peer`,
+`output.create`, notifications); accepts a request with any list of changes from any caller
+(code approvals, READ permissions on private assets, role changes) and applies every one of
+them when an admin approves; and runs the source of a request's custom policy classes inside
+the datasite. A hospital uses a small part of syft, so everything else is refused here,
+before syft's dispatcher sees the call, and every refusal is an audit entry:
+
+- what a caller may call follows from its role: a guest only reads the server's metadata,
+  the data scientist gets what the scientist library uses, the admin everything;
+- a code submission must use the built-in policies the scientist library generates;
+  a custom policy class would run its own code in here, so it never gets in;
+- a request by anyone but the admin is applied only if it holds exactly one change, the
+  approval of its own code; permission and role changes are the admin's alone;
+- every request and code submission is recorded with its requester, the number and kinds
+  of its changes and the SHA-256 of each code it carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from datasites.server.audit_hooks import caller
+from datasites.site.audit import AuditLog
+
+if TYPE_CHECKING:
+    from syft.server.datasite import Datasite
+
+log = logging.getLogger("datasites.guard")
+
+# A caller with no account: enough to see that a datasite answers, nothing else.
+GUEST_PATHS = frozenset({"metadata", "metadata.get_metadata"})
+# What the scientist library calls (measured over a whole study: explore the mocks, submit,
+# status, run, resume), and the reads that go with them. Pointer arithmetic, projects,
+# peers, worker pools, logs, custom API endpoints and account edits are not used.
+SCIENTIST_PATHS = frozenset(
+    {
+        "metadata", "metadata.get_metadata", "user.get_current_user", "settings.welcome_show",
+        "dataset.get_all", "dataset.search", "dataset.get_assets_by_action_id",
+        "action.get", "action.get_mock", "action.set", "action.exists", "action.is_resolved",
+        "action.has_storage_permission", "action.get_pointer",
+        "blob_storage.read", "blob_storage.allocate", "blob_storage.write_to_disk",
+        "blob_storage.mark_write_complete",
+        "code.request_code_execution", "code.call", "code.get_all", "code.get_all_for_user",
+        "code.get_by_id", "code.get_by_service_func_name", "code_status.get_by_uid",
+        "request.submit", "request.get_all", "request.get_by_uid", "request.get_all_approved",
+        "request.get_all_pending", "request.get_all_rejected",
+        "job.get", "job.get_all", "job.get_by_user_code_id",
+        "output.get", "output.get_all", "output.get_by_user_code_id",
+        "output.get_by_output_policy_id", "output.has_output_read_permissions",
+        "notifications.resolve_object", "notifications.get_all", "notifications.get_all_read",
+        "notifications.get_all_unread", "notifications.get_all_sent",
+        "migration._get_object",
+    }
+)  # fmt: skip
+CODE_PATHS = frozenset({"code.request_code_execution", "code.submit"})
+SUBMISSION_PATHS = CODE_PATHS | {"request.submit"}
+MESSAGE_CHARS = 200
+
+
+def _role(worker: Datasite, credentials: Any) -> Any:
+    return worker.get_role_for_credentials(credentials=credentials)
+
+
+def is_admin(role: Any) -> bool:
+    from syft.service.user.user_roles import ServiceRole
+
+    return role.value >= ServiceRole.DATA_OWNER.value
+
+
+def access_refusal(role: Any, path: str, own_server: bool) -> str | None:
+    """Why a caller of `role` may not call `path` here; None when it may."""
+    from syft.service.user.user_roles import ServiceRole
+
+    if is_admin(role):
+        return None
+    if not own_server:
+        return "this datasite forwards no calls to other servers"
+    allowed = SCIENTIST_PATHS if role == ServiceRole.DATA_SCIENTIST else GUEST_PATHS
+    if path in allowed:
+        return None
+    if role == ServiceRole.DATA_SCIENTIST:
+        return f"{path} is not offered to scientists at this hospital"
+    return f"{path} needs an account at this hospital; ask its operator for one"
+
+
+def policy_refusal(code: Any) -> str | None:
+    """Why a submitted code's policies are not the built-in ones the library generates."""
+    from syft.service.code.user_code import SubmitUserCode
+
+    if not isinstance(code, SubmitUserCode):
+        return "code must be submitted as new source (SubmitUserCode), not as a stored object"
+    return builtin_policies_refusal(code)
+
+
+def builtin_policies_refusal(code: Any) -> str | None:
+    """Why a code (submitted or stored) does not use the library's built-in policies."""
+    from syft.service.policy.policy import MixedInputPolicy, OutputPolicyExecuteCount
+
+    if code.input_policy_type is not MixedInputPolicy:
+        return "the code's input policy is not syft's built-in MixedInputPolicy"
+    if code.output_policy_type is not OutputPolicyExecuteCount:
+        return "the code's output policy is not syft's built-in OutputPolicyExecuteCount"
+    return None
+
+
+def _submitted_code(api_call: Any) -> Any:
+    message = api_call.message
+    values = [*message.args, *message.kwargs.values()]
+    return values[0] if values else None
+
+
+def code_digest(source: Any) -> str:
+    return hashlib.sha256(str(source or "").encode("utf-8")).hexdigest()
+
+
+class Guard:
+    """The datasite's gate in front of syft's API dispatcher and request approval."""
+
+    def __init__(self, worker: Datasite, audit: AuditLog) -> None:
+        self.worker = worker
+        self.audit = audit
+
+    def install(self) -> None:
+        original = self.worker.handle_api_call_with_unsigned_result
+
+        def handle(api_call: Any, *args: Any, **kwargs: Any) -> Any:
+            if not hasattr(api_call, "message"):  # unsigned: syft refuses it itself
+                return original(api_call, *args, **kwargs)
+            refusal = self.refusal(api_call)
+            if refusal is not None:
+                from syft.service.response import SyftError
+
+                self._refused(api_call, refusal)
+                return SyftError(message=f"refused by this hospital: {refusal}.")
+            result = original(api_call, *args, **kwargs)
+            self._record_submission(api_call, result)
+            return result
+
+        self.worker.handle_api_call_with_unsigned_result = handle
+        self._guard_apply()
+
+    def refusal(self, api_call: Any) -> str | None:
+        """Why the call is refused before syft sees it; never raises."""
+        try:
+            message = api_call.message
+            role = _role(self.worker, api_call.credentials)
+            path = str(message.path)
+            reason = access_refusal(role, path, message.server_uid == self.worker.id)
+            if reason is None and path in CODE_PATHS and not is_admin(role):
+                reason = policy_refusal(_submitted_code(api_call))
+            return reason
+        except Exception:
+            log.exception("could not check an API call; refused")
+            return "the call could not be checked"
+
+    def _who(self, credentials: Any) -> str:
+        return caller(self.worker, credentials, unknown="guest")[0]
+
+    def _refused(self, api_call: Any, reason: str) -> None:
+        try:
+            path = str(api_call.message.path)[:MESSAGE_CHARS]
+            self.audit.append("refused", layer="guard", path=path,
+                              user=self._who(api_call.credentials), reason=reason)  # fmt: skip
+        except Exception:
+            log.exception("could not write the audit entry for a refused call")
+
+    def _record_submission(self, api_call: Any, result: Any) -> None:
+        """One `request_received` entry per request or code submission, never failing it."""
+        try:
+            path = str(api_call.message.path)
+            if path not in SUBMISSION_PATHS or is_admin(_role(self.worker, api_call.credentials)):
+                return
+            value = getattr(result, "value", result)
+            changes = list(getattr(value, "changes", []) or [])
+            self.audit.append(
+                "request_received", path=path, request=str(getattr(value, "id", "")),
+                user=self._who(api_call.credentials), changes=len(changes),
+                kinds=[type(c).__name__ for c in changes],
+                code_sha256=self._digests(api_call, changes),
+                accepted=not _is_error(result),
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not write the audit entry for a submission")
+
+    def _digests(self, api_call: Any, changes: list[Any]) -> list[str]:
+        code = _submitted_code(api_call)
+        if str(api_call.message.path) in CODE_PATHS and hasattr(code, "code"):
+            return [code_digest(code.code)]
+        digests = []
+        for change in changes:
+            linked = getattr(change, "linked_user_code", None)
+            if linked is not None:
+                digests.append(code_digest(self._raw_code(linked.object_uid)))
+        return digests
+
+    def _raw_code(self, uid: Any) -> str:
+        try:
+            code = self.worker.services.user_code.stash.get_by_uid(
+                credentials=self.worker.verify_key, uid=uid
+            ).unwrap()
+            return str(code.raw_code)
+        except Exception:
+            return ""
+
+    def _guard_apply(self) -> None:
+        """Patch `Request.apply`, the one place syft applies a request's changes."""
+        from syft.service.request.request import Request
+        from syft.types.errors import SyftException
+
+        original = Request.apply
+        if getattr(original, "guarded", False):
+            return
+        guard = self
+
+        def apply(request: Any, context: Any) -> Any:
+            reason = guard.apply_refusal(request, context)
+            if reason is not None:
+                guard.audit.append("refused", layer="guard", path="request.apply",
+                                   request=str(request.id), reason=reason)  # fmt: skip
+                raise SyftException(public_message=f"refused by this hospital: {reason}.")
+            return original(request, context)
+
+        apply.guarded = True  # type: ignore[attr-defined]
+        Request.apply = apply
+
+    def apply_refusal(self, request: Any, context: Any) -> str | None:
+        """Why applying `request` is refused: anything but one code approval, unless the
+        datasite's admin asked for it."""
+        from syft.service.request.request import UserCodeStatusChange
+
+        if is_admin(_role(self.worker, request.requesting_user_verify_key)):
+            return None
+        changes = list(request.changes)
+        kinds = ", ".join(type(c).__name__ for c in changes) or "none"
+        if len(changes) != 1 or type(changes[0]) is not UserCodeStatusChange:
+            return (f"a scientist's request may carry exactly one change, the approval of its "
+                    f"code; this one carries {len(changes)} ({kinds})")  # fmt: skip
+        return self._code_change_refusal(request, changes[0], context)
+
+    def _code_change_refusal(self, request: Any, change: Any, context: Any) -> str | None:
+        code = change.linked_user_code.resolve_with_context(context).unwrap()
+        if code.status_link is None or change.linked_obj.object_uid != code.status_link.object_uid:
+            return "the change approves the status of another code than the one it names"
+        if code.user_verify_key != request.requesting_user_verify_key:
+            return "the code was submitted by another user than the requester"
+        return builtin_policies_refusal(code)
+
+
+def _is_error(result: Any) -> bool:
+    from syft.service.response import SyftError
+
+    return isinstance(result, SyftError)

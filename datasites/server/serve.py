@@ -1,0 +1,126 @@
+"""Serve one hospital datasite in this process, on loopback only.
+
+syft's own `orchestra.launch` listens on 0.0.0.0 by default, forks a second process, keeps
+state in /tmp, and in non-dev mode gives the server a new random identity on every start
+(so nothing survives a restart). Here the hospital builds its `Datasite` itself: a fixed
+uid and signing key from `identity.json`, state under the hospital's own folder, the root
+login from the hospital's secrets, and uvicorn bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from datasites.server.admin_key import forget_admin_key
+from datasites.server.audit_hooks import audit_api_calls, audit_auth_routes
+from datasites.server.guard import Guard
+from datasites.server.rotate import apply_pending_rotation
+from datasites.server.syft_fixes import apply_all as apply_syft_fixes
+from datasites.site.audit import AuditLog
+from datasites.site.identity import Identity
+from datasites.site.paths import HOSPITAL_ROOT_ENV, HospitalConfig
+from datasites.site.permissions import PRIVATE_UMASK, record_widened, secure_hospital_folder
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from syft.server.datasite import Datasite
+
+API_PREFIX = "/api/v2"
+logger = logging.getLogger(__name__)
+
+
+def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
+    """Create (or reopen) the hospital's syft Datasite from its persisted identity."""
+    config.syft_dir.mkdir(parents=True, exist_ok=True)
+    apply_syft_fixes()
+    # syft resolves its state folder as tempdir / SYFT_TEMP_ROOT / uid; an absolute root
+    # wins the join, which puts the database and blobs under the hospital's folder.
+    os.environ["SYFT_TEMP_ROOT"] = str(config.syft_dir)
+    from syft.server.credentials import SyftSigningKey
+    from syft.server.datasite import Datasite
+    from syft.types.uid import UID
+
+    return Datasite(
+        name=config.name,
+        id=UID.from_string(identity.server_uid),
+        signing_key=SyftSigningKey.from_string(identity.signing_key),
+        root_email=identity.admin_email,
+        root_username=f"{config.name} operator",
+        root_password=identity.admin_password,
+        processes=1,
+        in_memory_workers=True,
+        deployment_type="remote",
+        reset=False,
+    )
+
+
+def database_path(config: HospitalConfig, identity: Identity) -> Path:
+    """The SQLite file `build_worker`'s Datasite opens: syft's default layout under
+    SYFT_TEMP_ROOT, `<syft>/<uid>/db/<uid>_json.db`."""
+    from syft.types.uid import UID
+
+    uid = str(UID.from_string(identity.server_uid))
+    return config.syft_dir / uid / "db" / f"{uid}_json.db"
+
+
+def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
+    """The HTTP API a syft client talks to, without syft's allow-all CORS policy or API docs;
+    with an audit log, the unused syft surface is closed (`datasites.server.guard`), and
+    refused calls, logins, registrations and new requests are recorded."""
+    from fastapi import APIRouter, FastAPI
+    from syft.server.routes import make_routes
+    from syft.server.uvicorn import get_lifetime
+
+    # No /docs, /redoc or /openapi.json: a map of the API helps nobody the hospital serves.
+    app = FastAPI(title=worker.name, lifespan=get_lifetime(worker=worker), docs_url=None,
+                  redoc_url=None, openapi_url=None)  # fmt: skip
+    router = APIRouter()
+    router.include_router(make_routes(worker=worker))
+    app.include_router(router, prefix=API_PREFIX)
+    if audit is not None:
+        audit_api_calls(worker, audit)  # syft's own refusals (inner)
+        Guard(worker, audit).install()  # what syft would allow but this hospital does not
+        audit_auth_routes(app, worker, audit, API_PREFIX)
+    return app
+
+
+def serve(config: HospitalConfig) -> None:
+    """Run the datasite until SIGINT/SIGTERM, then stop it cleanly."""
+    import uvicorn
+
+    # Everything syft writes later (database, WAL, blobs) is owner-only from the start.
+    os.umask(PRIVATE_UMASK)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secure_store(config)
+    identity = Identity.load_or_create(config.identity_path, config.name)
+    os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
+    if apply_pending_rotation(config, identity, database_path(config, identity)):
+        logger.info("%s: new signing keys and passwords applied", config.name)
+    worker = build_worker(config, identity)
+    forget_admin_key(worker, database_path(config, identity))
+    # syft sets the root logger to CRITICAL while building the server; the runtime's
+    # incident reports and per-round lines are for the operator, so keep them.
+    logging.getLogger("datasites").setLevel(logging.INFO)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    uvicorn.run(
+        build_app(worker, AuditLog.open(config.root)),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def secure_store(config: HospitalConfig) -> None:
+    """Make the hospital's folder owner-only; if it was not, say so and audit it."""
+    widened = secure_hospital_folder(config.root)
+    if widened:
+        logger.warning(
+            "%s: %d files of its store were readable by other users; they are private now, "
+            "but rotate its keys (python -m datasites rotate-keys --hospital %s)",
+            config.name, len(widened), config.name,
+        )  # fmt: skip
+        record_widened(config.root, widened)
