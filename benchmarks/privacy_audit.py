@@ -1,4 +1,4 @@
-"""The canary audit of the suite (`tests/test_privacy_audit.py`) at a larger scale.
+"""The canary audit of the suite (`tests/unit/test_privacy_audit.py`) at a larger scale.
 
 `python benchmarks/privacy_audit.py [--runs 4000] [--sigmas 0.5 1 2 4]`
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasites.privacy.accounting import DpEvent, epsilon  # noqa: E402
-from tests.test_privacy_audit import DELTA, empirical_epsilon  # noqa: E402
+from tests.unit.test_privacy_audit import DELTA, empirical_epsilon  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

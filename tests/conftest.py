@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -28,6 +30,16 @@ epsilon_cap = {SESSION_CAP}
 [study]
 max_epsilon = 100.0
 """
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder: `-m "not integration and not security"` runs the unit
+    tests alone, in about a minute."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("integration", "security"):
+            if marker in parts:
+                item.add_marker(marker)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,6 +119,23 @@ def run_launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
     return subprocess.run(
         launch_command(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout
     )
+
+
+def launch_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """launch.py's `main` in this process, for inputs it refuses before starting anything:
+    the same exit code and output as `run_launch`, without a second interpreter."""
+    import launch
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = launch.main(list(args))
+    except SystemExit as exit_:  # argparse refuses with exit code 2
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:  # main installs handlers that turn Ctrl-C into its own exception
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

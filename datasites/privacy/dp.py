@@ -15,7 +15,7 @@ each layer's input and output gradient in one backward pass that skips the batch
 gradients, takes per-example norms of linear layers without materialising them ("ghost
 norms", Goodfellow 2015; Li et al., 2022), gets per-example convolution gradients from one
 grouped convolution backward with the batch as groups, and forms the clipped sum directly
-(book-keeping, Bu et al., 2023). `tests/test_dp.py` proves it equal to one-example-at-a-time
+(book-keeping, Bu et al., 2023). `tests/unit/test_dp.py` proves it equal to one-example-at-a-time
 microbatching. Opacus remains the source of truth for what it is best at: the validator that
 admits a model, and the accountants.
 """

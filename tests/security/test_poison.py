@@ -29,7 +29,7 @@ from datasites.governance.operator import Operator
 from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
 from tests.conftest import Launch, admin_login, start_launch
-from tests.test_total import condition_weights
+from tests.unit.test_total import condition_weights
 
 HOSPITAL = "hospital-a"
 STUDIES = 2  # studies each way, each of ROUNDS calls (a training round and an evaluation)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 
@@ -306,18 +305,6 @@ def test_bad_inputs_are_refused(scores: np.ndarray, labels: np.ndarray, message:
         binary_counts(scores, labels)
 
     assert message in str(error.value)
-
-
-def test_the_two_rooms_do_not_import_each_other() -> None:
-    def imports(path: Path) -> set[str]:
-        tree = ast.parse(path.read_text())
-        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        return {name.split(".")[0] for name in names}
-
-    assert "datasites" not in imports(REPO / "scientist" / "metrics.py")
-    for name in ("accounting.py", "ledger.py", "evaluation.py"):
-        assert "scientist" not in imports(REPO / "datasites" / name)
 
 
 def test_accuracy_from_noised_confusion_is_unbiased() -> None:

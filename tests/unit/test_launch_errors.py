@@ -1,4 +1,9 @@
-"""Bad input to launch.py: one clear sentence, and nothing left running or half-written."""
+"""Bad input to launch.py: one clear sentence, and nothing left running or half-written.
+
+These inputs are refused before any process starts, so launch.py's `main` runs in this
+process (`launch_in_process`); the refusal that needs a started datasite is in
+tests/integration/test_launch_failure.py.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,11 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from synthetic.ehr import generate_ehr
 from synthetic.pathology import generate_pathmnist
-from tests.conftest import run_launch
+from tests.conftest import launch_in_process as run_launch
 
 BASE_PORT = 18381
 
@@ -98,26 +102,6 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
 def test_missing_input_file(tmp_path: Path) -> None:
     result = run_launch(*args(tmp_path / "d", "--ehr-csv", str(tmp_path / "nope.csv")))
     assert_refused(result, "nope.csv", "does not exist")
-
-
-def test_a_datasite_that_fails_to_start_stops_the_rest(tmp_path: Path) -> None:
-    data_dir = tmp_path / "d"
-    broken = data_dir / "hospital-b" / "identity.json"
-    broken.parent.mkdir(parents=True)
-    broken.write_text(json.dumps({
-        "server_uid": "0" * 32, "signing_key": "not-a-key", "admin_email": "a@b.org",
-        "admin_password": "x" * 30, "scientist_email": "s@b.org", "scientist_password": "y" * 30,
-    }))  # fmt: skip
-    result = run_launch(*args(data_dir))
-    assert_refused(result, "hospital-b", "datasite.log", code=1)
-    assert "stopped." in result.stdout
-    listening = [
-        c
-        for c in psutil.net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port in (BASE_PORT, BASE_PORT + 1)
-    ]
-    assert not listening
-    assert not (data_dir / "credentials.json").exists()
 
 
 def test_relaunch_with_other_data_options_is_refused(tmp_path: Path) -> None:
