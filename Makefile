@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements.stamp
+INSTALLED := $(VENV)/.project.stamp
 RUFF := $(BIN)/ruff
 
 .PHONY: venv demo test lint format clean
@@ -14,19 +15,27 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	cp requirements.txt $(STAMP)
 
-venv: $(STAMP)
+# This project itself, editable and without dependencies (they are pinned above), so that
+# `python -m datasites` finds its packages from any directory with no PYTHONPATH.
+$(INSTALLED): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(INSTALLED)
 
-demo: $(STAMP)
+venv: $(INSTALLED)
+
+demo: $(INSTALLED)
 	$(BIN)/python launch.py --demo --reset
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=20
+test: $(INSTALLED)
+	$(BIN)/python -m pytest --durations=20
 
-lint: $(STAMP)
+# ruff, then the import rules between the rooms (pyproject.toml, ARCHITECTURE.md).
+lint: $(INSTALLED)
 	$(RUFF) check .
 	$(RUFF) format --check .
+	$(BIN)/lint-imports --no-cache
 
-format: $(STAMP)
+format: $(INSTALLED)
 	$(RUFF) check --fix .
 	$(RUFF) format .
 

@@ -36,10 +36,16 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
     p.add_argument("--auto-approve", action="store_true", help=watch_help)
     a = p.parse_args(argv)
     settings = LaunchSettings(
-        hospitals=a.hospitals, base_port=a.base_port, data_dir=a.data_dir, reset=a.reset,
-        scale=a.scale, ehr_csv=a.ehr_csv, pathmnist_npz=a.pathmnist_npz, seed=a.seed,
+        hospitals=a.hospitals,
+        base_port=a.base_port,
+        data_dir=a.data_dir,
+        reset=a.reset,
+        scale=a.scale,
+        ehr_csv=a.ehr_csv,
+        pathmnist_npz=a.pathmnist_npz,
+        seed=a.seed,
         alpha=a.alpha,
-    )  # fmt: skip
+    )
     return settings, a.demo, a.auto_approve
 
 

@@ -34,25 +34,40 @@ STUDIES = {  # name: (epsilon, n, batch_size, local_epochs, rounds, evaluations)
 def main() -> None:
     warnings.filterwarnings("ignore", message="Optimal order is the")
     for name, (eps, n, batch, epochs, rounds, evaluations) in STUDIES.items():
-        kwargs = dict(epsilon=eps, delta=DELTA, n=n, batch_size=batch, local_epochs=epochs,
-                      rounds=rounds, evaluations=evaluations, eval_share=EVAL_SHARE)  # fmt: skip
+        kwargs = dict(
+            epsilon=eps,
+            delta=DELTA,
+            n=n,
+            batch_size=batch,
+            local_epochs=epochs,
+            rounds=rounds,
+            evaluations=evaluations,
+            eval_share=EVAL_SHARE,
+        )
         started = time.perf_counter()
         pld = calibrate_study(**kwargs)
         seconds = time.perf_counter() - started
         rdp = calibrate_study(**kwargs, accountant="rdp")
         saving = 1 - pld.train.noise_multiplier / rdp.train.noise_multiplier
-        print(json.dumps({
-            "benchmark": "accounting", "study": name, "epsilon": eps, "n": n,
-            "sigma_train_pld": round(pld.train.noise_multiplier, 4),
-            "sigma_train_rdp": round(rdp.train.noise_multiplier, 4),
-            "train_noise_saving": round(saving, 4),
-            "sigma_eval_pld": round(pld.evaluation.noise_multiplier, 3),
-            "sigma_eval_rdp": round(rdp.evaluation.noise_multiplier, 3),
-            "pld_study_pld_epsilon": round(pld.total_epsilon(DELTA), 4),
-            "pld_study_rdp_epsilon": round(pld.total_epsilon(DELTA, accountant="rdp"), 4),
-            "rdp_study_pld_epsilon": round(rdp.total_epsilon(DELTA), 4),
-            "pld_calibration_s": round(seconds, 2),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": "accounting",
+                    "study": name,
+                    "epsilon": eps,
+                    "n": n,
+                    "sigma_train_pld": round(pld.train.noise_multiplier, 4),
+                    "sigma_train_rdp": round(rdp.train.noise_multiplier, 4),
+                    "train_noise_saving": round(saving, 4),
+                    "sigma_eval_pld": round(pld.evaluation.noise_multiplier, 3),
+                    "sigma_eval_rdp": round(rdp.evaluation.noise_multiplier, 3),
+                    "pld_study_pld_epsilon": round(pld.total_epsilon(DELTA), 4),
+                    "pld_study_rdp_epsilon": round(pld.total_epsilon(DELTA, accountant="rdp"), 4),
+                    "rdp_study_pld_epsilon": round(rdp.total_epsilon(DELTA), 4),
+                    "pld_calibration_s": round(seconds, 2),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

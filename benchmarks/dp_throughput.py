@@ -107,8 +107,10 @@ def _noise_cost(steps: int) -> dict[str, float]:
         for _ in range(steps * 20):
             draw()
         spent[name] = (time.perf_counter() - started) / 20
-    return {"noise_s_per_epoch_single": round(spent["single"], 4),
-            "noise_s_per_epoch_secure": round(spent["secure"], 4)}  # fmt: skip
+    return {
+        "noise_s_per_epoch_single": round(spent["single"], 4),
+        "noise_s_per_epoch_secure": round(spent["secure"], 4),
+    }
 
 
 def _measure(trainers: dict[str, Callable[[], None]], seconds: float) -> dict[str, list[float]]:

@@ -31,10 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         found = empirical_epsilon(sigma, runs=args.runs)
         claimed = epsilon([DpEvent(noise_multiplier=sigma, sample_rate=1.0, steps=1)], DELTA)
-        line = {"benchmark": "privacy_audit", "sigma": sigma, "runs": args.runs,
-                "delta": DELTA, "empirical_epsilon_lower_bound": round(found, 3),
-                "claimed_epsilon": round(claimed, 3), "met": found <= claimed,
-                "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        line = {
+            "benchmark": "privacy_audit",
+            "sigma": sigma,
+            "runs": args.runs,
+            "delta": DELTA,
+            "empirical_epsilon_lower_bound": round(found, 3),
+            "claimed_epsilon": round(claimed, 3),
+            "met": found <= claimed,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         print(json.dumps(line), flush=True)
     return 0
 

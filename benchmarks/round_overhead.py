@@ -29,9 +29,19 @@ sys.path.insert(0, str(REPO))
 
 
 def launch(args: argparse.Namespace, data_dir: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, str(REPO / "launch.py"), "--hospitals", str(args.hospitals),
-               "--base-port", str(args.base_port), "--data-dir", str(data_dir),
-               "--scale", args.scale, "--reset"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "launch.py"),
+        "--hospitals",
+        str(args.hospitals),
+        "--base-port",
+        str(args.base_port),
+        "--data-dir",
+        str(data_dir),
+        "--scale",
+        args.scale,
+        "--reset",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -45,9 +55,15 @@ def federated_rounds(args: argparse.Namespace, data_dir: Path) -> tuple[Any, lis
     from scientist import DPConfig, Federation, StudyConfig
 
     fed = Federation.connect(data_dir, workdir=data_dir / "bench-studies")
-    config = StudyConfig(task=args.task, rounds=args.rounds, local_epochs=args.local_epochs,
-                         batch_size=args.batch_size, lr=args.lr, eval_every=args.rounds,
-                         dp=DPConfig(epsilon=args.epsilon))  # fmt: skip
+    config = StudyConfig(
+        task=args.task,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.rounds,
+        dp=DPConfig(epsilon=args.epsilon),
+    )
     study = fed.submit(config)
     for hospital, request_id in study.requests.items():
         Operator.open(data_dir, hospital).approve(request_id)
@@ -84,9 +100,13 @@ def sequential_round(args: argparse.Namespace, data_dir: Path, study: Any) -> fl
             train = pathmnist_assets(read_pathmnist(config), hospital)[0].private
             features, labels = encode_images(train["images"], train["labels"])
         record = Ledger(config.root / "ledger.sqlite").study(study.id)
-        spec = TrainSpec(batch_size=record.batch_size, lr=record.lr,
-                         local_epochs=record.local_epochs, max_grad_norm=record.max_grad_norm,
-                         noise_multiplier=record.noise_multiplier)  # fmt: skip
+        spec = TrainSpec(
+            batch_size=record.batch_size,
+            lr=record.lr,
+            local_epochs=record.local_epochs,
+            max_grad_norm=record.max_grad_norm,
+            noise_multiplier=record.noise_multiplier,
+        )
         model = build_model(study.config.model, **study.config.model_kwargs)
         load_weights(model, weights)
         started = time.perf_counter()
@@ -105,8 +125,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1.0)
     p.add_argument("--epsilon", type=float, default=3.0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of the sequential run (1, as in each datasite)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the sequential run (1, as in each datasite)",
+    )
     p.add_argument("--base-port", type=int, default=8181)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="round-overhead-") as tmp:
@@ -119,14 +143,23 @@ def main() -> int:
             proc.wait(120)
         sequential = sequential_round(args, data_dir, study)
     federated = statistics.median(rounds)
-    print(json.dumps({
-        "benchmark": "round_overhead", "task": args.task, "scale": args.scale,
-        "hospitals": args.hospitals, "local_epochs": args.local_epochs,
-        "federated_round_s": round(federated, 2),
-        "federated_rounds_s": [round(r, 2) for r in rounds],
-        "sequential_round_s": round(sequential, 2), "ratio": round(federated / sequential, 3),
-        "target": 1.10, "met": federated / sequential <= 1.10,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "round_overhead",
+                "task": args.task,
+                "scale": args.scale,
+                "hospitals": args.hospitals,
+                "local_epochs": args.local_epochs,
+                "federated_round_s": round(federated, 2),
+                "federated_rounds_s": [round(r, 2) for r in rounds],
+                "sequential_round_s": round(sequential, 2),
+                "ratio": round(federated / sequential, 3),
+                "target": 1.10,
+                "met": federated / sequential <= 1.10,
+            }
+        )
+    )
     return 0
 
 

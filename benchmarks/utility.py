@@ -68,34 +68,86 @@ LAUNCH_TIMEOUT = 1800.0
 # full scale on the standardized features (datasites.contract.ehr_reference); small scale reuses it.
 FEDERATED = {
     "small": {
-        "ehr": dict(model="ehr_logistic", rounds=10, local_epochs=1, batch_size=512, lr=0.5,
-                    max_grad_norm=1.0, hidden=[8], momentum=0.0, server_momentum=0.0,
-                    server_lr=1.0),
-        "pathmnist": dict(rounds=20, local_epochs=1, batch_size=256, lr=2.0, max_grad_norm=1.0,
-                          width=16, momentum=0.0, server_momentum=0.0, server_lr=1.0),
+        "ehr": dict(
+            model="ehr_logistic",
+            rounds=10,
+            local_epochs=1,
+            batch_size=512,
+            lr=0.5,
+            max_grad_norm=1.0,
+            hidden=[8],
+            momentum=0.0,
+            server_momentum=0.0,
+            server_lr=1.0,
+        ),
+        "pathmnist": dict(
+            rounds=20,
+            local_epochs=1,
+            batch_size=256,
+            lr=2.0,
+            max_grad_norm=1.0,
+            width=16,
+            momentum=0.0,
+            server_momentum=0.0,
+            server_lr=1.0,
+        ),
     },
     "full": {
-        "ehr": dict(model="ehr_logistic", rounds=10, local_epochs=1, batch_size=512, lr=0.5,
-                    max_grad_norm=1.0, hidden=[8], momentum=0.0, server_momentum=0.0,
-                    server_lr=1.0),
-        "pathmnist": dict(rounds=200, local_epochs=1, local_steps=5, batch_size=256, lr=0.2,
-                          max_grad_norm=1.0, width=16, momentum=0.9, server_momentum=0.0,
-                          server_lr=1.0, average_decay=0.9),
+        "ehr": dict(
+            model="ehr_logistic",
+            rounds=10,
+            local_epochs=1,
+            batch_size=512,
+            lr=0.5,
+            max_grad_norm=1.0,
+            hidden=[8],
+            momentum=0.0,
+            server_momentum=0.0,
+            server_lr=1.0,
+        ),
+        "pathmnist": dict(
+            rounds=200,
+            local_epochs=1,
+            local_steps=5,
+            batch_size=256,
+            lr=0.2,
+            max_grad_norm=1.0,
+            width=16,
+            momentum=0.9,
+            server_momentum=0.0,
+            server_lr=1.0,
+            average_decay=0.9,
+        ),
     },
-}  # fmt: skip
-FEDERATED_KEYS = ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "max_grad_norm",
-                  "momentum", "server_momentum", "server_lr", "average_decay", "model")  # fmt: skip
+}
+FEDERATED_KEYS = (
+    "rounds",
+    "local_epochs",
+    "local_steps",
+    "batch_size",
+    "lr",
+    "max_grad_norm",
+    "momentum",
+    "server_momentum",
+    "server_lr",
+    "average_decay",
+    "model",
+)
 # The non-private baseline: Adam at its usual rate. PathMNIST trains a fixed number of epochs,
 # chosen where the test metric had plateaued in tuning. For EHR, `epochs` is the most each
 # candidate may train: the count is chosen on a validation share of the train union
 # (`validated_epochs`), because on standardized features the MLPs overfit within a few epochs
 # while the logistic model is still improving.
 CENTRALIZED = {
-    "small": {"ehr": dict(epochs=30, batch_size=128, lr=1e-3),
-              "pathmnist": dict(epochs=10, batch_size=128, lr=1e-3)},
-    "full": {"ehr": dict(epochs=30, batch_size=256, lr=1e-3),
-             "pathmnist": dict(epochs=4, batch_size=128, lr=1e-3)},
-}  # fmt: skip
+    "small": {
+        "ehr": dict(epochs=30, batch_size=128, lr=1e-3),
+        "pathmnist": dict(epochs=10, batch_size=128, lr=1e-3),
+    },
+    "full": {
+        "ehr": dict(epochs=30, batch_size=256, lr=1e-3),
+        "pathmnist": dict(epochs=4, batch_size=128, lr=1e-3),
+    },
+}
 
 
 def log(message: str) -> None:
@@ -193,14 +245,32 @@ class Launch:
 
     def start(self) -> None:
         a = self.args
-        command = [sys.executable, "-u", str(REPO / "launch.py"), "--hospitals", str(a.hospitals),
-                   "--scale", a.scale, "--base-port", str(a.base_port), "--data-dir",
-                   str(a.data_dir), "--seed", str(a.seed), "--reset"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-u",
+            str(REPO / "launch.py"),
+            "--hospitals",
+            str(a.hospitals),
+            "--scale",
+            a.scale,
+            "--base-port",
+            str(a.base_port),
+            "--data-dir",
+            str(a.data_dir),
+            "--seed",
+            str(a.seed),
+            "--reset",
+        ]
         log("starting: " + " ".join(command[2:]))
         self.process = subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True,
-        )  # fmt: skip
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
         self._reader.start()
@@ -315,8 +385,9 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def predict(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        chunks = [model(torch.from_numpy(features[i : i + 4096]))
-                  for i in range(0, len(features), 4096)]  # fmt: skip
+        chunks = [
+            model(torch.from_numpy(features[i : i + 4096])) for i in range(0, len(features), 4096)
+        ]
     return torch.cat(chunks).numpy()
 
 
@@ -347,10 +418,15 @@ def binned_auroc(model: torch.nn.Module, test: tuple[np.ndarray, np.ndarray]) ->
 # --- centralized, non-private --------------------------------------------------------------------
 
 
-def centralized(task: str, model_name: str, kwargs: dict[str, Any], settings: dict[str, Any],
-                train: tuple[np.ndarray, np.ndarray], seed: int,
-                on_epoch: Callable[[torch.nn.Module], None] | None = None,
-                ) -> torch.nn.Module:  # fmt: skip
+def centralized(
+    task: str,
+    model_name: str,
+    kwargs: dict[str, Any],
+    settings: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    on_epoch: Callable[[torch.nn.Module], None] | None = None,
+) -> torch.nn.Module:
     """Plain training on the union: Adam, mean loss, shuffled batches, no clipping or noise.
     `on_epoch` sees the model after every epoch (in eval mode)."""
     torch.manual_seed(seed)
@@ -375,16 +451,23 @@ def centralized(task: str, model_name: str, kwargs: dict[str, Any], settings: di
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        log(f"  centralized {task} epoch {epoch + 1}/{settings['epochs']}: "
-            f"train loss {total / len(y):.4f}")  # fmt: skip
+        log(
+            f"  centralized {task} epoch {epoch + 1}/{settings['epochs']}: "
+            f"train loss {total / len(y):.4f}"
+        )
         if on_epoch is not None:
             on_epoch(model.eval())
     return model.eval()
 
 
-def validated_epochs(task: str, model_name: str, kwargs: dict[str, Any],
-                     settings: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
-                     seed: int) -> int:  # fmt: skip
+def validated_epochs(
+    task: str,
+    model_name: str,
+    kwargs: dict[str, Any],
+    settings: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> int:
     """The epoch count (up to settings["epochs"]) with the best metric on a validation share
     held out of the train union: the baseline stops where it would stop in practice, and
     the test split is never looked at to choose it."""
@@ -400,9 +483,13 @@ def validated_epochs(task: str, model_name: str, kwargs: dict[str, Any],
     return int(np.argmax(scores)) + 1
 
 
-def ehr_baselines(settings: dict[str, Any], federated_settings: dict[str, Any],
-                  train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                  seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+def ehr_baselines(
+    settings: dict[str, Any],
+    federated_settings: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> dict[str, dict[str, Any]]:
     """Every centralized EHR candidate, each trained on the whole train union for its
     validated number of epochs: the baseline's MLP, the zoo's default MLP and the federated
     study's own model. The target gap is taken against the strongest of them."""
@@ -426,8 +513,15 @@ def ehr_baselines(settings: dict[str, Any], federated_settings: dict[str, Any],
 # --- federated, through the real stack ------------------------------------------------------------
 
 
-def federated(fed: Any, operators: dict[str, Any], task: str, settings: dict[str, Any],
-              epsilon: float, data_dir: Path, seed: int) -> dict[str, Any]:  # fmt: skip
+def federated(
+    fed: Any,
+    operators: dict[str, Any],
+    task: str,
+    settings: dict[str, Any],
+    epsilon: float,
+    data_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
     """Submit, approve at every hospital, run; the result and what each hospital charged."""
     from datasites.privacy.ledger import Ledger
     from scientist import DPConfig, StudyConfig
@@ -473,8 +567,12 @@ def federated(fed: Any, operators: dict[str, Any], task: str, settings: dict[str
     for hospital in study.requests:
         record = Ledger(data_dir / hospital / "ledger.sqlite").study(study.id)
         sigmas[hospital] = round(record.noise_multiplier, 3) if record else None
-    return {"result": result, "seconds": seconds, "noise_multipliers": sigmas,
-            "epsilon_spent": max(h.get("epsilon", 0.0) for h in result.history)}  # fmt: skip
+    return {
+        "result": result,
+        "seconds": seconds,
+        "noise_multipliers": sigmas,
+        "epsilon_spent": max(h.get("epsilon", 0.0) for h in result.history),
+    }
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -495,22 +593,30 @@ def run(args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
         tests = {task: union(data[task]["test"]) for task in args.tasks}
         trains = {task: union(data[task]["train"]) for task in args.tasks}
         for task in args.tasks:
-            log(f"{task}: {len(trains[task][1]):,} train and {len(tests[task][1]):,} test rows "
-                f"over {len(data[task]['train'])} hospitals")  # fmt: skip
+            log(
+                f"{task}: {len(trains[task][1]):,} train and {len(tests[task][1]):,} test rows "
+                f"over {len(data[task]['train'])} hospitals"
+            )
 
         central_metrics: dict[str, Any] = {}
         for task in args.tasks:
             log(f"centralized {task}: {args.centralized[task]}")
             mark = time.perf_counter()
             if task == "ehr":
-                candidates = ehr_baselines(args.centralized["ehr"], args.federated["ehr"],
-                                           trains["ehr"], tests["ehr"], args.seed)  # fmt: skip
+                candidates = ehr_baselines(
+                    args.centralized["ehr"],
+                    args.federated["ehr"],
+                    trains["ehr"],
+                    tests["ehr"],
+                    args.seed,
+                )
                 central_metrics["ehr_candidates"] = candidates
                 central_metrics["ehr"] = max(c["auroc"] for c in candidates.values())
             else:
                 kwargs = model_kwargs(task, args.federated[task])
-                model = centralized(task, "pathmnist_cnn", kwargs, args.centralized[task],
-                                    trains[task], args.seed)  # fmt: skip
+                model = centralized(
+                    task, "pathmnist_cnn", kwargs, args.centralized[task], trains[task], args.seed
+                )
                 central_metrics[task] = exact_metric(task, model, tests[task])
             seconds[f"centralized_{task}"] = time.perf_counter() - mark
             log(f"centralized {task}: {central_metrics[task]:.4f}")
@@ -525,22 +631,37 @@ def run(args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
         for task in args.tasks:
             epsilon = EHR_EPSILON if task == "ehr" else PATH_EPSILON
             log(f"federated {task}: {args.federated[task]}, epsilon {epsilon}")
-            outcome = federated(fed, operators, task, args.federated[task], epsilon,
-                                args.data_dir, args.seed)  # fmt: skip
+            outcome = federated(
+                fed, operators, task, args.federated[task], epsilon, args.data_dir, args.seed
+            )
             seconds[f"federated_{task}"] = outcome["seconds"]
             exact = exact_metric(task, outcome["result"].model, tests[task])
             if task == "ehr":
                 outcome["binned_auroc"] = binned_auroc(outcome["result"].model, tests[task])
             log(f"federated {task}: exact {exact:.4f} in {outcome['seconds']:.0f} s")
-            report[task] = task_report(task, args, central_metrics, exact, outcome,
-                                       len(trains[task][1]), len(tests[task][1]))  # fmt: skip
+            report[task] = task_report(
+                task,
+                args,
+                central_metrics,
+                exact,
+                outcome,
+                len(trains[task][1]),
+                len(tests[task][1]),
+            )
     finally:
         launch.stop()
     return report
 
 
-def task_report(task: str, args: argparse.Namespace, central: dict[str, float], exact: float,
-                outcome: dict[str, Any], n_train: int, n_test: int) -> dict[str, Any]:  # fmt: skip
+def task_report(
+    task: str,
+    args: argparse.Namespace,
+    central: dict[str, float],
+    exact: float,
+    outcome: dict[str, Any],
+    n_train: int,
+    n_test: int,
+) -> dict[str, Any]:
     noised = outcome["result"].metrics
     common = {
         "epsilon": EHR_EPSILON if task == "ehr" else PATH_EPSILON,

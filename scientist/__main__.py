@@ -33,8 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--momentum", type=float, default=0.0, help="hospitals' local momentum")
     run.add_argument("--server-lr", type=float, default=1.0, help="FedAvgM server step")
     run.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM beta")
-    run.add_argument("--average-decay", type=float, default=0.0,
-                     help="final model: moving average of the global weights")  # fmt: skip
+    run.add_argument(
+        "--average-decay",
+        type=float,
+        default=0.0,
+        help="final model: moving average of the global weights",
+    )
     run.add_argument("--out", type=Path, help="output folder (default: <workdir>/<study>/report)")
     run.add_argument(
         "--wait-approval",
@@ -75,12 +79,19 @@ def run(args: argparse.Namespace) -> int:
     from scientist.federation import Federation
 
     config = StudyConfig(
-        task=args.task, model=args.model, rounds=args.rounds, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        local_steps=args.local_steps, server_lr=args.server_lr,
-        server_momentum=args.server_momentum, average_decay=args.average_decay,
+        task=args.task,
+        model=args.model,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        local_steps=args.local_steps,
+        server_lr=args.server_lr,
+        server_momentum=args.server_momentum,
+        average_decay=args.average_decay,
         dp=DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm),
-    )  # fmt: skip
+    )
     fed = Federation.connect(args.federation)
     study = fed.submit(config)
     print(f"submitted {study.id} to {', '.join(fed.hospitals)}; waiting for approval ...")

@@ -27,8 +27,9 @@ DEFAULT_BINS = 10
 THRESHOLD = 0.5  # the decision threshold of the binary metrics is always an edge
 
 
-def quantile_edges(scores: np.ndarray, bins: int = DEFAULT_BINS,
-                   threshold: float | None = None) -> np.ndarray:  # fmt: skip
+def quantile_edges(
+    scores: np.ndarray, bins: int = DEFAULT_BINS, threshold: float | None = None
+) -> np.ndarray:
     """Edges 0 < q_1 < ... < 1 at the scores' quantiles, plus `threshold` if given.
 
     Tied quantiles collapse into one edge; the result never exceeds MAX_BINS bins.

@@ -64,8 +64,13 @@ class Checkpoint:
             weights = {k[2:]: data[k] for k in data.files if k.startswith("w/")}
             momentum = {k[2:]: data[k] for k in data.files if k.startswith("m/")}
             average = {k[2:]: data[k] for k in data.files if k.startswith("a/")}
-        return cls(next_round=meta["next_round"], weights=weights, history=meta["history"],
-                   momentum=momentum, average=average)  # fmt: skip
+        return cls(
+            next_round=meta["next_round"],
+            weights=weights,
+            history=meta["history"],
+            momentum=momentum,
+            average=average,
+        )
 
 
 def save_study(folder: Path, record: dict[str, Any]) -> None:

@@ -20,14 +20,32 @@ from scientist.study import Study
 DEMO_STUDIES = (
     # The logistic model: at epsilon 1 on the demo's 2,000 patients per hospital, ehr_mlp
     # (64, 32) did not learn (exact AUROC 0.52-0.55); ehr_logistic reached 0.62-0.64.
-    StudyConfig(task="ehr", model="ehr_logistic", rounds=6, local_epochs=1, batch_size=256,
-                lr=0.5, eval_every=3, dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0)),
+    StudyConfig(
+        task="ehr",
+        model="ehr_logistic",
+        rounds=6,
+        local_epochs=1,
+        batch_size=256,
+        lr=0.5,
+        eval_every=3,
+        dp=DPConfig(epsilon=1.0, delta=1e-5, max_grad_norm=1.0),
+    ),
     # Short rounds: each hospital has its own stain and class mix, and a whole local epoch
     # pulls the shared model toward it; 5 steps between averages keep the hospitals together.
-    StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=16, local_epochs=1,
-                local_steps=5, batch_size=128, lr=0.2, momentum=0.9, average_decay=0.7,
-                eval_every=16, dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0)),
-)  # fmt: skip
+    StudyConfig(
+        task="pathmnist",
+        model="pathmnist_cnn",
+        rounds=16,
+        local_epochs=1,
+        local_steps=5,
+        batch_size=128,
+        lr=0.2,
+        momentum=0.9,
+        average_decay=0.7,
+        eval_every=16,
+        dp=DPConfig(epsilon=3.0, delta=1e-5, max_grad_norm=1.0),
+    ),
+)
 
 
 def explore(fed: Federation, data_dir: Path) -> Path:
@@ -37,8 +55,11 @@ def explore(fed: Federation, data_dir: Path) -> Path:
     with pd.option_context("display.width", 120):
         print(table.to_string(index=False))
     ehr = next(iter(fed.mock("ehr").values()))
-    print(f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
-          + ", ".join(ehr.columns[:6]) + ", ...")  # fmt: skip
+    print(
+        f"\nEHR mock: {ehr.shape[0]} rows x {ehr.shape[1]} columns, e.g. "
+        + ", ".join(ehr.columns[:6])
+        + ", ..."
+    )
     grid = fed.show_samples("pathmnist", Path(data_dir) / "reports" / "samples.png")
     print(f"mock sample grid: {grid}")
     return grid
@@ -48,8 +69,10 @@ def run_studies(fed: Federation, data_dir: Path, approve: Callable[[Study], None
     """Submit each demo study, let the operators decide, run it, write its report."""
     for config in DEMO_STUDIES:
         study = fed.submit(config)
-        print(f"\nsubmitted {study.id}: {config.model} on {config.task}, {config.rounds} rounds, "
-              f"epsilon {config.dp.epsilon} per hospital")  # fmt: skip
+        print(
+            f"\nsubmitted {study.id}: {config.model} on {config.task}, {config.rounds} rounds, "
+            f"epsilon {config.dp.epsilon} per hospital"
+        )
         approve(study)
         result = study.run(progress=False, on_round=lambda e: print("  " + round_line(e)))
         out = result.save(Path(data_dir) / "reports" / study.id)

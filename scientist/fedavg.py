@@ -101,10 +101,12 @@ def weight_average(
     if set(average) != set(weights):
         raise ValueError("the weight average and the new weights disagree on names.")
     return {
-        name: (decay * np.asarray(average[name], np.float64)
-               + (1.0 - decay) * np.asarray(weights[name], np.float64)).astype(np.float32)
+        name: (
+            decay * np.asarray(average[name], np.float64)
+            + (1.0 - decay) * np.asarray(weights[name], np.float64)
+        ).astype(np.float32)
         for name in weights
-    }  # fmt: skip
+    }
 
 
 def _check_decay(decay: float) -> None:

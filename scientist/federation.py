@@ -114,8 +114,9 @@ class Federation:
             table, columns=["hospital", "dataset", "asset", "mock rows", "description"]
         )
 
-    def mock(self, dataset: str, asset: str = "train", *,
-             hospitals: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    def mock(
+        self, dataset: str, asset: str = "train", *, hospitals: list[str] | None = None
+    ) -> dict[str, Any]:
         """Each hospital's mock (or the named ones'): a DataFrame (ehr) or (images, labels)."""
         return self.pool.mock(dataset, asset, hospitals=hospitals)
 

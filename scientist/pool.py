@@ -45,8 +45,9 @@ class HospitalPool:
         names = self.hospitals if names is None else names
         return parallel(lambda name: fn(name, self.client(name)), names)
 
-    def mock(self, dataset: str, asset: str = "train", *,
-             hospitals: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    def mock(
+        self, dataset: str, asset: str = "train", *, hospitals: list[str] | None = None
+    ) -> dict[str, Any]:
         """Each hospital's mock (or the named ones'): a DataFrame (ehr) or (images, labels)."""
 
         def fetch(hospital: str, client: Any) -> Any:

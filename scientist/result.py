@@ -51,8 +51,11 @@ class StudyResult:
         rows = []
         for entry in self.history:
             m = entry.get("metrics") or {}
-            row = {"round": entry["round"], "test loss": entry.get("loss"),
-                   "epsilon": entry.get("epsilon")}  # fmt: skip
+            row = {
+                "round": entry["round"],
+                "test loss": entry.get("loss"),
+                "epsilon": entry.get("epsilon"),
+            }
             keys = (
                 ("auroc", "auprc", "f1")
                 if self.task == "ehr"

@@ -75,8 +75,14 @@ def summed_metrics(task: str, released: list[dict[str, Any]]) -> dict[str, Any]:
 class Study:
     """A submitted study; `status()` shows each hospital's decision, `run()` trains."""
 
-    def __init__(self, pool: HospitalPool, study_id: str, config: StudyConfig,
-                 requests: dict[str, str], folder: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pool: HospitalPool,
+        study_id: str,
+        config: StudyConfig,
+        requests: dict[str, str],
+        folder: Path,
+    ) -> None:
         self.pool = pool
         self.id = study_id
         self.config = config
@@ -125,8 +131,11 @@ class Study:
     def _approved(self) -> tuple[list[str], dict[str, str]]:
         table = self.status()
         approved = table.loc[table["status"] == APPROVED, "hospital"].tolist()
-        excluded = {r.hospital: f"{r.status}: {r.reason}".rstrip(": ")
-                    for r in table.itertuples() if r.status != APPROVED}  # fmt: skip
+        excluded = {
+            r.hospital: f"{r.status}: {r.reason}".rstrip(": ")
+            for r in table.itertuples()
+            if r.status != APPROVED
+        }
         if len(approved) < self.config.min_hospitals:
             detail = "; ".join(f"{h} {why}" for h, why in excluded.items())
             raise StudyError(
@@ -136,8 +145,9 @@ class Study:
             )
         return approved, excluded
 
-    def run(self, *, progress: bool = True,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> StudyResult:  # fmt: skip
+    def run(
+        self, *, progress: bool = True, on_round: Callable[[dict[str, Any]], None] | None = None
+    ) -> StudyResult:
         """Run (or continue) the study on every approving hospital; return the result."""
         approved, excluded = self._approved()
         state = Checkpoint.load(self.folder) or Checkpoint(1, initial_weights(self.config))
@@ -159,8 +169,7 @@ class Study:
         if bar is not None:
             bar.close()
         final = state.average or state.weights
-        return StudyResult(self.id, self.config.to_dict(), final, state.history,
-                           approved, excluded)  # fmt: skip
+        return StudyResult(self.id, self.config.to_dict(), final, state.history, approved, excluded)
 
     def _sent_weights(self, state: Checkpoint, last_call: int) -> dict[str, np.ndarray]:
         """What a call sends: the global weights, except that the last call (evaluation
@@ -180,8 +189,9 @@ class Study:
             self._scorer = MockScorer(self.config, mocks)
         return self._scorer.edges(weights)
 
-    def _call(self, hospitals: list[str], round_: int, weights: dict,
-              edges: list | None = None) -> dict[str, dict]:  # fmt: skip
+    def _call(
+        self, hospitals: list[str], round_: int, weights: dict, edges: list | None = None
+    ) -> dict[str, dict]:
         payload: dict[str, Any] = {"round": round_, "weights": weights}
         if edges is not None:
             payload["edges"] = edges
@@ -229,19 +239,26 @@ class Study:
         trained = {h: r["train"] for h, r in replies.items() if "train" in r}
         if trained:
             state.weights, state.momentum = fedavgm(
-                state.weights, [(t["weights"], t["n"]) for t in trained.values()], state.momentum,
-                server_lr=self.config.server_lr, server_momentum=self.config.server_momentum,
-            )  # fmt: skip
+                state.weights,
+                [(t["weights"], t["n"]) for t in trained.values()],
+                state.momentum,
+                server_lr=self.config.server_lr,
+                server_momentum=self.config.server_momentum,
+            )
             if self.config.average_decay:
-                state.average = weight_average(state.average, state.weights,
-                                               self.config.average_decay)  # fmt: skip
+                state.average = weight_average(
+                    state.average, state.weights, self.config.average_decay
+                )
             n = sum(t["n"] for t in trained.values())
             entry = _entry(state.history, round_)
             entry["hospitals"] = {
-                h: {"n": t["n"], "epsilon_study": replies[h]["epsilon_study"],
-                    "epsilon_total": replies[h]["epsilon_total"]}
+                h: {
+                    "n": t["n"],
+                    "epsilon_study": replies[h]["epsilon_study"],
+                    "epsilon_total": replies[h]["epsilon_total"],
+                }
                 for h, t in trained.items()
-            }  # fmt: skip
+            }
             entry["n"] = n
         spent = max(r["epsilon_study"] for r in replies.values())
         _entry(state.history, min(round_, self.config.rounds))["epsilon"] = spent

@@ -146,10 +146,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
         (data_dir / name).mkdir(parents=True)
         (data_dir / name / "policy.toml").write_text(SESSION_POLICY)
     launch = start_launch(
-        "--hospitals", str(SESSION_HOSPITALS), "--base-port", str(SESSION_BASE_PORT),
-        "--seed", "7",
+        "--hospitals",
+        str(SESSION_HOSPITALS),
+        "--base-port",
+        str(SESSION_BASE_PORT),
+        "--seed",
+        "7",
         data_dir=data_dir,
-    )  # fmt: skip
+    )
     yield launch
     launch.stop()
 
@@ -185,8 +189,9 @@ def admin_login(launch: Launch, name: str) -> Any:
 @pytest.fixture(scope="session")
 def admin_clients(federation: Launch) -> dict[str, Any]:
     """Each hospital's operator login: used to check what the private assets hold."""
-    return {h["name"]: admin_login(federation, h["name"])
-            for h in federation.credentials()["hospitals"]}  # fmt: skip
+    return {
+        h["name"]: admin_login(federation, h["name"]) for h in federation.credentials()["hospitals"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +206,11 @@ def listening_addresses(port: int) -> list[str]:
     """The addresses a TCP server listens on at `port`."""
     import psutil
 
-    return [c.laddr.ip for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port]  # fmt: skip
+    return [
+        c.laddr.ip
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
 
 
 def outside_address() -> str | None:

@@ -18,9 +18,22 @@ from datasites.cli.terminal import say
 from datasites.governance.operator import Operator, Review
 from datasites.site.audit import AuditLog, format_entry
 
-PLAN_FIELDS = ("study_id", "task", "model", "model_kwargs", "label", "rounds", "local_epochs",
-               "batch_size", "lr", "momentum", "epsilon", "delta", "max_grad_norm",
-               "eval_every")  # fmt: skip
+PLAN_FIELDS = (
+    "study_id",
+    "task",
+    "model",
+    "model_kwargs",
+    "label",
+    "rounds",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "epsilon",
+    "delta",
+    "max_grad_norm",
+    "eval_every",
+)
 
 
 def review(r: Review) -> str:
@@ -34,8 +47,9 @@ def review(r: Review) -> str:
     ]
     if v.malformed:
         lines.append(f"MALFORMED {v.malformed}")
-    lines.append(f"changes   {len(v.changes)} (only one, the approval of a vetted code, can be "
-                 "approved)")  # fmt: skip
+    lines.append(
+        f"changes   {len(v.changes)} (only one, the approval of a vetted code, can be approved)"
+    )
     lines += [f"  {i}. {change.line()}" for i, change in enumerate(v.changes, 1)]
     lines.append(
         f"verdict   {v.verdict.kind.upper()}"
@@ -64,12 +78,16 @@ def budget(b: dict[str, dict[str, Any]]) -> str:
     lines = []
     for dataset, d in b.items():
         parts = ", ".join(f"{part} {value:.3f}" for part, value in d["parts"].items())
-        lines.append(f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} (the larger "
-                     f"part of {parts}; RDP cross-check {d['spent_rdp']:.3f})  remaining "
-                     f"{d['remaining']:.3f}  ({len(d['events'])} events)")  # fmt: skip
+        lines.append(
+            f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} (the larger "
+            f"part of {parts}; RDP cross-check {d['spent_rdp']:.3f})  remaining "
+            f"{d['remaining']:.3f}  ({len(d['events'])} events)"
+        )
         for s in d["studies"]:
-            lines.append(f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
-                         f"{s['epsilon']:g}, spent {s['spent']:.3f}")  # fmt: skip
+            lines.append(
+                f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
+                f"{s['epsilon']:g}, spent {s['spent']:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -82,11 +100,14 @@ def audit(root: Path, verify: bool, as_json: bool) -> int:
         return 0
     result = log.verify()
     if result.ok:
-        say(f"{root.name}: audit log intact, {result.entries} entries; last hash "
-              f"{result.last_hash}")  # fmt: skip
+        say(
+            f"{root.name}: audit log intact, {result.entries} entries; last hash {result.last_hash}"
+        )
         return 0
-    say(f"{root.name}: audit log FAILED verification at entry {result.first_bad}: "
-        f"{result.problem}", file=sys.stderr)  # fmt: skip
+    say(
+        f"{root.name}: audit log FAILED verification at entry {result.first_bad}: {result.problem}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -95,9 +116,12 @@ def watch(op: Operator, hospital: str, interval: float, once: bool) -> int:
 
     rules = op.hospital.policy.auto_approve
     if not rules.enabled or not rules.scientists:
-        say(f"{hospital}: auto-approval is off (policy.toml [auto_approve] enabled = "
+        say(
+            f"{hospital}: auto-approval is off (policy.toml [auto_approve] enabled = "
             f"{str(rules.enabled).lower()}, scientists = {list(rules.scientists)}); every "
-            "request is left for a person.", flush=True)  # fmt: skip
+            "request is left for a person.",
+            flush=True,
+        )
     with contextlib.suppress(KeyboardInterrupt):
         run(op, interval=interval, once=once, report=lambda d: say(d.line(hospital), flush=True))
     return 0

@@ -170,6 +170,9 @@ def _check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
 
 
 _DEFAULTS: dict[str, Any] = {
-    "eval_every": 5, "label": "readmitted_30", "model_kwargs": {}, "momentum": 0.0,
+    "eval_every": 5,
+    "label": "readmitted_30",
+    "model_kwargs": {},
+    "momentum": 0.0,
     "local_steps": 0,
-}  # fmt: skip
+}

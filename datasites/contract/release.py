@@ -58,8 +58,12 @@ def check_edges(edges: object, classes: int | None = None) -> np.ndarray:
         raise ValueError(f"edges must have shape {want}, found {array.shape}.")
     if not 3 <= rows.shape[1] <= MAX_BINS + 1:
         raise ValueError(f"edges must define 2 to {MAX_BINS} bins, found {rows.shape[1] - 1}.")
-    if not (np.all(np.isfinite(rows)) and np.all(rows[:, 0] == 0) and np.all(rows[:, -1] == 1)
-            and np.all(np.diff(rows, axis=1) > 0)):  # fmt: skip
+    if not (
+        np.all(np.isfinite(rows))
+        and np.all(rows[:, 0] == 0)
+        and np.all(rows[:, -1] == 1)
+        and np.all(np.diff(rows, axis=1) > 0)
+    ):
         raise ValueError("edges must start at 0, end at 1 and strictly increase.")
     return array
 

@@ -70,8 +70,10 @@ def _problem(value: Any, where: str, limits: Limits, depth: int, budget: list[in
     if budget[0] < 0:
         return f"{where} holds more than {limits.max_values} values in all; send a smaller plan."
     if type(value) not in _PLAIN:  # exact types: a subclass could override __str__ or __eq__
-        return (f"{where} is a {type(value).__name__}; only dict, list, tuple, str, int, float, "
-                "bool and None are allowed.")  # fmt: skip
+        return (
+            f"{where} is a {type(value).__name__}; only dict, list, tuple, str, int, float, "
+            "bool and None are allowed."
+        )
     if type(value) in (dict, list, tuple):
         return _container(value, where, limits, depth, budget)
     return _scalar(value, where, limits)

@@ -24,9 +24,13 @@ from datasites.contract.encoding import N_CLASSES, N_FEATURES
 from datasites.contract.plan import MODEL_NAMES, model_task
 
 __all__ = [
-    "MODEL_NAMES", "build_model", "count_parameters", "load_weights", "model_task",
+    "MODEL_NAMES",
+    "build_model",
+    "count_parameters",
+    "load_weights",
+    "model_task",
     "model_weights",
-]  # fmt: skip
+]
 
 _MAX_HIDDEN = 4096
 _MAX_LAYERS = 6

@@ -67,15 +67,21 @@ def inspect_request(request: Any, site: Site, task: str | None) -> RequestShape:
     for change in changes:
         view, found = _view(change, request, site, task)
         if found is not None and code is not None:
-            view = ChangeView(view.kind, view.summary, "a second code approval; a request "
-                              "approves one code, reviewed as the request's code")  # fmt: skip
+            view = ChangeView(
+                view.kind,
+                view.summary,
+                "a second code approval; a request "
+                "approves one code, reviewed as the request's code",
+            )
         views.append(view)
         code = code if code is not None else found
-    problems = [f"change {i + 1} ({v.kind}): {v.problem}" for i, v in enumerate(views)
-                if v.problem]  # fmt: skip
+    problems = [f"change {i + 1} ({v.kind}): {v.problem}" for i, v in enumerate(views) if v.problem]
     if len(changes) != 1:
-        problems.insert(0, f"the request carries {len(changes)} changes; only a request with "
-                           "exactly one, the approval of its code, can be approved")  # fmt: skip
+        problems.insert(
+            0,
+            f"the request carries {len(changes)} changes; only a request with "
+            "exactly one, the approval of its code, can be approved",
+        )
     return RequestShape(tuple(views), code, tuple(problems))
 
 
@@ -120,25 +126,32 @@ def _describe(change: Any) -> str:
     return f"acts on {target_name} {uid}"
 
 
-def code_change_problem(change: Any, code: Any, request: Any, site: Site,
-                        task: str | None) -> str | None:  # fmt: skip
+def code_change_problem(
+    change: Any, code: Any, request: Any, site: Site, task: str | None
+) -> str | None:
     """Why this code approval is not the one the scientist library generates; None if it is."""
     from syft.service.code.user_code import UserCodeStatus
 
     checks = (
         (change.value == UserCodeStatus.APPROVED, "it does not ask for approval"),
         (_same_uid(change.linked_user_code.object_uid, code.id), "it names another code"),
-        (code.status_link is not None
-         and _same_uid(change.linked_obj.object_uid, code.status_link.object_uid),
-         "it approves the status of another code than the one it names"),
-        (code.user_verify_key == request.requesting_user_verify_key,
-         "the code was submitted by another user than the requester"),
-        (list(code.input_kwargs or []) == list(ARGUMENTS),
-         "the function's arguments are not (train, test, weights)"),
+        (
+            code.status_link is not None
+            and _same_uid(change.linked_obj.object_uid, code.status_link.object_uid),
+            "it approves the status of another code than the one it names",
+        ),
+        (
+            code.user_verify_key == request.requesting_user_verify_key,
+            "the code was submitted by another user than the requester",
+        ),
+        (
+            list(code.input_kwargs or []) == list(ARGUMENTS),
+            "the function's arguments are not (train, test, weights)",
+        ),
         (not code.nested_codes, "the code launches nested codes"),
         (not getattr(code, "uses_datasite", False), "the code asks for the datasite's client"),
         (code.worker_pool_name in (None, DEFAULT_POOL), "the code asks for a custom worker pool"),
-    )  # fmt: skip
+    )
     failed = [reason for ok, reason in checks if not ok]
     return (
         (failed[0] if failed else None)
@@ -167,7 +180,7 @@ def input_policy_problem(code: Any, site: Site, task: str | None) -> str | None:
     servers = code.input_policy_init_kwargs or {}
     if len(servers) != 1:
         return "its input policy names other datasites"
-    (server, rules), = servers.items()  # fmt: skip
+    ((server, rules),) = servers.items()
     if str(getattr(server, "server_id", "")) != site.server_id:
         return "its input policy is bound to another datasite"
     if not isinstance(rules, dict) or sorted(rules) != sorted(ARGUMENTS):
@@ -175,8 +188,10 @@ def input_policy_problem(code: Any, site: Site, task: str | None) -> str | None:
     weights = rules["weights"]
     if type(weights) is not UserOwned or weights.type is not dict:
         return "its input policy does not leave weights as the caller's own dict"
-    bound = tuple(getattr(rules[k], "val", None) if type(rules[k]) is Matches else None
-                  for k in ("train", "test"))  # fmt: skip
+    bound = tuple(
+        getattr(rules[k], "val", None) if type(rules[k]) is Matches else None
+        for k in ("train", "test")
+    )
     expected = [site.assets[task]] if task in site.assets else list(site.assets.values())
     if not any(_same_uid(bound[0], t) and _same_uid(bound[1], s) for t, s in expected):
         return "its input policy does not bind train and test to the study's own assets"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from datasites.contract.syft_io import quiet, syft_message
 from datasites.governance.changes import ChangeView, Site, inspect_request
 from datasites.governance.vetting import CUSTOM, Verdict, classify, code_diff
-from datasites.site.audit import AuditLog, Verification
+from datasites.site.audit import AuditLog, Event, Verification
 from datasites.site.identity import Identity
 from datasites.site.paths import FEDERATION_FILE, IDENTITY_FILE, MANIFEST_FILE, HospitalConfig
 
@@ -62,18 +62,32 @@ class RequestView:
         p = self.plan or {}
         if not p:
             return f"{self.verdict.kind}: {self.function} carries no study plan{extra}"
-        local = (f"{p['local_steps']} steps" if p.get("local_steps")
-                 else f"{p.get('local_epochs')} epochs")  # fmt: skip
-        return (f"{self.verdict.kind}: {p.get('model')} on {p.get('task')}, {p.get('rounds')} "
-                f"rounds x {local}, batch {p.get('batch_size')}, "
-                f"epsilon {p.get('epsilon')} at delta {p.get('delta')}{extra}")  # fmt: skip
+        local = (
+            f"{p['local_steps']} steps"
+            if p.get("local_steps")
+            else f"{p.get('local_epochs')} epochs"
+        )
+        return (
+            f"{self.verdict.kind}: {p.get('model')} on {p.get('task')}, {p.get('rounds')} "
+            f"rounds x {local}, batch {p.get('batch_size')}, "
+            f"epsilon {p.get('epsilon')} at delta {p.get('delta')}{extra}"
+        )
 
     @classmethod
     def unreadable(cls, request_id: str, reason: str) -> RequestView:
         """A request the operator's tools could not read: shown, never approved."""
         verdict = Verdict(CUSTOM, ("the request could not be read",))
-        return cls(id=request_id, status=MALFORMED, scientist="", function="", submitted="",
-                   plan=None, code="", verdict=verdict, malformed=reason)  # fmt: skip
+        return cls(
+            id=request_id,
+            status=MALFORMED,
+            scientist="",
+            function="",
+            submitted="",
+            plan=None,
+            code="",
+            verdict=verdict,
+            malformed=reason,
+        )
 
 
 @dataclass(frozen=True)
@@ -88,14 +102,24 @@ class Review:
     def to_dict(self) -> dict[str, Any]:
         v = self.view
         return {
-            "id": v.id, "status": v.status, "scientist": v.scientist, "submitted": v.submitted,
-            "function": v.function, "verdict": v.verdict.kind, "reasons": list(v.verdict.reasons),
-            "plan": v.plan, "plan_error": v.verdict.plan_error, "malformed": v.malformed,
-            "changes": [{"kind": c.kind, "summary": c.summary, "problem": c.problem}
-                        for c in v.changes],
+            "id": v.id,
+            "status": v.status,
+            "scientist": v.scientist,
+            "submitted": v.submitted,
+            "function": v.function,
+            "verdict": v.verdict.kind,
+            "reasons": list(v.verdict.reasons),
+            "plan": v.plan,
+            "plan_error": v.verdict.plan_error,
+            "malformed": v.malformed,
+            "changes": [
+                {"kind": c.kind, "summary": c.summary, "problem": c.problem} for c in v.changes
+            ],
             "projection": self.projection.to_dict() if self.projection else None,
-            "problems": list(self.problems), "code": v.code, "diff": self.diff,
-        }  # fmt: skip
+            "problems": list(self.problems),
+            "code": v.code,
+            "diff": self.diff,
+        }
 
 
 def _url(data_dir: Path, hospital: str) -> str:
@@ -126,10 +150,13 @@ class Operator:
         with quiet():
             hosted = {d.name: d for d in self.client.datasets.get_all()}
             assets = {
-                name: (str(hosted[name].assets["train"].action_id),
-                       str(hosted[name].assets["test"].action_id))
-                for name in DATASETS if name in hosted
-            }  # fmt: skip
+                name: (
+                    str(hosted[name].assets["train"].action_id),
+                    str(hosted[name].assets["test"].action_id),
+                )
+                for name in DATASETS
+                if name in hosted
+            }
         return Site(server_id=str(self.client.id), assets=assets)
 
     def account(self, request: Any) -> tuple[str, str]:
@@ -200,8 +227,12 @@ class Operator:
     def show(self, request_id: str) -> Review:
         """The full review of one request; recorded as shown in the audit log."""
         review = self.review(self.request(request_id))
-        self.audit_log.append("request_shown", request=review.view.id, operator=self.name,
-                              verdict=review.view.verdict.kind)  # fmt: skip
+        self.audit_log.append(
+            Event.REQUEST_SHOWN,
+            request=review.view.id,
+            operator=self.name,
+            verdict=review.view.verdict.kind,
+        )
         return review
 
     def review(self, request: Any) -> Review:
@@ -236,8 +267,13 @@ class Operator:
         except PlanError:
             return None
 
-    def _problems(self, view: RequestView, plan: Plan | None, projection: Projection | None,
-                  approved: list[RequestView]) -> list[str]:  # fmt: skip
+    def _problems(
+        self,
+        view: RequestView,
+        plan: Plan | None,
+        projection: Projection | None,
+        approved: list[RequestView],
+    ) -> list[str]:
         """Why approving would be refused; custom code comes first (it needs an override)."""
         problems = []
         if not view.verdict.vetted:
@@ -249,8 +285,9 @@ class Operator:
             problems += [f"policy: {p}" for p in self.hospital.policy.study.violations(view.plan)]
             delta = self.hospital.policy.budget.delta
             if plan.delta != delta:
-                problems.append(f"policy: delta {plan.delta:g} differs from this hospital's "
-                                f"{delta:g}")  # fmt: skip
+                problems.append(
+                    f"policy: delta {plan.delta:g} differs from this hospital's {delta:g}"
+                )
             problems += self._reused_id(view, plan, approved)
         if projection is not None:
             study = self.hospital.policy.study
@@ -262,8 +299,7 @@ class Operator:
             )
         return problems
 
-    def _reused_id(self, view: RequestView, plan: Plan,
-                   approved: list[RequestView]) -> list[str]:  # fmt: skip
+    def _reused_id(self, view: RequestView, plan: Plan, approved: list[RequestView]) -> list[str]:
         """A second request under an approved study id, with another plan, is how a
         scientist would change DP parameters after approval; the runtime refuses it too."""
         stored = self.hospital.ledger.study(plan.study_id)
@@ -275,8 +311,10 @@ class Operator:
             if (r.plan or {}).get("study_id") == plan.study_id and r.code != view.code
         ]
         if others:
-            return [f"study id {plan.study_id} was approved before ({others[0].id[:12]}) "
-                    "with other code"]  # fmt: skip
+            return [
+                f"study id {plan.study_id} was approved before ({others[0].id[:12]}) "
+                "with other code"
+            ]
         return []
 
     def _training_rows(self, plan: Plan) -> int:
@@ -330,13 +368,13 @@ class Operator:
         task = (verdict.plan or {}).get("task")
         if isinstance(task, str) and task in self.site.assets:
             shape = inspect_request(request, self.site, task)
-        return _Read(email, function, source, verdict, shape.changes,
-                     (*problems, *shape.problems))  # fmt: skip
+        return _Read(email, function, source, verdict, shape.changes, (*problems, *shape.problems))
 
     # -- decisions ---------------------------------------------------------------------
 
-    def approve(self, request_id: str, *, allow_custom_code: bool = False,
-                by: str | None = None) -> RequestView:  # fmt: skip
+    def approve(
+        self, request_id: str, *, allow_custom_code: bool = False, by: str | None = None
+    ) -> RequestView:
         """Approve if nothing blocks it; custom code only with `allow_custom_code`."""
         return self._approve(request_id, allow_custom_code, by).view
 
@@ -344,13 +382,19 @@ class Operator:
         request = self.request(request_id)
         review = self.review(request)
         view = review.view
-        blocking = [p for p in review.problems
-                    if not (allow_custom_code and p.startswith("custom code"))]  # fmt: skip
+        blocking = [
+            p for p in review.problems if not (allow_custom_code and p.startswith("custom code"))
+        ]
         if view.status != PENDING:
             blocking.insert(0, f"the request is already {view.status}")
         if blocking:
-            self.audit_log.append("refused", layer="operator", request=view.id,
-                                  operator=by or self.name, reason="; ".join(blocking))  # fmt: skip
+            self.audit_log.append(
+                Event.REFUSED,
+                layer="operator",
+                request=view.id,
+                operator=by or self.name,
+                reason="; ".join(blocking),
+            )
             hint = (
                 ""
                 if view.verdict.vetted or allow_custom_code
@@ -359,11 +403,15 @@ class Operator:
             raise OperatorError(f"not approved: {'; '.join(blocking)}{hint}.")
         self._apply(request, view)
         self.audit_log.append(
-            "approved", request=view.id, study=(view.plan or {}).get("study_id"),
-            scientist=view.scientist, operator=by or self.name, verdict=view.verdict.kind,
+            Event.APPROVED,
+            request=view.id,
+            study=(view.plan or {}).get("study_id"),
+            scientist=view.scientist,
+            operator=by or self.name,
+            verdict=view.verdict.kind,
             override=allow_custom_code and not view.verdict.vetted,
             projected_epsilon=review.projection.study_epsilon if review.projection else None,
-        )  # fmt: skip
+        )
         return Review(self._view(request), review.projection, review.problems, review.diff)
 
     def _apply(self, request: Any, view: RequestView) -> None:
@@ -379,17 +427,27 @@ class Operator:
         with quiet():
             result = self.client.api.services.request.apply(request.id)
         if isinstance(result, SyftError):
-            self.audit_log.append("refused", layer="operator", request=view.id,
-                                  operator=self.name, reason=_reason(result))  # fmt: skip
+            self.audit_log.append(
+                Event.REFUSED,
+                layer="operator",
+                request=view.id,
+                operator=self.name,
+                reason=_reason(result),
+            )
             raise OperatorError(f"not approved: {_reason(result)}")
 
     def approve_line(self, request_id: str, *, allow_custom_code: bool = False) -> str:
         """Approve and say what was approved and what it costs here (the CLI's output)."""
         review = self._approve(request_id, allow_custom_code, None)
         view, p = review.view, review.projection
-        cost = "" if p is None else (
-            f"; costs epsilon {p.study_epsilon:.3f} here ({p.n} rows), {p.dataset} "
-            f"{p.spent:.2f} -> {p.total_after:.2f} of cap {p.cap:g}")  # fmt: skip
+        cost = (
+            ""
+            if p is None
+            else (
+                f"; costs epsilon {p.study_epsilon:.3f} here ({p.n} rows), {p.dataset} "
+                f"{p.spent:.2f} -> {p.total_after:.2f} of cap {p.cap:g}"
+            )
+        )
         return f"{self.hospital.name} approved {view.id[:12]} from {view.scientist}: " + (
             f"{view.summary()}{cost}"
         )
@@ -401,9 +459,14 @@ class Operator:
         with quiet():
             request.deny(reason=reason)
         view = self._view(request)
-        self.audit_log.append("denied", request=view.id, study=(view.plan or {}).get("study_id"),
-                              scientist=view.scientist, operator=by or self.name,
-                              reason=reason)  # fmt: skip
+        self.audit_log.append(
+            Event.DENIED,
+            request=view.id,
+            study=(view.plan or {}).get("study_id"),
+            scientist=view.scientist,
+            operator=by or self.name,
+            reason=reason,
+        )
         return view
 
     # -- budget and audit --------------------------------------------------------------
@@ -416,19 +479,37 @@ class Operator:
         out = {}
         for dataset in ("ehr", "pathmnist"):
             spent = ledger.spent(dataset)
-            studies = [{"study_id": s.study_id, "scientist": s.scientist, "epsilon": s.epsilon,
-                        "rounds": s.rounds, "noise_multiplier": s.noise_multiplier,
-                        "spent": ledger.study_spent(s.study_id)}
-                       for s in ledger.studies(dataset)]  # fmt: skip
-            events = [{"study_id": sid, "kind": kind, "round": rnd,
-                       "noise_multiplier": e.noise_multiplier, "sample_rate": e.sample_rate,
-                       "steps": e.steps}
-                      for sid, kind, rnd, e in ledger.events(dataset=dataset)]  # fmt: skip
-            out[dataset] = {"cap": ledger.cap(dataset), "spent": spent,
-                            "spent_rdp": ledger.spent_rdp(dataset),
-                            "parts": ledger.part_spent(dataset),
-                            "remaining": ledger.cap(dataset) - spent,
-                            "studies": studies, "events": events}  # fmt: skip
+            studies = [
+                {
+                    "study_id": s.study_id,
+                    "scientist": s.scientist,
+                    "epsilon": s.epsilon,
+                    "rounds": s.rounds,
+                    "noise_multiplier": s.noise_multiplier,
+                    "spent": ledger.study_spent(s.study_id),
+                }
+                for s in ledger.studies(dataset)
+            ]
+            events = [
+                {
+                    "study_id": sid,
+                    "kind": kind,
+                    "round": rnd,
+                    "noise_multiplier": e.noise_multiplier,
+                    "sample_rate": e.sample_rate,
+                    "steps": e.steps,
+                }
+                for sid, kind, rnd, e in ledger.events(dataset=dataset)
+            ]
+            out[dataset] = {
+                "cap": ledger.cap(dataset),
+                "spent": spent,
+                "spent_rdp": ledger.spent_rdp(dataset),
+                "parts": ledger.part_spent(dataset),
+                "remaining": ledger.cap(dataset) - spent,
+                "studies": studies,
+                "events": events,
+            }
         return out
 
     def audit(self, verify: bool = False) -> list[dict[str, Any]] | Verification:

@@ -98,10 +98,15 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
         # Not calibrated: the runtime refuses the study before it would, and a plan asking
         # for absurd compute must not hold the operator's `show` in the accountant.
         return Projection(
-            dataset=plan.dataset, n=n, noise_multiplier=math.nan, study_epsilon=math.inf,
-            spent=ledger.spent(plan.dataset), total_after=math.inf,
-            cap=ledger.cap(plan.dataset), compute=compute,
-        )  # fmt: skip
+            dataset=plan.dataset,
+            n=n,
+            noise_multiplier=math.nan,
+            study_epsilon=math.inf,
+            spent=ledger.spent(plan.dataset),
+            total_after=math.inf,
+            cap=ledger.cap(plan.dataset),
+            compute=compute,
+        )
     budget = study_budget(plan, n)
     planned = budget.parts()
     recorded = ledger.events(study_id=plan.study_id)
@@ -110,8 +115,10 @@ def project(hospital: Hospital, plan: Plan, n: int) -> Projection:
         for _, kind, _, _ in recorded:
             done[kind] += 1
         rounds, evaluations = budget.rounds - done["train"], budget.evaluations - done["eval"]
-        planned = {TRAIN_PART: [budget.train] * max(0, rounds),
-                   TEST_PART: [budget.evaluation] * max(0, evaluations)}  # fmt: skip
+        planned = {
+            TRAIN_PART: [budget.train] * max(0, rounds),
+            TEST_PART: [budget.evaluation] * max(0, evaluations),
+        }
     if released is None:
         planned[TRAIN_PART] = [size_event(), *planned[TRAIN_PART]]
     spent = ledger.parts(plan.dataset)

@@ -47,9 +47,21 @@ _ARGUMENTS = ["train", "test", "weights"]
 _CALL_ARGUMENTS = "(plan, train=train, test=test, request=weights)"
 # Builtins that reach code or files by name; a study has no use for any of them.
 _RISKY = frozenset(
-    {"__import__", "breakpoint", "compile", "delattr", "eval", "exec", "getattr", "globals",
-     "locals", "open", "setattr", "vars"}
-)  # fmt: skip
+    {
+        "__import__",
+        "breakpoint",
+        "compile",
+        "delattr",
+        "eval",
+        "exec",
+        "getattr",
+        "globals",
+        "locals",
+        "open",
+        "setattr",
+        "vars",
+    }
+)
 _UNNAMED = (
     "the code differs from the template; compare it with datasites.contract.template.TEMPLATE"
 )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from datasites.governance.operator import PENDING, Operator, OperatorError, Review
+from datasites.site.audit import Event
 
 WATCHER = "watch"  # the operator name decisions are recorded under
 log = logging.getLogger("datasites.governance.watch")
@@ -78,15 +79,21 @@ def decide(op: Operator, request: object) -> Decision:
     except Exception as error:
         log.exception("could not decide request %s", request_id)
         reasons = [f"malformed request: {type(error).__name__}"]
-    op.audit_log.append("policy_decision", request=request_id, operator=WATCHER,
-                        approved=approved, reasons=reasons)  # fmt: skip
+    op.audit_log.append(
+        Event.POLICY_DECISION,
+        request=request_id,
+        operator=WATCHER,
+        approved=approved,
+        reasons=reasons,
+    )
     return Decision(request_id, approved, tuple(reasons))
 
 
 def decided_requests(op: Operator) -> set[str]:
     """Requests the watcher already decided, from the audit log (survives restarts)."""
-    return {e.get("request", "") for e in op.audit_log.entries()
-            if e.get("event") == "policy_decision"}  # fmt: skip
+    return {
+        e.get("request", "") for e in op.audit_log.entries() if e.get("event") == "policy_decision"
+    }
 
 
 def watch_once(op: Operator, seen: set[str]) -> list[Decision]:
@@ -108,9 +115,14 @@ def _pending(request: object) -> bool:
         return True
 
 
-def watch(op: Operator, *, interval: float = 2.0, once: bool = False,
-          stop: threading.Event | None = None,
-          report: Callable[[Decision], None] = lambda d: None) -> int:  # fmt: skip
+def watch(
+    op: Operator,
+    *,
+    interval: float = 2.0,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    report: Callable[[Decision], None] = lambda d: None,
+) -> int:
     """Poll until `stop` is set (or once); returns how many requests were decided."""
     stop = stop or threading.Event()
     seen = decided_requests(op)

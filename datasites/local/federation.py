@@ -154,8 +154,11 @@ def reset_data_dir(data_dir: Path) -> None:
     """Remove what a previous launch made here, and nothing else."""
     for child in data_dir.iterdir():
         ours = (child / IDENTITY_FILE).exists() or child.name in (
-            FEDERATION_FILE, CREDENTIALS_FILE, SETTINGS_FILE, "reports",
-        )  # fmt: skip
+            FEDERATION_FILE,
+            CREDENTIALS_FILE,
+            SETTINGS_FILE,
+            "reports",
+        )
         if ours and child.is_dir():
             shutil.rmtree(child)
         elif ours:

@@ -68,11 +68,17 @@ class DatasiteProcess:
             MKL_NUM_THREADS=str(self.torch_threads),
         )
         command = [
-            sys.executable, "-m", "datasites", "serve",
-            "--hospital", self.config.name,
-            "--port", str(self.config.port),
-            "--data-dir", str(self.config.data_dir),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "datasites",
+            "serve",
+            "--hospital",
+            self.config.name,
+            "--port",
+            str(self.config.port),
+            "--data-dir",
+            str(self.config.data_dir),
+        ]
         with open(open_private_log(self.config.log_path), "ab") as log:
             self._proc = subprocess.Popen(
                 command,

@@ -46,8 +46,21 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as privacy_analysis
 
 ALPHAS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
-    64, 72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024,
-)  # fmt: skip
+    64,
+    72,
+    80,
+    96,
+    112,
+    128,
+    160,
+    192,
+    256,
+    320,
+    384,
+    512,
+    768,
+    1024,
+)
 """RDP orders: Opacus's, then larger integer orders (scipy's binomials overflow past ~1030)."""
 
 PLD_DISCRETIZATION = 1e-3
@@ -162,10 +175,13 @@ def epsilon(events: Iterable[DpEvent], delta: float) -> float:
 def _pld_per_step(sigma: float, q: float) -> pld_lib.PrivacyLossDistribution:
     """The PLD of one step of the sampled Gaussian; building it is most of the cost."""
     return pld_lib.from_gaussian_mechanism(
-        standard_deviation=sigma, sensitivity=1.0, sampling_prob=q,
-        value_discretization_interval=PLD_DISCRETIZATION, pessimistic_estimate=True,
+        standard_deviation=sigma,
+        sensitivity=1.0,
+        sampling_prob=q,
+        value_discretization_interval=PLD_DISCRETIZATION,
+        pessimistic_estimate=True,
         use_connect_dots=True,
-    )  # fmt: skip
+    )
 
 
 def rdp_epsilon(events: Iterable[DpEvent], delta: float) -> float:
@@ -195,8 +211,9 @@ def _rdp_per_step(sigma: float, q: float) -> np.ndarray:
 
 
 ACCOUNTANTS: dict[str, Callable[[Iterable[DpEvent], float], float]] = {
-    "pld": epsilon, "rdp": rdp_epsilon,
-}  # fmt: skip
+    "pld": epsilon,
+    "rdp": rdp_epsilon,
+}
 
 TRAIN_PART, TEST_PART = "train", "test"
 
@@ -247,8 +264,10 @@ class StudyBudget:
 
     def parts(self) -> dict[str, list[DpEvent]]:
         """The planned events by the part of the data they read."""
-        return {TRAIN_PART: [self.train] * self.rounds,
-                TEST_PART: [self.evaluation] * self.evaluations}  # fmt: skip
+        return {
+            TRAIN_PART: [self.train] * self.rounds,
+            TEST_PART: [self.evaluation] * self.evaluations,
+        }
 
     def total_epsilon(self, delta: float, accountant: str = ACCOUNTANT) -> float:
         """The study's whole cost: its parts composed in parallel (the larger of the two)."""
@@ -283,20 +302,32 @@ def calibrate_study(
     `accountant="rdp"` calibrates by the Renyi cross-check instead (to measure what PLD saves).
     """
     return _calibrate(
-        float(_positive_finite("epsilon", epsilon)), _check_delta(delta),
-        _count("n", n, minimum=1), _count("batch_size", batch_size, minimum=1),
-        _count("local_epochs", local_epochs, minimum=1), _count("rounds", rounds, minimum=1),
-        _count("evaluations", evaluations, minimum=0), _positive_finite("eval_share", eval_share),
-        _count("local_steps", local_steps, minimum=0), _accountant(accountant),
-    )  # fmt: skip
+        float(_positive_finite("epsilon", epsilon)),
+        _check_delta(delta),
+        _count("n", n, minimum=1),
+        _count("batch_size", batch_size, minimum=1),
+        _count("local_epochs", local_epochs, minimum=1),
+        _count("rounds", rounds, minimum=1),
+        _count("evaluations", evaluations, minimum=0),
+        _positive_finite("eval_share", eval_share),
+        _count("local_steps", local_steps, minimum=0),
+        _accountant(accountant),
+    )
 
 
 @lru_cache(maxsize=256)
 def _calibrate(
-    target: float, delta: float, n: int, batch_size: int, local_epochs: int, rounds: int,
-    evaluations: int, eval_share: float, local_steps: int,
+    target: float,
+    delta: float,
+    n: int,
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+    evaluations: int,
+    eval_share: float,
+    local_steps: int,
     cost: Callable[[Iterable[DpEvent], float], float],
-) -> StudyBudget:  # fmt: skip
+) -> StudyBudget:
     if batch_size > n:
         raise ValueError(f"batch_size must be at most n, found {batch_size} > {n}.")
     if not eval_share <= 1:

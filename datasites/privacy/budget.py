@@ -24,7 +24,13 @@ def study_budget(plan: Plan, n: int) -> StudyBudget:
     calibrated so that training (on the training part) and evaluation (on the test part)
     each cost at most the plan's epsilon: in parallel, the study's cost is that epsilon."""
     return calibrate_study(
-        epsilon=plan.epsilon, delta=plan.delta, n=n, batch_size=min(plan.batch_size, n),
-        local_epochs=plan.local_epochs, rounds=plan.rounds,
-        evaluations=len(plan.eval_rounds()), eval_share=EVAL_SHARE, local_steps=plan.local_steps,
-    )  # fmt: skip
+        epsilon=plan.epsilon,
+        delta=plan.delta,
+        n=n,
+        batch_size=min(plan.batch_size, n),
+        local_epochs=plan.local_epochs,
+        rounds=plan.rounds,
+        evaluations=len(plan.eval_rounds()),
+        eval_share=EVAL_SHARE,
+        local_steps=plan.local_steps,
+    )

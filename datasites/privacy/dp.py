@@ -174,8 +174,9 @@ def clipped_gradient_sum(
         # finite contributes a zero gradient instead, which moves the sum by at most
         # max_grad_norm, like any other example: the same sensitivity, no new channel.
         keep = torch.nonzero(finite)[:, 0]
-        return clipped_gradient_sum(model, inputs[keep], targets[keep], task=task,
-                                    max_grad_norm=max_grad_norm)  # fmt: skip
+        return clipped_gradient_sum(
+            model, inputs[keep], targets[keep], task=task, max_grad_norm=max_grad_norm
+        )
     factors = (max_grad_norm / (squared.sqrt() + _CLIP_EPSILON)).clamp(max=1.0)
     # Each parameter belongs to exactly one layer: no accumulation buffers needed.
     found = {id(p): total for layer in layers for p, total in layer.weighted_sum(factors).items()}

@@ -261,8 +261,11 @@ class Ledger:
             stored = _study(conn, record.study_id)
             if stored is not None:
                 if stored != record:
-                    changed = [f.name.replace("plan_sha256", "plan") for f in fields(record)
-                               if getattr(stored, f.name) != getattr(record, f.name)]  # fmt: skip
+                    changed = [
+                        f.name.replace("plan_sha256", "plan")
+                        for f in fields(record)
+                        if getattr(stored, f.name) != getattr(record, f.name)
+                    ]
                     raise StudyConflict(
                         f"study {record.study_id} is already registered with different "
                         f"{', '.join(changed)}; submit the change under a new study id."
@@ -332,9 +335,17 @@ class Ledger:
             conn.execute(
                 "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
                 "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (study_id, kind, round, event.noise_multiplier, event.sample_rate,
-                 event.steps, bytes(result), _now()),
-            )  # fmt: skip
+                (
+                    study_id,
+                    kind,
+                    round,
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.steps,
+                    bytes(result),
+                    _now(),
+                ),
+            )
         return total
 
     def claim(self, study_id: str, kind: str, round: int, event: DpEvent) -> bool:
@@ -354,9 +365,17 @@ class Ledger:
             conn.execute(
                 "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
                 "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (study_id, kind, round, event.noise_multiplier, event.sample_rate,
-                 event.steps, PENDING, _now()),
-            )  # fmt: skip
+                (
+                    study_id,
+                    kind,
+                    round,
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.steps,
+                    PENDING,
+                    _now(),
+                ),
+            )
         return True
 
     def complete(self, study_id: str, kind: str, round: int, result: bytes) -> None:
@@ -421,8 +440,9 @@ class Ledger:
             study = self._admissible(conn, study_id, kind, round)
             if study is not None:
                 budget = study.budget()
-                self._charge(conn, study, kind, round,
-                             budget.train if kind == "train" else budget.evaluation)  # fmt: skip
+                self._charge(
+                    conn, study, kind, round, budget.train if kind == "train" else budget.evaluation
+                )
 
     def _admissible(
         self, conn: sqlite3.Connection, study_id: str, kind: str, round: int
@@ -496,8 +516,10 @@ class Ledger:
 
     def part_spent(self, dataset: str) -> dict[str, float]:
         """Each part's composed epsilon."""
-        return {part: parallel_epsilon({part: events}, self.delta)
-                for part, events in self.parts(dataset).items()}  # fmt: skip
+        return {
+            part: parallel_epsilon({part: events}, self.delta)
+            for part, events in self.parts(dataset).items()
+        }
 
     def study_spent(self, study_id: str) -> float:
         """The study's own epsilon (what it cost, were it alone)."""
@@ -535,18 +557,24 @@ def _migrate(conn: sqlite3.Connection, delta: float) -> None:
     if row is not None and row[0] == LEDGER_ACCOUNTING:
         return
     previous = row[0] if row is not None else "rdp"  # schema 2 and older: RDP, summed
-    datasets = sorted({d for (d,) in conn.execute("SELECT dataset FROM studies UNION "
-                                                  "SELECT dataset FROM sizes")})  # fmt: skip
+    datasets = sorted(
+        {d for (d,) in conn.execute("SELECT dataset FROM studies UNION SELECT dataset FROM sizes")}
+    )
     old = ACCOUNTANTS[previous.split("/")[0]]
     figures = []
     for dataset in datasets:
         parts = _parts(conn, dataset=dataset)
-        before = (parallel_epsilon(parts, delta, previous.split("/")[0]) if "/" in previous
-                  else old([e for events in parts.values() for e in events], delta))  # fmt: skip
+        before = (
+            parallel_epsilon(parts, delta, previous.split("/")[0])
+            if "/" in previous
+            else old([e for events in parts.values() for e in events], delta)
+        )
         figures.append(f"{dataset} {before:.4f} -> {parallel_epsilon(parts, delta):.4f}")
     note = (f"from {previous}: " + ", ".join(figures)) if figures else "new ledger"
-    conn.execute("INSERT INTO accountants (accountant, since, note) VALUES (?, ?, ?)",
-                 (LEDGER_ACCOUNTING, _now(), note))  # fmt: skip
+    conn.execute(
+        "INSERT INTO accountants (accountant, since, note) VALUES (?, ?, ?)",
+        (LEDGER_ACCOUNTING, _now(), note),
+    )
 
 
 def _study(conn: sqlite3.Connection, study_id: str) -> StudyRecord | None:

@@ -45,7 +45,7 @@ from datasites.privacy.evaluation import noisy
 from datasites.privacy.ledger import LedgerError, StudyRecord
 from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 from datasites.runtime.cache import EncodedMemo
-from datasites.site.audit import weights_digest
+from datasites.site.audit import Event, weights_digest
 from datasites.site.compute import Compute
 from datasites.site.hospital import Hospital
 from datasites.site.paths import HOSPITAL_ROOT_ENV, POLICY_FILE
@@ -106,18 +106,26 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
     try:
         parsed = Plan.from_dict(plan)
         out = _execute(hospital, parsed, train, test, request)
-        log.info("%s call %s: %.2f s in the runtime", parsed.study_id, out.get("round"),
-                 time.perf_counter() - started)  # fmt: skip
+        log.info(
+            "%s call %s: %.2f s in the runtime",
+            parsed.study_id,
+            out.get("round"),
+            time.perf_counter() - started,
+        )
         return out
     except (PlanError, RequestError, LedgerError) as error:
         log.warning("refused: %s", error)
-        hospital.audit.append("refused", **_call_fields(plan, request), reason=str(error),
-                              refusal=type(error).__name__)  # fmt: skip
+        hospital.audit.append(
+            Event.REFUSED,
+            **_call_fields(plan, request),
+            reason=str(error),
+            refusal=type(error).__name__,
+        )
         return {"hospital": hospital.name, "error": str(error), "refused": type(error).__name__}
     except Exception:
         incident = secrets.token_hex(4)
         log.exception("incident %s", incident)
-        hospital.audit.append("incident", **_call_fields(plan, request), incident=incident)
+        hospital.audit.append(Event.INCIDENT, **_call_fields(plan, request), incident=incident)
         return {
             "hospital": hospital.name,
             "error": f"{hospital.name} could not complete this call (incident {incident}); its "
@@ -147,8 +155,9 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
         )
     violations = hospital.policy.study.violations(plan.to_dict())
     if violations:
-        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study: "
-                            f"{'; '.join(violations)}.")  # fmt: skip
+        raise PolicyRefusal(
+            f"{hospital.name}'s site policy does not allow this study: {'; '.join(violations)}."
+        )
     features, labels = _encode(plan, train)
     # Everything that depends on the size (the compute limits, the sampling rate, the steps,
     # the noise calibration, the reply) uses its released DP count, never len(labels).
@@ -172,8 +181,10 @@ def _check_compute(hospital: Hospital, plan: Plan, n: int) -> None:
     epsilon bounds what a study learns, not how long it occupies this server."""
     violations = hospital.policy.study.compute_violations(Compute.of(plan, n))
     if violations:
-        raise PolicyRefusal(f"{hospital.name}'s site policy does not allow this study's "
-                            f"compute: {'; '.join(violations)}.")  # fmt: skip
+        raise PolicyRefusal(
+            f"{hospital.name}'s site policy does not allow this study's "
+            f"compute: {'; '.join(violations)}."
+        )
 
 
 def _parse_request(request: Any, plan: Plan) -> tuple[int, dict[str, Any], Any]:
@@ -236,32 +247,53 @@ def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
     evaluations = len(plan.eval_rounds())
     budget = study_budget(plan, n)
     record = StudyRecord(
-        study_id=plan.study_id, scientist=plan.scientist, dataset=plan.dataset,
-        rounds=plan.rounds, local_epochs=plan.local_epochs, batch_size=min(plan.batch_size, n),
-        lr=plan.lr, epsilon=plan.epsilon, delta=plan.delta, max_grad_norm=plan.max_grad_norm,
-        n=n, sample_rate=budget.train.sample_rate,
+        study_id=plan.study_id,
+        scientist=plan.scientist,
+        dataset=plan.dataset,
+        rounds=plan.rounds,
+        local_epochs=plan.local_epochs,
+        batch_size=min(plan.batch_size, n),
+        lr=plan.lr,
+        epsilon=plan.epsilon,
+        delta=plan.delta,
+        max_grad_norm=plan.max_grad_norm,
+        n=n,
+        sample_rate=budget.train.sample_rate,
         noise_multiplier=budget.train.noise_multiplier,
         eval_noise_multiplier=budget.evaluation.noise_multiplier,
-        steps_per_round=budget.train.steps, evaluations=evaluations,
+        steps_per_round=budget.train.steps,
+        evaluations=evaluations,
         plan_sha256=plan.digest(),
-    )  # fmt: skip
+    )
     return hospital.ledger.register_study(record)
 
 
 def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
     expected = {
-        "scientist": plan.scientist, "dataset": plan.dataset, "rounds": plan.rounds,
-        "local_epochs": plan.local_epochs, "batch_size": min(plan.batch_size, n), "lr": plan.lr,
-        "epsilon": plan.epsilon, "delta": plan.delta, "max_grad_norm": plan.max_grad_norm,
-        "n": n, "evaluations": len(plan.eval_rounds()), "plan_sha256": plan.digest(),
-    }  # fmt: skip
+        "scientist": plan.scientist,
+        "dataset": plan.dataset,
+        "rounds": plan.rounds,
+        "local_epochs": plan.local_epochs,
+        "batch_size": min(plan.batch_size, n),
+        "lr": plan.lr,
+        "epsilon": plan.epsilon,
+        "delta": plan.delta,
+        "max_grad_norm": plan.max_grad_norm,
+        "n": n,
+        "evaluations": len(plan.eval_rounds()),
+        "plan_sha256": plan.digest(),
+    }
     return all(getattr(stored, k) == v for k, v in expected.items())
 
 
 def _once(
-    hospital: Hospital, study_id: str, kind: str, round_: int, event: Any,
+    hospital: Hospital,
+    study_id: str,
+    kind: str,
+    round_: int,
+    event: Any,
     compute: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Make a release at most once: a repeat returns the recorded result and spends nothing.
 
     The release is charged before it is computed (`Ledger.claim`), so a computation that
@@ -272,8 +304,13 @@ def _once(
     ledger = hospital.ledger
     recorded = ledger.result(study_id, kind, round_)
     if recorded:
-        hospital.audit.append("repeat_served", study=study_id, kind=kind, round=round_,
-                              note="the recorded release was returned; nothing spent")  # fmt: skip
+        hospital.audit.append(
+            Event.REPEAT_SERVED,
+            study=study_id,
+            kind=kind,
+            round=round_,
+            note="the recorded release was returned; nothing spent",
+        )
         return pickle.loads(recorded)
     if recorded is not None or not ledger.claim(study_id, kind, round_, event):
         return _claimed_elsewhere(hospital, study_id, kind, round_)
@@ -302,23 +339,44 @@ def _audit_release(
     spent = {"epsilon_study": hospital.ledger.study_spent(study_id)}
     if kind == "train":
         digest = weights_digest(result["weights"])
-        hospital.audit.append("round_executed", study=study_id, round=round_, n=result["n"],
-                              weights_sha256=digest, **spent)  # fmt: skip
+        hospital.audit.append(
+            Event.ROUND_EXECUTED,
+            study=study_id,
+            round=round_,
+            n=result["n"],
+            weights_sha256=digest,
+            **spent,
+        )
     else:
-        hospital.audit.append("evaluation_released", study=study_id, after_round=round_,
-                              noise_std=result["noise_std"], **spent)  # fmt: skip
+        hospital.audit.append(
+            Event.EVALUATION_RELEASED,
+            study=study_id,
+            after_round=round_,
+            noise_std=result["noise_std"],
+            **spent,
+        )
 
 
 def _train(
-    hospital: Hospital, plan: Plan, record: StudyRecord, round_: int, weights: dict,
-    features: np.ndarray, labels: np.ndarray,
-) -> dict[str, Any]:  # fmt: skip
+    hospital: Hospital,
+    plan: Plan,
+    record: StudyRecord,
+    round_: int,
+    weights: dict,
+    features: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
         spec = TrainSpec(
-            batch_size=record.batch_size, lr=plan.lr, local_epochs=plan.local_epochs,
-            max_grad_norm=plan.max_grad_norm, noise_multiplier=record.noise_multiplier,
-            momentum=plan.momentum, local_steps=record.steps_per_round, population=record.n,
-        )  # fmt: skip
+            batch_size=record.batch_size,
+            lr=plan.lr,
+            local_epochs=plan.local_epochs,
+            max_grad_norm=plan.max_grad_norm,
+            noise_multiplier=record.noise_multiplier,
+            momentum=plan.momentum,
+            local_steps=record.steps_per_round,
+            population=record.n,
+        )
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
         # The mean training loss is computed from private rows without noise, so it is not

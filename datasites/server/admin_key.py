@@ -30,8 +30,9 @@ log = logging.getLogger("datasites.server.admin_key")
 def forget_admin_key(worker: Datasite, database: Path) -> bool:
     """Remove the admin's signing key from syft's user store; True if one was there."""
     stash = worker.services.user.stash
-    user = stash.get_by_verify_key(credentials=worker.verify_key,
-                                   verify_key=worker.verify_key).unwrap()  # fmt: skip
+    user = stash.get_by_verify_key(
+        credentials=worker.verify_key, verify_key=worker.verify_key
+    ).unwrap()
     if user.signing_key is None:
         return False
     user.signing_key = None
@@ -59,5 +60,8 @@ def admin_client(config: HospitalConfig, identity: Identity) -> Any:
     host, port = config.url.rsplit(":", 1)
     with quiet():
         guest = sy.login_as_guest(url=host, port=int(port))
-    return type(guest)(connection=guest.connection, metadata=guest.metadata,
-                       credentials=SyftSigningKey.from_string(identity.signing_key))  # fmt: skip
+    return type(guest)(
+        connection=guest.connection,
+        metadata=guest.metadata,
+        credentials=SyftSigningKey.from_string(identity.signing_key),
+    )

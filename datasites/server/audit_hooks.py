@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from datasites.contract.syft_io import syft_message
-from datasites.site.audit import AuditLog
+from datasites.site.audit import AuditLog, Event
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request, Response
@@ -82,7 +82,7 @@ def _record(worker: Datasite, audit: AuditLog, api_call: Any, refused: str) -> N
         path = str(getattr(getattr(api_call, "message", api_call), "path", ""))
         email, admin = caller(worker, api_call.credentials)
         if not admin:
-            audit.append("refused", layer="syft", path=path, user=email, reason=refused)
+            audit.append(Event.REFUSED, layer="syft", path=path, user=email, reason=refused)
     except Exception:
         log.exception("could not write the audit entry for an API call")
 
@@ -96,8 +96,10 @@ def audit_auth_routes(app: FastAPI, worker: Datasite, audit: AuditLog, prefix: s
     resets are the operator's business: one fixed reply for every email, nothing sent.
     """
     routes = {f"{prefix}/login": "login", f"{prefix}/register": "register"}
-    resets = {f"{prefix}/forgot_password": "forgot_password",
-              f"{prefix}/reset_password": "reset_password"}  # fmt: skip
+    resets = {
+        f"{prefix}/forgot_password": "forgot_password",
+        f"{prefix}/reset_password": "reset_password",
+    }
 
     @app.middleware("http")
     async def audit_auth(
@@ -108,10 +110,17 @@ def audit_auth_routes(app: FastAPI, worker: Datasite, audit: AuditLog, prefix: s
         path = request.url.path
         if path in resets:
             email = await _email_of(request, "login") if path.endswith("forgot_password") else ""
-            _append(audit, "refused", layer="guard", path=resets[path], user=email,
-                    reason="password resets are done by the hospital's operator")  # fmt: skip
-            return PlainResponse(content=_error_bytes(PASSWORD_RESET_REPLY),
-                                 media_type="application/octet-stream")  # fmt: skip
+            _append(
+                audit,
+                Event.REFUSED,
+                layer="guard",
+                path=resets[path],
+                user=email,
+                reason="password resets are done by the hospital's operator",
+            )
+            return PlainResponse(
+                content=_error_bytes(PASSWORD_RESET_REPLY), media_type="application/octet-stream"
+            )
         kind = routes.get(path)
         if kind is None:
             return await call_next(request)
@@ -171,12 +180,19 @@ def _record_auth(audit: AuditLog, kind: str, email: str, body: bytes) -> bool:
         answer = None
     try:
         if isinstance(answer, SyftError):
-            audit.append("refused", layer="syft", path=kind, user=email, reason=_message(answer))
+            audit.append(
+                Event.REFUSED, layer="syft", path=kind, user=email, reason=_message(answer)
+            )
         elif answer is None:
-            audit.append("refused", layer="syft", path=kind, user=email,
-                         reason=f"the {kind} failed inside syft")  # fmt: skip
+            audit.append(
+                Event.REFUSED,
+                layer="syft",
+                path=kind,
+                user=email,
+                reason=f"the {kind} failed inside syft",
+            )
         elif kind == "register":
-            audit.append("account_registered", user=email)
+            audit.append(Event.ACCOUNT_REGISTERED, user=email)
     except Exception:
         log.exception("could not write the audit entry for a %s", kind)
     return isinstance(answer, SyftError) or answer is None

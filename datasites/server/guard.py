@@ -25,7 +25,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from datasites.server.audit_hooks import caller
-from datasites.site.audit import AuditLog
+from datasites.site.audit import AuditLog, Event
 
 if TYPE_CHECKING:
     from syft.server.datasite import Datasite
@@ -39,24 +39,53 @@ GUEST_PATHS = frozenset({"metadata", "metadata.get_metadata"})
 # peers, worker pools, logs, custom API endpoints and account edits are not used.
 SCIENTIST_PATHS = frozenset(
     {
-        "metadata", "metadata.get_metadata", "user.get_current_user", "settings.welcome_show",
-        "dataset.get_all", "dataset.search", "dataset.get_assets_by_action_id",
-        "action.get", "action.get_mock", "action.set", "action.exists", "action.is_resolved",
-        "action.has_storage_permission", "action.get_pointer",
-        "blob_storage.read", "blob_storage.allocate", "blob_storage.write_to_disk",
+        "metadata",
+        "metadata.get_metadata",
+        "user.get_current_user",
+        "settings.welcome_show",
+        "dataset.get_all",
+        "dataset.search",
+        "dataset.get_assets_by_action_id",
+        "action.get",
+        "action.get_mock",
+        "action.set",
+        "action.exists",
+        "action.is_resolved",
+        "action.has_storage_permission",
+        "action.get_pointer",
+        "blob_storage.read",
+        "blob_storage.allocate",
+        "blob_storage.write_to_disk",
         "blob_storage.mark_write_complete",
-        "code.request_code_execution", "code.call", "code.get_all", "code.get_all_for_user",
-        "code.get_by_id", "code.get_by_service_func_name", "code_status.get_by_uid",
-        "request.submit", "request.get_all", "request.get_by_uid", "request.get_all_approved",
-        "request.get_all_pending", "request.get_all_rejected",
-        "job.get", "job.get_all", "job.get_by_user_code_id",
-        "output.get", "output.get_all", "output.get_by_user_code_id",
-        "output.get_by_output_policy_id", "output.has_output_read_permissions",
-        "notifications.resolve_object", "notifications.get_all", "notifications.get_all_read",
-        "notifications.get_all_unread", "notifications.get_all_sent",
+        "code.request_code_execution",
+        "code.call",
+        "code.get_all",
+        "code.get_all_for_user",
+        "code.get_by_id",
+        "code.get_by_service_func_name",
+        "code_status.get_by_uid",
+        "request.submit",
+        "request.get_all",
+        "request.get_by_uid",
+        "request.get_all_approved",
+        "request.get_all_pending",
+        "request.get_all_rejected",
+        "job.get",
+        "job.get_all",
+        "job.get_by_user_code_id",
+        "output.get",
+        "output.get_all",
+        "output.get_by_user_code_id",
+        "output.get_by_output_policy_id",
+        "output.has_output_read_permissions",
+        "notifications.resolve_object",
+        "notifications.get_all",
+        "notifications.get_all_read",
+        "notifications.get_all_unread",
+        "notifications.get_all_sent",
         "migration._get_object",
     }
-)  # fmt: skip
+)
 CODE_PATHS = frozenset({"code.request_code_execution", "code.submit"})
 SUBMISSION_PATHS = CODE_PATHS | {"request.submit"}
 MESSAGE_CHARS = 200
@@ -164,8 +193,13 @@ class Guard:
     def _refused(self, api_call: Any, reason: str) -> None:
         try:
             path = str(api_call.message.path)[:MESSAGE_CHARS]
-            self.audit.append("refused", layer="guard", path=path,
-                              user=self._who(api_call.credentials), reason=reason)  # fmt: skip
+            self.audit.append(
+                Event.REFUSED,
+                layer="guard",
+                path=path,
+                user=self._who(api_call.credentials),
+                reason=reason,
+            )
         except Exception:
             log.exception("could not write the audit entry for a refused call")
 
@@ -178,12 +212,15 @@ class Guard:
             value = getattr(result, "value", result)
             changes = list(getattr(value, "changes", []) or [])
             self.audit.append(
-                "request_received", path=path, request=str(getattr(value, "id", "")),
-                user=self._who(api_call.credentials), changes=len(changes),
+                Event.REQUEST_RECEIVED,
+                path=path,
+                request=str(getattr(value, "id", "")),
+                user=self._who(api_call.credentials),
+                changes=len(changes),
                 kinds=[type(c).__name__ for c in changes],
                 code_sha256=self._digests(api_call, changes),
                 accepted=not _is_error(result),
-            )  # fmt: skip
+            )
         except Exception:
             log.exception("could not write the audit entry for a submission")
 
@@ -220,8 +257,13 @@ class Guard:
         def apply(request: Any, context: Any) -> Any:
             reason = guard.apply_refusal(request, context)
             if reason is not None:
-                guard.audit.append("refused", layer="guard", path="request.apply",
-                                   request=str(request.id), reason=reason)  # fmt: skip
+                guard.audit.append(
+                    Event.REFUSED,
+                    layer="guard",
+                    path="request.apply",
+                    request=str(request.id),
+                    reason=reason,
+                )
                 raise SyftException(public_message=f"refused by this hospital: {reason}.")
             return original(request, context)
 
@@ -238,8 +280,10 @@ class Guard:
         changes = list(request.changes)
         kinds = ", ".join(type(c).__name__ for c in changes) or "none"
         if len(changes) != 1 or type(changes[0]) is not UserCodeStatusChange:
-            return (f"a scientist's request may carry exactly one change, the approval of its "
-                    f"code; this one carries {len(changes)} ({kinds})")  # fmt: skip
+            return (
+                f"a scientist's request may carry exactly one change, the approval of its "
+                f"code; this one carries {len(changes)} ({kinds})"
+            )
         return self._code_change_refusal(request, changes[0], context)
 
     def _code_change_refusal(self, request: Any, change: Any, context: Any) -> str | None:

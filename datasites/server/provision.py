@@ -60,8 +60,10 @@ def upload(admin: Any, dataset: str, pairs: list[AssetPair]) -> None:
 
 
 def _counts(pairs: list[AssetPair]) -> dict[str, dict[str, int]]:
-    return {p.name: {"rows": p.rows, "mock_rows": p.mock_rows, "usable_rows": p.usable_rows}
-            for p in pairs}  # fmt: skip
+    return {
+        p.name: {"rows": p.rows, "mock_rows": p.mock_rows, "usable_rows": p.usable_rows}
+        for p in pairs
+    }
 
 
 def provision(config: HospitalConfig, identity: Identity) -> dict[str, Any]:

@@ -33,13 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from datasites.contract.health import is_up
-from datasites.site.audit import AuditLog
+from datasites.site.audit import AuditLog, Event
 from datasites.site.identity import Identity, strong_password, write_private_json
 from datasites.site.paths import FEDERATION_FILE, IDENTITY_FILE, LOCK_FILE, HospitalConfig
 from datasites.site.paths import KEYS_APPLIED_FILE as APPLIED_FILE
 
-KEYS_ROTATED = "keys_rotated"
-KEYS_APPLIED = "keys_applied"
 BCRYPT_ROUNDS = 12  # what syft uses for the passwords it hashes itself
 
 
@@ -72,9 +70,11 @@ def rotate_keys(data_dir: Path, hospital: str, operator: str | None = None) -> I
         write_private_json(path, asdict(new))
         try:
             AuditLog.open(path.parent).append(
-                KEYS_ROTATED, operator=operator or getpass.getuser(),
-                generation=new.keys_generation, applies="at the datasite's next start",
-            )  # fmt: skip
+                Event.KEYS_ROTATED,
+                operator=operator or getpass.getuser(),
+                generation=new.keys_generation,
+                applies="at the datasite's next start",
+            )
         except BaseException:
             write_private_json(path, asdict(old))
             raise
@@ -164,7 +164,7 @@ def apply_pending_rotation(config: HospitalConfig, identity: Identity, database:
         config.syft_dir / APPLIED_FILE, {"keys_generation": identity.keys_generation}
     )
     AuditLog.open(config.root).append(
-        KEYS_APPLIED, generation=identity.keys_generation, accounts=accounts
+        Event.KEYS_APPLIED, generation=identity.keys_generation, accounts=accounts
     )
     return accounts
 
@@ -224,10 +224,12 @@ def _move_keys(session: Any, moved: dict[str, str]) -> None:
         for column in sorted(columns & {"fields", "permissions"}):
             for old, new in moved.items():
                 session.execute(
-                    sa.text(f'UPDATE "{table}" SET "{column}" = replace("{column}", :old, :new) '
-                            f'WHERE instr("{column}", :old) > 0'),
+                    sa.text(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", :old, :new) '
+                        f'WHERE instr("{column}", :old) > 0'
+                    ),
                     {"old": old, "new": new},
-                )  # fmt: skip
+                )
 
 
 def _in_rekey_order(users: list[Any], identity: Identity) -> list[Any]:
@@ -250,7 +252,9 @@ def _set_login(user: Any, identity: Identity, root_key: Any) -> None:
     is_root = user.email == identity.admin_email
     key = root_key if is_root else SyftSigningKey.generate()
     user.signing_key, user.verify_key = key, key.verify_key
-    password = {identity.admin_email: identity.admin_password,
-                identity.scientist_email: identity.scientist_password}.get(user.email)  # fmt: skip
+    password = {
+        identity.admin_email: identity.admin_password,
+        identity.scientist_email: identity.scientist_password,
+    }.get(user.email)
     if password is not None:
         user.salt, user.hashed_password = salt_and_hash_password(password, BCRYPT_ROUNDS)

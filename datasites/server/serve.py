@@ -75,8 +75,13 @@ def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
     from syft.server.uvicorn import get_lifetime
 
     # No /docs, /redoc or /openapi.json: a map of the API helps nobody the hospital serves.
-    app = FastAPI(title=worker.name, lifespan=get_lifetime(worker=worker), docs_url=None,
-                  redoc_url=None, openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title=worker.name,
+        lifespan=get_lifetime(worker=worker),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     router = APIRouter()
     router.include_router(make_routes(worker=worker))
     app.include_router(router, prefix=API_PREFIX)
@@ -121,6 +126,8 @@ def secure_store(config: HospitalConfig) -> None:
         logger.warning(
             "%s: %d files of its store were readable by other users; they are private now, "
             "but rotate its keys (python -m datasites rotate-keys --hospital %s)",
-            config.name, len(widened), config.name,
-        )  # fmt: skip
+            config.name,
+            len(widened),
+            config.name,
+        )
         record_widened(config.root, widened)

@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +50,34 @@ from datasites.site.paths import AUDIT_FILE
 HEAD_SUFFIX = ".head"
 GENESIS = "0" * 64
 
-REQUEST_RECEIVED = "request_received"
-REQUEST_SHOWN = "request_shown"
-APPROVED = "approved"
-DENIED = "denied"
-ROUND_EXECUTED = "round_executed"
-EVALUATION_RELEASED = "evaluation_released"
-REFUSED = "refused"
-POLICY_DECISION = "policy_decision"
-EVENTS = (
-    REQUEST_RECEIVED, REQUEST_SHOWN, APPROVED, DENIED, ROUND_EXECUTED, EVALUATION_RELEASED,
-    REFUSED, POLICY_DECISION,
-)  # fmt: skip
+
+class Event(StrEnum):
+    """Every kind of entry the log holds; `append` refuses any other, so a typo in a new
+    caller fails its first test instead of writing an event no reader looks for."""
+
+    REQUEST_RECEIVED = "request_received"  # syft accepted a code request (server.guard)
+    REQUEST_SHOWN = "request_shown"  # an operator read a request in full
+    APPROVED = "approved"
+    DENIED = "denied"
+    POLICY_DECISION = "policy_decision"  # the watcher applied the site policy
+    ROUND_EXECUTED = "round_executed"  # trained weights left the hospital
+    EVALUATION_RELEASED = "evaluation_released"  # noised evaluation counts left
+    REPEAT_SERVED = "repeat_served"  # a repeated call got the recorded release again
+    REFUSED = "refused"  # a call, login or request refused at any layer
+    INCIDENT = "incident"  # an unexpected error inside the runtime (details in the log)
+    ACCOUNT_REGISTERED = "account_registered"
+    KEYS_ROTATED = "keys_rotated"  # new keys written, applied at the next start
+    KEYS_APPLIED = "keys_applied"
+    STORE_PERMISSIONS_FIXED = "store_permissions_fixed"  # a widened folder was made private
+
 
 RESERVED = ("seq", "time", "event", "prev", "hash")
 _SHORT_DIGEST = 12
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_TAIL_CHUNK = 4096
+_LAST_LINE_CHUNK = 4096
 _CANNOT_RULE_OUT = "deletions from the end of the log cannot be ruled out because"
+
+_EVENT_NAMES = frozenset(e.value for e in Event)
 
 
 @dataclass(frozen=True)
@@ -143,12 +154,6 @@ class AuditLog:
         parsed = (_parse(line) for line in _lines(data))
         return [entry for entry in parsed if entry is not None]
 
-    def tail(self, n: int) -> list[dict[str, Any]]:
-        """The last `n` entries, oldest first."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative int, found {n!r}.")
-        return self.entries()[-n:] if n else []
-
     def verify(self) -> Verification:
         """Check the chain line by line, then its end against `audit.head`."""
         data, head = self._snapshot()
@@ -181,8 +186,12 @@ def weights_digest(weights: Mapping[str, Any]) -> str:
         array = np.ascontiguousarray(np.asarray(weights[name]))
         if array.dtype.hasobject:
             raise ValueError(f"weight {name} holds Python objects; pass a numeric array.")
-        header = {"dtype": array.dtype.str, "name": name, "nbytes": array.nbytes,
-                  "shape": list(array.shape)}  # fmt: skip
+        header = {
+            "dtype": array.dtype.str,
+            "name": name,
+            "nbytes": array.nbytes,
+            "shape": list(array.shape),
+        }
         digest.update(_canonical(header) + b"\n")
         digest.update(array.tobytes())
     return digest.hexdigest()
@@ -190,8 +199,9 @@ def weights_digest(weights: Mapping[str, Any]) -> str:
 
 def format_entry(entry: Mapping[str, Any]) -> str:
     """One line for the operator: time, seq, event, then the fields as key=value."""
-    fields = " ".join(f"{key}={_show(key, value)}" for key, value in entry.items()
-                      if key not in RESERVED)  # fmt: skip
+    fields = " ".join(
+        f"{key}={_show(key, value)}" for key, value in entry.items() if key not in RESERVED
+    )
     line = f"{entry.get('time', '?')}  #{entry.get('seq', '?')}  {entry.get('event', '?')}"
     return f"{line}  {fields}" if fields else line
 
@@ -201,8 +211,11 @@ def format_entry(entry: Mapping[str, Any]) -> str:
 
 def _new_entry(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The caller's part of an entry, checked and reduced to what JSON gives back."""
-    if not (isinstance(event, str) and event):
-        raise ValueError(f"event must be a non-empty str, found {event!r}.")
+    if event not in _EVENT_NAMES:
+        raise ValueError(
+            f"unknown audit event {str(event)[:40]!r}; record one of the kinds in "
+            "datasites.site.audit.Event."
+        )
     reserved = [name for name in RESERVED if name in fields]
     if reserved:
         listed = ", ".join(reserved)
@@ -211,7 +224,10 @@ def _new_entry(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
             f"{which} reserved by the audit log ({', '.join(RESERVED)}); record the value "
             "under another name."
         )
-    return {"event": event, **{name: _plain(value, name) for name, value in fields.items()}}
+    return {
+        "event": str(Event(event).value),
+        **{name: _plain(value, name) for name, value in fields.items()},
+    }
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -294,11 +310,15 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 def _well_formed(entry: Mapping[str, Any]) -> bool:
     seq, time, event = entry.get("seq"), entry.get("time"), entry.get("event")
     return (
-        isinstance(seq, int) and not isinstance(seq, bool)
-        and isinstance(time, str) and isinstance(event, str) and bool(event)
-        and all(isinstance(entry.get(k), str) and _HEX64.fullmatch(entry[k])
-                for k in ("prev", "hash"))
-    )  # fmt: skip
+        isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and isinstance(time, str)
+        and isinstance(event, str)
+        and bool(event)
+        and all(
+            isinstance(entry.get(k), str) and _HEX64.fullmatch(entry[k]) for k in ("prev", "hash")
+        )
+    )
 
 
 def _hash_holds(entry: Mapping[str, Any]) -> bool:
@@ -402,9 +422,12 @@ def _chain_end(last_line: bytes, head: _Head) -> _Head:
     """The entry the next append follows: the head, or a valid entry one past it."""
     last = _parse(last_line)
     if (
-        last is not None and _well_formed(last) and _hash_holds(last)
-        and last["seq"] == head.seq + 1 and last["prev"] == head.hash
-    ):  # fmt: skip
+        last is not None
+        and _well_formed(last)
+        and _hash_holds(last)
+        and last["seq"] == head.seq + 1
+        and last["prev"] == head.hash
+    ):
         return _Head(last["seq"], last["hash"])
     return head
 
@@ -428,7 +451,7 @@ def _last_line(fd: int, size: int) -> bytes:
     end = size - 1 if size and os.pread(fd, 1, size - 1) == b"\n" else size
     tail = b""
     while end > 0:
-        start = max(0, end - _TAIL_CHUNK)
+        start = max(0, end - _LAST_LINE_CHUNK)
         tail = os.pread(fd, end - start, start) + tail
         end = start
         newline = tail.rfind(b"\n")

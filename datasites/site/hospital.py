@@ -29,7 +29,8 @@ class Hospital:
     @classmethod
     def open(cls, root: Path) -> Hospital:
         policy = Policy.load(root)
-        ledger = Ledger(root / LEDGER_FILE, cap=policy.budget.epsilon_cap,
-                        delta=policy.budget.delta)  # fmt: skip
+        ledger = Ledger(
+            root / LEDGER_FILE, cap=policy.budget.epsilon_cap, delta=policy.budget.delta
+        )
         audit = AuditLog.open(root)
         return cls(name=root.name, root=root, policy=policy, ledger=ledger, audit=audit)

@@ -19,14 +19,13 @@ import os
 import stat
 from pathlib import Path
 
-from datasites.site.audit import AuditLog
+from datasites.site.audit import AuditLog, Event
 
 # The process umask of anything that writes a hospital's files: owner-only, 0600/0700.
 PRIVATE_UMASK = 0o077
 
 PRIVATE_BITS = 0o700
 OTHERS_BITS = 0o077
-STORE_PERMISSIONS_FIXED = "store_permissions_fixed"
 
 
 class StoreError(RuntimeError):
@@ -61,7 +60,7 @@ def record_widened(root: Path, widened: list[Path]) -> None:
     """Leave an audit entry for a store that was readable by others (no-op if none)."""
     if widened:
         AuditLog.open(root).append(
-            STORE_PERMISSIONS_FIXED, paths=len(widened), advice="rotate keys"
+            Event.STORE_PERMISSIONS_FIXED, paths=len(widened), advice="rotate keys"
         )
 
 

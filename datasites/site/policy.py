@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from datasites.site.compute import Compute
 
 # The [study] limits on a study's compute (see `datasites.site.compute.Compute`).
-COMPUTE_LIMITS = ("max_local_steps", "max_total_steps", "max_evaluations",
-                  "max_model_parameters")  # fmt: skip
+COMPUTE_LIMITS = ("max_local_steps", "max_total_steps", "max_evaluations", "max_model_parameters")
 
 DEFAULT_POLICY = """\
 # Site policy of this hospital's datasite. Unknown keys are an error.
@@ -110,8 +109,9 @@ class StudyPolicy:
     max_model_parameters: int = 5_000_000
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "allowed_models",
-                           _strings("study.allowed_models", self.allowed_models))  # fmt: skip
+        object.__setattr__(
+            self, "allowed_models", _strings("study.allowed_models", self.allowed_models)
+        )
         _limit("study.max_rounds", self.max_rounds, 1, int)
         _limit("study.min_batch_size", self.min_batch_size, 1, int)
         _limit("study.max_epsilon", self.max_epsilon, 0.0)
@@ -126,17 +126,24 @@ class StudyPolicy:
         """
         out = []
         if _text(plan.get("model")) not in self.allowed_models:
-            out.append(f"model {shown(plan.get('model'))} is not in study.allowed_models "
-                       f"{list(self.allowed_models)}")  # fmt: skip
+            out.append(
+                f"model {shown(plan.get('model'))} is not in study.allowed_models "
+                f"{list(self.allowed_models)}"
+            )
         if _num(plan, "rounds") > self.max_rounds:
-            out.append(f"{shown(plan.get('rounds'))} rounds exceed study.max_rounds "
-                       f"{self.max_rounds}")  # fmt: skip
+            out.append(
+                f"{shown(plan.get('rounds'))} rounds exceed study.max_rounds {self.max_rounds}"
+            )
         if _num(plan, "batch_size", math.inf) < self.min_batch_size:
-            out.append(f"batch size {shown(plan.get('batch_size'))} is below "
-                       f"study.min_batch_size {self.min_batch_size}")  # fmt: skip
+            out.append(
+                f"batch size {shown(plan.get('batch_size'))} is below "
+                f"study.min_batch_size {self.min_batch_size}"
+            )
         if _num(plan, "epsilon") > self.max_epsilon:
-            out.append(f"epsilon {shown(plan.get('epsilon'))} exceeds study.max_epsilon "
-                       f"{self.max_epsilon:g}")  # fmt: skip
+            out.append(
+                f"epsilon {shown(plan.get('epsilon'))} exceeds study.max_epsilon "
+                f"{self.max_epsilon:g}"
+            )
         return out
 
     def compute_violations(self, compute: Compute) -> list[str]:
@@ -147,11 +154,13 @@ class StudyPolicy:
             (c.steps_per_round, self.max_local_steps, "DP-SGD steps per round", "max_local_steps"),
             (c.total_steps, self.max_total_steps, "DP-SGD steps in all", "max_total_steps"),
             (c.evaluations, self.max_evaluations, "evaluations", "max_evaluations"),
-            (c.parameters, self.max_model_parameters, "model parameters",
-             "max_model_parameters"),
-        )  # fmt: skip
-        return [f"{value:,} {what} exceed study.{key} {limit:,}"
-                for value, limit, what, key in checks if value > limit]  # fmt: skip
+            (c.parameters, self.max_model_parameters, "model parameters", "max_model_parameters"),
+        )
+        return [
+            f"{value:,} {what} exceed study.{key} {limit:,}"
+            for value, limit, what, key in checks
+            if value > limit
+        ]
 
 
 @dataclass(frozen=True)
@@ -167,8 +176,7 @@ class AutoApprovePolicy:
         for name in ("enabled", "vetted_only"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"auto_approve.{name} must be true or false.")
-        object.__setattr__(self, "scientists",
-                           _strings("auto_approve.scientists", self.scientists))  # fmt: skip
+        object.__setattr__(self, "scientists", _strings("auto_approve.scientists", self.scientists))
         _limit("auto_approve.max_epsilon", self.max_epsilon, 0.0)
 
     def refusals(self, scientist: Any, vetted: bool, epsilon: Any) -> list[str]:
@@ -181,17 +189,21 @@ class AutoApprovePolicy:
         if not self.enabled:
             out.append("auto_approve.enabled is false")
         if _text(scientist) not in self.scientists:
-            out.append(f"{shown(scientist) if scientist else 'the requester'} is not in "
-                       "auto_approve.scientists")  # fmt: skip
+            out.append(
+                f"{shown(scientist) if scientist else 'the requester'} is not in "
+                "auto_approve.scientists"
+            )
         if self.vetted_only and vetted is not True:
             out.append("the code is custom and auto_approve.vetted_only is true")
         if not _bounded(epsilon):
             out.append(f"epsilon {shown(epsilon)} is not a finite number")
         elif not 0 < epsilon <= self.max_epsilon:
-            out.append(f"epsilon {epsilon:g} is not within (0, auto_approve.max_epsilon "
-                       f"{self.max_epsilon:g}]" if epsilon <= 0 else
-                       f"epsilon {epsilon:g} exceeds auto_approve.max_epsilon "
-                       f"{self.max_epsilon:g}")  # fmt: skip
+            out.append(
+                f"epsilon {epsilon:g} is not within (0, auto_approve.max_epsilon "
+                f"{self.max_epsilon:g}]"
+                if epsilon <= 0
+                else f"epsilon {epsilon:g} exceeds auto_approve.max_epsilon {self.max_epsilon:g}"
+            )
         return out
 
 
@@ -236,8 +248,7 @@ class Policy:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise PolicyError(f"{path} is not valid TOML ({error}); fix or delete it.") from None
-        sections = {"budget": BudgetPolicy, "study": StudyPolicy,
-                    "auto_approve": AutoApprovePolicy}  # fmt: skip
+        sections = {"budget": BudgetPolicy, "study": StudyPolicy, "auto_approve": AutoApprovePolicy}
         return cls(**_sections(raw, sections, path))
 
     @staticmethod

@@ -63,8 +63,9 @@ def test_secrets_are_owner_only_and_strong(federation: Launch) -> None:
         *federation.data_dir.glob("hospital-*/identity.json"),
     ]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    identities = [json.loads(p.read_text())
-                  for p in federation.data_dir.glob("hospital-*/identity.json")]  # fmt: skip
+    identities = [
+        json.loads(p.read_text()) for p in federation.data_dir.glob("hospital-*/identity.json")
+    ]
     passwords = [i[f"{role}_password"] for i in identities for role in ("admin", "scientist")]
     assert [h["scientist"]["password"] for h in federation.credentials()["hospitals"]] == [
         i["scientist_password"] for i in sorted(identities, key=lambda i: i["admin_email"])

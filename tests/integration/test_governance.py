@@ -20,8 +20,14 @@ from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import initial_weights
 from tests.conftest import REPO, Launch, start_launch
 
-STUDY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
-             dp=DPConfig(epsilon=2.0, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+STUDY = dict(
+    task="ehr",
+    model="ehr_logistic",
+    rounds=1,
+    batch_size=128,
+    lr=0.5,
+    dp=DPConfig(epsilon=2.0, delta=1e-5, max_grad_norm=1.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +37,21 @@ def op(federation: Launch) -> Operator:
 
 def cli(federation: Launch, *args: str, hospital: str = "hospital-c") -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "datasites", *args, "--hospital", hospital,
-         "--data-dir", str(federation.data_dir)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "datasites",
+            *args,
+            "--hospital",
+            hospital,
+            "--data-dir",
+            str(federation.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def entries_after(federation: Launch, hospital: str, start: int) -> list[dict[str, Any]]:
@@ -58,9 +75,15 @@ def test_show_projects_exactly_what_the_study_then_spends(
     ledger = Ledger(federation.data_dir / "hospital-c" / "ledger.sqlite")
     record = ledger.study(study.id)
     assert shown.returncode == 0, shown.stderr
-    for text in ("verdict   VETTED", "projected cost here: epsilon", "approve would be allowed",
-                 "  | def study_", "scientist@", "'epsilon': 2.0",
-                 "unit of privacy: one patient"):  # fmt: skip
+    for text in (
+        "verdict   VETTED",
+        "projected cost here: epsilon",
+        "approve would be allowed",
+        "  | def study_",
+        "scientist@",
+        "'epsilon': 2.0",
+        "unit of privacy: one patient",
+    ):
         assert text in shown.stdout, text
     p = review.projection
     assert p is not None and review.problems == ()
@@ -89,8 +112,9 @@ def test_approve_refuses_a_plan_outside_the_site_policy(
 def test_show_diffs_against_the_scientists_previous_approval(fed: Federation, op: Operator) -> None:
     first = fed.submit(StudyConfig(**STUDY), hospitals=["hospital-c"])
     op.approve(first.requests["hospital-c"])
-    second = fed.submit(StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}),
-                        hospitals=["hospital-c"])  # fmt: skip
+    second = fed.submit(
+        StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}), hospitals=["hospital-c"]
+    )
 
     diff = op.show(second.requests["hospital-c"]).diff
 
@@ -140,12 +164,15 @@ def test_audit_records_the_digest_of_the_weights_that_left(
     assets = client.datasets["ehr"].assets
     start = audit_length(federation)
     reply = getattr(client.code, study.function)(
-        train=assets["train"], test=assets["test"],
-        weights={"round": 1, "weights": initial_weights(study.config)}, blocking=True,
-    ).get()  # fmt: skip
+        train=assets["train"],
+        test=assets["test"],
+        weights={"round": 1, "weights": initial_weights(study.config)},
+        blocking=True,
+    ).get()
 
-    rounds = [e for e in entries_after(federation, "hospital-c", start)
-              if e["event"] == "round_executed"]  # fmt: skip
+    rounds = [
+        e for e in entries_after(federation, "hospital-c", start) if e["event"] == "round_executed"
+    ]
     printed = cli(federation, "audit")
     verified = cli(federation, "audit", "--verify")
 
@@ -182,22 +209,25 @@ def auto_policy(federation: Launch, fed: Federation) -> Iterator[Path]:
 def test_watch_approves_only_what_the_policy_allows(
     federation: Launch, fed: Federation, auto_policy: Path
 ) -> None:
-    small = fed.submit(StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}),
-                       hospitals=["hospital-c"])  # fmt: skip
+    small = fed.submit(
+        StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}), hospitals=["hospital-c"]
+    )
     large = fed.submit(StudyConfig(**STUDY), hospitals=["hospital-c"])
     start = audit_length(federation)
 
     first = cli(federation, "watch", "--once")
     second = cli(federation, "watch", "--once")
 
-    status = {s.id: s.status().set_index("hospital").loc["hospital-c", "status"]
-              for s in (small, large)}  # fmt: skip
+    status = {
+        s.id: s.status().set_index("hospital").loc["hospital-c", "status"] for s in (small, large)
+    }
     assert first.returncode == 0, first.stderr
     assert status == {small.id: "approved", large.id: "pending"}
     assert f"auto-approved {small.requests['hospital-c'][:12]}" in first.stdout
     assert "epsilon 2 exceeds auto_approve.max_epsilon 1" in first.stdout
-    decisions = [e for e in entries_after(federation, "hospital-c", start)
-                 if e["event"] == "policy_decision"]  # fmt: skip
+    decisions = [
+        e for e in entries_after(federation, "hospital-c", start) if e["event"] == "policy_decision"
+    ]
     assert {(e["request"], e["approved"]) for e in decisions} >= {
         (small.requests["hospital-c"], True),
         (large.requests["hospital-c"], False),
@@ -226,9 +256,11 @@ def test_launch_auto_approve_starts_a_watcher_per_hospital(tmp_path: Path) -> No
     data_dir = tmp_path / "auto"
     (data_dir / "hospital-a").mkdir(parents=True)
     (data_dir / "hospital-a" / "policy.toml").write_text(
-        AUTO_POLICY.format(email="scientist@research.org"))  # fmt: skip
-    launch = start_launch("--hospitals", "1", "--base-port", "18591", "--auto-approve",
-                          data_dir=data_dir)  # fmt: skip
+        AUTO_POLICY.format(email="scientist@research.org")
+    )
+    launch = start_launch(
+        "--hospitals", "1", "--base-port", "18591", "--auto-approve", data_dir=data_dir
+    )
     try:
         scientist = Federation.connect(data_dir, workdir=tmp_path / "studies")
         study = scientist.submit(StudyConfig(**{**STUDY, "dp": DPConfig(epsilon=0.5)}))

@@ -15,10 +15,18 @@ def test_a_datasite_that_fails_to_start_stops_the_rest(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     broken = data_dir / "hospital-b" / "identity.json"
     broken.parent.mkdir(parents=True)
-    broken.write_text(json.dumps({
-        "server_uid": "0" * 32, "signing_key": "not-a-key", "admin_email": "a@b.org",
-        "admin_password": "x" * 30, "scientist_email": "s@b.org", "scientist_password": "y" * 30,
-    }))  # fmt: skip
+    broken.write_text(
+        json.dumps(
+            {
+                "server_uid": "0" * 32,
+                "signing_key": "not-a-key",
+                "admin_email": "a@b.org",
+                "admin_password": "x" * 30,
+                "scientist_email": "s@b.org",
+                "scientist_password": "y" * 30,
+            }
+        )
+    )
     result = run_launch(*args(data_dir))
     assert_refused(result, "hospital-b", "datasite.log", code=1)
     assert "stopped." in result.stdout

@@ -102,6 +102,12 @@ def test_real_files_relaunch_and_sigint(tmp_path: Path) -> None:
 
 def test_sigint_stops_a_launch_that_started_with_sigint_ignored(tmp_path: Path) -> None:
     """`nohup ... &` from a script starts launch.py with SIGINT ignored; it must still stop."""
-    launch = start_launch("--hospitals", "1", "--base-port", "18271",
-                          data_dir=tmp_path / "background", ignore_sigint=True)  # fmt: skip
+    launch = start_launch(
+        "--hospitals",
+        "1",
+        "--base-port",
+        "18271",
+        data_dir=tmp_path / "background",
+        ignore_sigint=True,
+    )
     assert launch.stop(signal.SIGINT, timeout=60) == 0

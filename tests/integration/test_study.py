@@ -21,8 +21,14 @@ from scientist.checkpoint import Checkpoint
 from scientist.study import Study, StudyError, initial_weights
 from tests.conftest import REPO, Launch
 
-SMALL_EHR = dict(task="ehr", model="ehr_mlp", rounds=3, batch_size=128, lr=0.5,
-                 dp=DPConfig(epsilon=4.0, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+SMALL_EHR = dict(
+    task="ehr",
+    model="ehr_mlp",
+    rounds=3,
+    batch_size=128,
+    lr=0.5,
+    dp=DPConfig(epsilon=4.0, delta=1e-5, max_grad_norm=1.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +82,12 @@ def exact_auroc(model: Any, tables: list[Any]) -> float:
 
 
 def test_study_learns_and_stays_within_its_budget(
-    fed: Federation, operators: dict[str, Operator], federation: Launch, tmp_path: Path,
+    fed: Federation,
+    operators: dict[str, Operator],
+    federation: Launch,
+    tmp_path: Path,
     admin_clients: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     config = StudyConfig(**{**SMALL_EHR, "rounds": 4, "local_epochs": 2, "eval_every": 2})
     study = fed.submit(config)
     decide(study, operators)
@@ -172,8 +181,9 @@ def test_runtime_enforces_rounds_and_repeats_cost_nothing(
 
     beyond = call(fed, study, "hospital-a", {"round": 3, "weights": weights})
     assert "outside this study's approved rounds" in beyond["error"]
-    changed = call(fed, study, "hospital-a",
-                   {"round": 1, "weights": weights, "noise_multiplier": 0.0})  # fmt: skip
+    changed = call(
+        fed, study, "hospital-a", {"round": 1, "weights": weights, "noise_multiplier": 0.0}
+    )
     assert "DP parameters come from the approved plan" in changed["error"]
     assert ledger(federation, "hospital-a").spent("ehr") == spent
 
@@ -181,8 +191,7 @@ def test_runtime_enforces_rounds_and_repeats_cost_nothing(
 def test_a_study_above_the_cap_is_refused_even_when_approved(
     fed: Federation, operators: dict[str, Operator], federation: Launch
 ) -> None:
-    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1,
-                                      "dp": DPConfig(epsilon=60.0)}))  # fmt: skip
+    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1, "dp": DPConfig(epsilon=60.0)}))
     with pytest.raises(OperatorError, match="above its cap"):
         operators["hospital-b"].approve(study.requests["hospital-b"])
     # An operator who approves through syft directly skips those checks; the runtime holds.
@@ -200,10 +209,21 @@ def test_operator_commands(federation: Launch, fed: Federation) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "datasites", *args, "--hospital", "hospital-a",
-             "--data-dir", str(federation.data_dir)],
-            capture_output=True, text=True, cwd=REPO, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "datasites",
+                *args,
+                "--hospital",
+                "hospital-a",
+                "--data-dir",
+                str(federation.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
 
     listing = cli("requests")
     assert listing.returncode == 0, listing.stderr
@@ -224,8 +244,16 @@ def test_short_rounds_and_the_weight_average_end_to_end(
 ) -> None:
     """local_steps: every hospital trains (and is charged) exactly that many steps a round;
     average_decay: the final call evaluates, and the result holds, the running average."""
-    config = StudyConfig(**{**SMALL_EHR, "model": "ehr_logistic", "rounds": 3, "eval_every": 3,
-                            "local_steps": 4, "average_decay": 0.5})  # fmt: skip
+    config = StudyConfig(
+        **{
+            **SMALL_EHR,
+            "model": "ehr_logistic",
+            "rounds": 3,
+            "eval_every": 3,
+            "local_steps": 4,
+            "average_decay": 0.5,
+        }
+    )
     study = fed.submit(config)
     decide(study, operators)
     globals_after: dict[int, dict[str, np.ndarray]] = {}
@@ -238,8 +266,10 @@ def test_short_rounds_and_the_weight_average_end_to_end(
     result = study.run(progress=False, on_round=snapshot)
 
     assert sorted(globals_after) == [1, 2, 3]
-    expected = {k: 0.25 * globals_after[1][k] + 0.25 * globals_after[2][k]
-                + 0.5 * globals_after[3][k] for k in globals_after[3]}  # fmt: skip
+    expected = {
+        k: 0.25 * globals_after[1][k] + 0.25 * globals_after[2][k] + 0.5 * globals_after[3][k]
+        for k in globals_after[3]
+    }
     for key, value in expected.items():
         np.testing.assert_allclose(result.weights[key], value, rtol=1e-5, atol=1e-6)
     assert not np.allclose(result.weights["0.weight"], globals_after[3]["0.weight"])

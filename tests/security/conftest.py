@@ -37,9 +37,14 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Launch:
         (data_dir / name).mkdir(parents=True)
         (data_dir / name / "policy.toml").write_text(POLICY)
     launch = start_launch(
-        "--hospitals", str(len(HOSPITALS)), "--base-port", str(GUARDED_BASE_PORT),
-        "--seed", "11", data_dir=data_dir,
-    )  # fmt: skip
+        "--hospitals",
+        str(len(HOSPITALS)),
+        "--base-port",
+        str(GUARDED_BASE_PORT),
+        "--seed",
+        "11",
+        data_dir=data_dir,
+    )
     yield launch
     launch.stop()
 

@@ -44,8 +44,9 @@ def read_permission(action_id: Any, server_uid: Any) -> Any:
     from syft.types.uid import UID
 
     action_id = UID.from_string(action_id) if isinstance(action_id, str) else action_id
-    linked = LinkedObject.from_uid(action_id, ActionObject, service_type=ActionService,
-                                   server_uid=server_uid)  # fmt: skip
+    linked = LinkedObject.from_uid(
+        action_id, ActionObject, service_type=ActionService, server_uid=server_uid
+    )
     return ActionStoreChange(linked_obj=linked, apply_permission_type=ActionPermission.READ)
 
 
@@ -58,8 +59,9 @@ def admin_role(user_id: Any, server_uid: Any) -> Any:
     from syft.store.linked_obj import LinkedObject
 
     linked = LinkedObject.from_uid(user_id, User, service_type=UserService, server_uid=server_uid)
-    return ObjectMutation(linked_obj=linked, attr_name="role", value=ServiceRole.ADMIN,
-                          match_type=False)  # fmt: skip
+    return ObjectMutation(
+        linked_obj=linked, attr_name="role", value=ServiceRole.ADMIN, match_type=False
+    )
 
 
 def submit_changes(client: Any, changes: list[Any]) -> Any:

@@ -31,37 +31,54 @@ from tests.security.conftest import GUARDED_BASE_PORT, GUARDED_CAP, HOSPITALS
 from tests.security.forge import quiet as attempt
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
-TINY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
-            dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+TINY = dict(
+    task="ehr",
+    model="ehr_logistic",
+    rounds=1,
+    batch_size=128,
+    lr=0.5,
+    dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0),
+)
 
 
 def refused(entries: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
-    return [e for e in entries if e["event"] == "refused"
-            and all(str(v) in str(e.get(k, "")) for k, v in match.items())]  # fmt: skip
+    return [
+        e
+        for e in entries
+        if e["event"] == "refused" and all(str(v) in str(e.get(k, "")) for k, v in match.items())
+    ]
 
 
 def ledger(guarded: Launch, hospital: str) -> Ledger:
     return Ledger(guarded.data_dir / hospital / "ledger.sqlite")
 
 
-def call(fed: Federation, study: Study, hospital: str, request: Any, *,
-         train: str = "train", test: str = "test", dataset: str | None = None) -> Any:  # fmt: skip
+def call(
+    fed: Federation,
+    study: Study,
+    hospital: str,
+    request: Any,
+    *,
+    train: str = "train",
+    test: str = "test",
+    dataset: str | None = None,
+) -> Any:
     """Call the study's function at one hospital with chosen assets; value or error text."""
     client = fed.client(hospital)
     assets = client.datasets[dataset or study.config.task].assets
     function = getattr(client.code, study.function)
 
     def run() -> Any:
-        result = function(train=assets[train], test=assets[test], weights=request,
-                          blocking=True)  # fmt: skip
+        result = function(train=assets[train], test=assets[test], weights=request, blocking=True)
         return result.get() if hasattr(result, "get") else result
 
     value = attempt(run)
     return value if isinstance(value, dict) else str(value)
 
 
-def approved_study(fed: Federation, operators: dict[str, Operator], hospital: str,
-                   **changes: Any) -> Study:  # fmt: skip
+def approved_study(
+    fed: Federation, operators: dict[str, Operator], hospital: str, **changes: Any
+) -> Study:
     study = fed.submit(StudyConfig(**{**TINY, **changes}), hospitals=[hospital])
     operators[hospital].approve(study.requests[hospital])
     return study
@@ -226,13 +243,14 @@ def request_custom(client: Any, function: Callable[..., Any]) -> str:
     from syft.service.policy.policy import OutputPolicyExecuteCount
 
     assets = client.datasets["ehr"].assets
-    policy = sy.MixedInputPolicy(train=assets["train"], test=assets["test"], weights=dict,
-                                 client=client)  # fmt: skip
+    policy = sy.MixedInputPolicy(
+        train=assets["train"], test=assets["test"], weights=dict, client=client
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         code = sy.syft_function(
             input_policy=policy, output_policy=OutputPolicyExecuteCount(limit=1)
         )(function)
-        return str(client.code.request_code_execution(code).id)  # fmt: skip
+        return str(client.code.request_code_execution(code).id)
 
 
 def test_08_custom_code_is_classified_and_refused(
@@ -245,10 +263,14 @@ def test_08_custom_code_is_classified_and_refused(
     review = op.show(request_id)
     with pytest.raises(OperatorError, match="custom code"):
         op.approve(request_id)
-    got = attempt(lambda: scientist.client("hospital-a").code.leak_rows(
-        train=scientist.client("hospital-a").datasets["ehr"].assets["train"],
-        test=scientist.client("hospital-a").datasets["ehr"].assets["test"], weights={},
-        blocking=True))  # fmt: skip
+    got = attempt(
+        lambda: scientist.client("hospital-a").code.leak_rows(
+            train=scientist.client("hospital-a").datasets["ehr"].assets["train"],
+            test=scientist.client("hospital-a").datasets["ehr"].assets["test"],
+            weights={},
+            blocking=True,
+        )
+    )
 
     assert review.view.verdict.kind == "custom" and review.view.verdict.reasons
     assert review.problems[0].startswith("custom code")
@@ -261,9 +283,11 @@ def test_08_custom_code_is_classified_and_refused(
 
 
 def test_09_private_values_do_not_come_back_in_errors(
-    scientist: Federation, operators: dict[str, Operator], admins: dict[str, Any],
+    scientist: Federation,
+    operators: dict[str, Operator],
+    admins: dict[str, Any],
     audit_since: Since,
-) -> None:  # fmt: skip
+) -> None:
     op = operators["hospital-a"]
     private = admins["hospital-a"].datasets["ehr"].assets["train"].data
     secret = str(private["encounter_id"].iloc[0])
@@ -272,13 +296,20 @@ def test_09_private_values_do_not_come_back_in_errors(
     log = audit_since("hospital-a")
     op.approve(request_id, allow_custom_code=True)  # even a careless override
 
-    got = attempt(lambda: client.code.raise_private(
-        train=client.datasets["ehr"].assets["train"], test=client.datasets["ehr"].assets["test"],
-        weights={}, blocking=True))  # fmt: skip
+    got = attempt(
+        lambda: client.code.raise_private(
+            train=client.datasets["ehr"].assets["train"],
+            test=client.datasets["ehr"].assets["test"],
+            weights={},
+            blocking=True,
+        )
+    )
     # the vetted path: a malformed call is refused by name and shape, never by value
     study = approved_study(scientist, operators, "hospital-a")
-    weights = {k: np.full(np.shape(v), 7.25e5, np.float32)[..., :1]
-               for k, v in initial_weights(study.config).items()}  # fmt: skip
+    weights = {
+        k: np.full(np.shape(v), 7.25e5, np.float32)[..., :1]
+        for k, v in initial_weights(study.config).items()
+    }
     malformed = call(scientist, study, "hospital-a", {"round": 1, "weights": weights})
 
     assert secret not in str(got) and secret not in repr(getattr(got, "__dict__", ""))
@@ -300,9 +331,14 @@ def test_10_no_self_registration_and_no_login_across_hospitals(
     host, port = b["url"].rsplit(":", 1)
     with contextlib.redirect_stdout(io.StringIO()):
         guest = sy.login_as_guest(url=host, port=int(port))
-    registered = attempt(lambda: guest.register(
-        name="x", email="intruder@example.org", password="pw-123456789",
-        password_verify="pw-123456789"))  # fmt: skip
+    registered = attempt(
+        lambda: guest.register(
+            name="x",
+            email="intruder@example.org",
+            password="pw-123456789",
+            password_verify="pw-123456789",
+        )
+    )
     crossed = attempt(lambda: login(b["url"], a["scientist"]["email"], a["scientist"]["password"]))
 
     assert isinstance(crossed, Exception)
@@ -344,18 +380,42 @@ def test_11_audit_tampering_is_caught(
     guarded: Launch, tmp_path: Path, edit: Callable[[list[str]], list[str]], bad: int | None
 ) -> None:
     live = subprocess.run(
-        [sys.executable, "-m", "datasites", "audit", "--verify", "--hospital", "hospital-a",
-         "--data-dir", str(guarded.data_dir)], capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "datasites",
+            "audit",
+            "--verify",
+            "--hospital",
+            "hospital-a",
+            "--data-dir",
+            str(guarded.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert live.returncode == 0 and "intact" in live.stdout, live.stderr
     entries = len((guarded.data_dir / "hospital-a" / "audit.jsonl").read_text().splitlines())
     assert entries >= 6
 
     copy = tampered_copy(guarded, tmp_path, edit)
     out = subprocess.run(
-        [sys.executable, "-m", "datasites", "audit", "--verify", "--hospital", "hospital-a",
-         "--data-dir", str(copy)], capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "datasites",
+            "audit",
+            "--verify",
+            "--hospital",
+            "hospital-a",
+            "--data-dir",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
 
     assert out.returncode == 1
     expected = bad if bad is not None else entries - 1

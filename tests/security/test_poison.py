@@ -35,8 +35,16 @@ HOSPITAL = "hospital-a"
 STUDIES = 2  # studies each way, each of ROUNDS calls (a training round and an evaluation)
 ROUNDS = 4
 POLICY = "[budget]\nepsilon_cap = 40.0\n[study]\nmax_epsilon = 5.0\n"
-ATTACK = StudyConfig(task="ehr", model="ehr_mlp", model_kwargs={"hidden": [8] * 6}, rounds=ROUNDS,
-                     eval_every=1, batch_size=64, lr=0.01, dp=DPConfig(epsilon=0.5))  # fmt: skip
+ATTACK = StudyConfig(
+    task="ehr",
+    model="ehr_mlp",
+    model_kwargs={"hidden": [8] * 6},
+    rounds=ROUNDS,
+    eval_every=1,
+    batch_size=64,
+    lr=0.01,
+    dp=DPConfig(epsilon=0.5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,9 @@ def poison_site() -> Iterator[Launch]:
     (data_dir / HOSPITAL).mkdir(parents=True)
     (data_dir / HOSPITAL / "policy.toml").write_text(POLICY)
     try:
-        launch = start_launch("--hospitals", "1", "--base-port", "18681", "--seed", "17",
-                              data_dir=data_dir)  # fmt: skip
+        launch = start_launch(
+            "--hospitals", "1", "--base-port", "18681", "--seed", "17", data_dir=data_dir
+        )
         yield launch
         launch.stop()
     finally:
@@ -71,8 +80,12 @@ def call(fed: Federation, study: Any, round_: int, weights: dict[str, np.ndarray
     assets = client.datasets["ehr"].assets
     function = getattr(client.code, study.function)
     with contextlib.redirect_stdout(io.StringIO()):
-        result = function(train=assets["train"], test=assets["test"],
-                          weights={"round": round_, "weights": weights}, blocking=True)  # fmt: skip
+        result = function(
+            train=assets["train"],
+            test=assets["test"],
+            weights={"round": round_, "weights": weights},
+            blocking=True,
+        )
         return result.get() if hasattr(result, "get") else result
 
 

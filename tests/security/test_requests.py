@@ -39,8 +39,14 @@ from tests.security.forge import (
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 HOSPITAL = "hospital-a"
-TINY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
-            dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+TINY = dict(
+    task="ehr",
+    model="ehr_logistic",
+    rounds=1,
+    batch_size=128,
+    lr=0.5,
+    dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0),
+)
 
 
 def custom_function(body: str = "return train") -> Callable[..., Any]:
@@ -59,8 +65,9 @@ def request_code(client: Any, function: Callable[..., Any], output_policy: Any =
     from syft.service.policy.policy import OutputPolicyExecuteCount
 
     assets = client.datasets["ehr"].assets
-    policy = sy.MixedInputPolicy(train=assets["train"], test=assets["test"], weights=dict,
-                                 client=client)  # fmt: skip
+    policy = sy.MixedInputPolicy(
+        train=assets["train"], test=assets["test"], weights=dict, client=client
+    )
     output = output_policy if output_policy is not None else OutputPolicyExecuteCount(limit=1)
     with contextlib.redirect_stdout(io.StringIO()):
         code = sy.syft_function(input_policy=policy, output_policy=output)(function)
@@ -83,16 +90,21 @@ def raw_call(client: Any, path: str) -> Any:
 
 
 def entries(log: list[dict[str, Any]], event: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in log if e["event"] == event
-            and all(str(v) in str(e.get(k, "")) for k, v in match.items())]  # fmt: skip
+    return [
+        e
+        for e in log
+        if e["event"] == event and all(str(v) in str(e.get(k, "")) for k, v in match.items())
+    ]
 
 
 @pytest.fixture
 def auto_approve(guarded: Launch, scientist: Federation) -> Iterator[Operator]:
     """hospital-a's policy lets the watcher approve the scientist's small vetted studies."""
     path = guarded.data_dir / HOSPITAL / "policy.toml"
-    path.write_text(POLICY + "\n[auto_approve]\nenabled = true\nscientists = "
-                    f"[{json.dumps(scientist.email(HOSPITAL))}]\nmax_epsilon = 1.0\n")  # fmt: skip
+    path.write_text(
+        POLICY + "\n[auto_approve]\nenabled = true\nscientists = "
+        f"[{json.dumps(scientist.email(HOSPITAL))}]\nmax_epsilon = 1.0\n"
+    )
     try:
         yield Operator.open(guarded.data_dir, HOSPITAL, name="watch")
     finally:
@@ -105,8 +117,11 @@ def smuggling_request(scientist: Federation, extra: Callable[[Any, Any], Any]) -
     study = scientist.submit(StudyConfig(**TINY), hospitals=[HOSPITAL])
     custom = custom_function()
     request_code(client, custom)
-    changes = [code_approval(own_code(client, study.function)),
-               code_approval(own_code(client, custom.__name__)), extra(client, study)]  # fmt: skip
+    changes = [
+        code_approval(own_code(client, study.function)),
+        code_approval(own_code(client, custom.__name__)),
+        extra(client, study),
+    ]
     return study, submit_changes(client, changes)
 
 
@@ -118,9 +133,11 @@ def read_train(client: Any) -> Any:
 
 
 def test_three_change_request_is_shown_whole_and_never_applied(
-    scientist: Federation, operators: dict[str, Operator], auto_approve: Operator,
+    scientist: Federation,
+    operators: dict[str, Operator],
+    auto_approve: Operator,
     audit_since: Since,
-) -> None:  # fmt: skip
+) -> None:
     log = audit_since(HOSPITAL)
     op = operators[HOSPITAL]
 
@@ -136,7 +153,10 @@ def test_three_change_request_is_shown_whole_and_never_applied(
 
     assert review.view.verdict.vetted  # the first code is the template: the old blind spot
     assert [c.kind for c in review.view.changes] == [
-        "UserCodeStatusChange", "UserCodeStatusChange", "ActionStoreChange"]  # fmt: skip
+        "UserCodeStatusChange",
+        "UserCodeStatusChange",
+        "ActionStoreChange",
+    ]
     assert review.view.changes[1].problem and review.view.changes[2].problem
     assert any("carries 3 changes" in p for p in review.problems)
     assert isinstance(manual, OperatorError) and "3 changes" in str(manual)
@@ -213,9 +233,14 @@ def test_custom_output_policy_is_refused_at_submission(
     marker = tmp_path / "written-inside-the-datasite"
 
     code, answer = request_code(client, custom_function("return 1"), WritesFile(str(marker)))
-    call = quiet(lambda: getattr(client.code, code.service_func_name)(
-        train=client.datasets["ehr"].assets["train"], test=client.datasets["ehr"].assets["test"],
-        weights={}, blocking=True))  # fmt: skip
+    call = quiet(
+        lambda: getattr(client.code, code.service_func_name)(
+            train=client.datasets["ehr"].assets["train"],
+            test=client.datasets["ehr"].assets["test"],
+            weights={},
+            blocking=True,
+        )
+    )
 
     assert "output policy is not syft's built-in" in str(answer)
     assert not hasattr(call, "get") or not marker.exists()
@@ -228,9 +253,11 @@ def test_custom_output_policy_is_refused_at_submission(
 
 
 def template_source(plan_text: str, name: str) -> str:
-    return (f"def {name}(train, test, weights):\n    from datasites.runtime import execute\n\n"
-            f"    plan = {plan_text}\n"
-            "    return execute(plan, train=train, test=test, request=weights)\n")  # fmt: skip
+    return (
+        f"def {name}(train, test, weights):\n    from datasites.runtime import execute\n\n"
+        f"    plan = {plan_text}\n"
+        "    return execute(plan, train=train, test=test, request=weights)\n"
+    )
 
 
 def submit_source(client: Any, source: str, name: str) -> str:
@@ -253,16 +280,30 @@ def hostile_plan(scientist: Federation, **values: str) -> str:
 
 def cli(guarded: Launch, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "datasites", *args, "--hospital", HOSPITAL,
-         "--data-dir", str(guarded.data_dir)], capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "datasites",
+            *args,
+            "--hospital",
+            HOSPITAL,
+            "--data-dir",
+            str(guarded.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def test_overflowing_plans_do_not_stop_the_operator(
-    scientist: Federation, guarded: Launch, operators: dict[str, Operator],
-    auto_approve: Operator, audit_since: Since,
-) -> None:  # fmt: skip
+    scientist: Federation,
+    guarded: Launch,
+    operators: dict[str, Operator],
+    auto_approve: Operator,
+    audit_since: Since,
+) -> None:
     log = audit_since(HOSPITAL)
     huge_epsilon = hostile_plan(scientist, epsilon="1" + "0" * 400)
     long_rounds = hostile_plan(scientist, rounds="9" * 4000)
@@ -300,15 +341,21 @@ def test_overflowing_plans_do_not_stop_the_operator(
 
 
 def test_unbounded_compute_is_refused(
-    scientist: Federation, operators: dict[str, Operator], auto_approve: Operator,
+    scientist: Federation,
+    operators: dict[str, Operator],
+    auto_approve: Operator,
     audit_since: Since,
-) -> None:  # fmt: skip
+) -> None:
     log = audit_since(HOSPITAL)
     op = operators[HOSPITAL]
     request_id = hostile_plan(
-        scientist, rounds="500", local_steps="100000", eval_every="1", model="'ehr_mlp'",
+        scientist,
+        rounds="500",
+        local_steps="100000",
+        eval_every="1",
+        model="'ehr_mlp'",
         model_kwargs="{'hidden': [4096, 4096, 4096, 4096, 4096, 4096]}",
-    )  # fmt: skip
+    )
 
     review = op.review(op.request(request_id))
     refused = quiet(lambda: op.approve(request_id))
@@ -345,8 +392,9 @@ def test_escape_sequences_never_reach_the_operators_terminal(
 
 def post(launch: Launch, path: str, body: dict[str, str]) -> tuple[int, bytes]:
     url = launch.hospital(HOSPITAL)["url"] + "/api/v2/" + path
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.status, response.read()
 
@@ -360,10 +408,13 @@ def test_login_and_password_reset_do_not_tell_which_accounts_exist(
 
     unknown_login = post(guarded, "login", {"email": "nobody@example.org", "password": "x" * 12})
     wrong_password = post(guarded, "login", {"email": known, "password": "x" * 12})
-    resets = [post(guarded, "forgot_password", {"email": e})
-              for e in (admin, known, "nobody@example.org")]  # fmt: skip
-    docs = [quiet(lambda p=p: urllib.request.urlopen(hospital["url"] + p, timeout=30))
-            for p in ("/docs", "/redoc", "/openapi.json")]  # fmt: skip
+    resets = [
+        post(guarded, "forgot_password", {"email": e}) for e in (admin, known, "nobody@example.org")
+    ]
+    docs = [
+        quiet(lambda p=p: urllib.request.urlopen(hospital["url"] + p, timeout=30))
+        for p in ("/docs", "/redoc", "/openapi.json")
+    ]
 
     assert unknown_login == wrong_password
     assert resets[0] == resets[1] == resets[2]

@@ -44,8 +44,14 @@ BASE_PORT = 18581
 HOSPITAL = "hospital-a"
 URL = f"http://127.0.0.1:{BASE_PORT}"
 LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13")
-STUDY = dict(task="ehr", model="ehr_logistic", rounds=1, batch_size=128, lr=0.5,
-             dp=DPConfig(epsilon=0.5, delta=1e-5, max_grad_norm=1.0))  # fmt: skip
+STUDY = dict(
+    task="ehr",
+    model="ehr_logistic",
+    rounds=1,
+    batch_size=128,
+    lr=0.5,
+    dp=DPConfig(epsilon=0.5, delta=1e-5, max_grad_norm=1.0),
+)
 
 
 @dataclass
@@ -90,8 +96,9 @@ def tree(root: Path) -> list[Path]:
 
 def wide(paths: list[Path]) -> list[str]:
     """The paths that group or others may read, write or enter, with their modes."""
-    return [f"{oct(stat.S_IMODE(p.lstat().st_mode))} {p}" for p in paths
-            if p.lstat().st_mode & 0o077]  # fmt: skip
+    return [
+        f"{oct(stat.S_IMODE(p.lstat().st_mode))} {p}" for p in paths if p.lstat().st_mode & 0o077
+    ]
 
 
 def database(root: Path) -> Path:
@@ -101,15 +108,27 @@ def database(root: Path) -> Path:
 
 def rotate_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "datasites", "rotate-keys", "--hospital", HOSPITAL,
-         "--data-dir", str(data_dir)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "datasites",
+            "rotate-keys",
+            "--hospital",
+            HOSPITAL,
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", "nobody", "--", *command],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        ["runuser", "-u", "nobody", "--", *command], capture_output=True, text=True, timeout=30
+    )
 
 
 def client_with_key(signing_key: str) -> Any:
@@ -146,9 +165,18 @@ def test_every_path_of_the_hospital_folder_is_owner_only_while_it_works(
     study.run(progress=False)  # the datasite writes its database, blobs, ledger and audit
 
     root = site.root
-    required = [root, root / "syft", database(root), root / "datasite.log",
-                root / "identity.json", root / "ledger.sqlite", root / "audit.jsonl",
-                root / "audit.head", root / "source", root / "policy.toml"]  # fmt: skip
+    required = [
+        root,
+        root / "syft",
+        database(root),
+        root / "datasite.log",
+        root / "identity.json",
+        root / "ledger.sqlite",
+        root / "audit.jsonl",
+        root / "audit.head",
+        root / "source",
+        root / "policy.toml",
+    ]
     blobs = list(root.glob("syft/*/blob/*"))
     assert blobs, "the datasite holds no blobs"
     assert all(p.exists() for p in required), [p for p in required if not p.exists()]
@@ -156,8 +184,10 @@ def test_every_path_of_the_hospital_folder_is_owner_only_while_it_works(
     assert {p.lstat().st_uid for p in tree(root)} == {os.geteuid()}
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"),
-                    reason="needs root and runuser to act as the user nobody")  # fmt: skip
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("runuser"),
+    reason="needs root and runuser to act as the user nobody",
+)
 def test_the_user_nobody_cannot_read_the_store(site: Site) -> None:
     db, syft_dir = database(site.root), site.root / "syft"
     # Others can walk up to the hospital folder: any refusal is the folder's own doing.
@@ -294,8 +324,10 @@ def test_rotate_keys_writes_a_new_identity_and_says_what_to_do(
     assert stat.S_IMODE((site.root / "identity.json").stat().st_mode) == 0o600
     assert "start it again" in out and f"keys generation {after.keys_generation}" in out
     logged = (site.root / "audit.jsonl").read_text()
-    for secret in (*(getattr(after, s) for s in secrets), *(getattr(rotation.before, s)
-                                                          for s in secrets)):  # fmt: skip
+    for secret in (
+        *(getattr(after, s) for s in secrets),
+        *(getattr(rotation.before, s) for s in secrets),
+    ):
         assert secret not in out and secret not in logged
     (rotated_entry,) = audit_events(site.root, "keys_rotated")
     assert rotated_entry["generation"] == after.keys_generation and rotated_entry["operator"]
@@ -317,8 +349,10 @@ def test_the_stolen_admin_key_is_refused_after_rotation(rotation: Rotation) -> N
 def test_no_stored_object_names_the_old_keys_after_rotation(site: Site, rotation: Rotation) -> None:
     from syft.server.credentials import SyftSigningKey
 
-    old_keys = [str(SyftSigningKey.from_string(k).verify_key)
-                for k in (rotation.admin_key, rotation.scientist_key)]  # fmt: skip
+    old_keys = [
+        str(SyftSigningKey.from_string(k).verify_key)
+        for k in (rotation.admin_key, rotation.scientist_key)
+    ]
 
     text = stored_text(database(site.root))
 
@@ -350,8 +384,10 @@ def test_old_passwords_are_refused_and_the_new_logins_work(site: Site, rotation:
     before = rotation.before
     after = Identity(**json.loads((site.root / "identity.json").read_text()))
 
-    old_logins = ((before.admin_email, before.admin_password),
-                  (before.scientist_email, before.scientist_password))  # fmt: skip
+    old_logins = (
+        (before.admin_email, before.admin_password),
+        (before.scientist_email, before.scientist_password),
+    )
     refused = [
         attempt(lambda e=email, p=password: login(URL, e, p)) for email, password in old_logins
     ]
@@ -376,9 +412,14 @@ def test_secure_hospital_folder_returns_and_fixes_what_was_wider(tmp_path: Path)
     outside = tmp_path / "outside.txt"
     outside.write_text("not ours to change")
     (root / "link").symlink_to(outside)
-    for path, mode in ((root, 0o755), (root / "syft", 0o700), (root / "syft" / "db", 0o751),
-                       (root / "syft" / "db" / "x.db", 0o644), (root / "identity.json", 0o600),
-                       (outside, 0o644)):  # fmt: skip
+    for path, mode in (
+        (root, 0o755),
+        (root / "syft", 0o700),
+        (root / "syft" / "db", 0o751),
+        (root / "syft" / "db" / "x.db", 0o644),
+        (root / "identity.json", 0o600),
+        (outside, 0o644),
+    ):
         path.chmod(mode)
 
     found = secure_hospital_folder(root)

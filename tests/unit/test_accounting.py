@@ -110,7 +110,8 @@ def test_disjoint_parts_compose_in_parallel() -> None:
     assert both == max(epsilon([TRAIN, OTHER_TRAIN], DELTA), epsilon([EVAL] * 3, DELTA))
     assert both < epsilon([TRAIN, OTHER_TRAIN, EVAL, EVAL, EVAL], DELTA)  # never the sum
     assert parallel_epsilon(parts, DELTA, "rdp") == max(
-        opacus_epsilon([TRAIN, OTHER_TRAIN]), opacus_epsilon([EVAL] * 3))  # fmt: skip
+        opacus_epsilon([TRAIN, OTHER_TRAIN]), opacus_epsilon([EVAL] * 3)
+    )
     assert parallel_epsilon({}, DELTA) == parallel_epsilon({"train": []}, DELTA) == 0.0
 
 
@@ -122,8 +123,16 @@ def test_an_absurd_composition_is_stated_unbounded_at_once() -> None:
     assert epsilon([huge], DELTA) == math.inf
     assert epsilon([DpEvent(1.0, 0.01, MAX_COMPOSED_STEPS)], DELTA) < math.inf
     with pytest.raises(ValueError, match="no noise level reaches this epsilon"):
-        calibrate_study(epsilon=1.0, delta=DELTA, n=1000, batch_size=10, local_epochs=1,
-                        rounds=10, evaluations=0, local_steps=10**6)  # fmt: skip
+        calibrate_study(
+            epsilon=1.0,
+            delta=DELTA,
+            n=1000,
+            batch_size=10,
+            local_epochs=1,
+            rounds=10,
+            evaluations=0,
+            local_steps=10**6,
+        )
 
 
 def test_no_events_cost_nothing() -> None:
@@ -146,8 +155,11 @@ def analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
     """The exact epsilon of the Gaussian mechanism [Balle & Wang 2018, Theorem 8]."""
 
     def excess(eps: float) -> float:
-        return (stats.norm.cdf(0.5 / sigma - eps * sigma)
-                - math.exp(eps) * stats.norm.cdf(-0.5 / sigma - eps * sigma) - delta)  # fmt: skip
+        return (
+            stats.norm.cdf(0.5 / sigma - eps * sigma)
+            - math.exp(eps) * stats.norm.cdf(-0.5 / sigma - eps * sigma)
+            - delta
+        )
 
     return optimize.brentq(excess, 0.0, 50.0, xtol=1e-12)
 
@@ -212,8 +224,15 @@ GRID = [  # (epsilon, n, batch_size, rounds, evaluations): the corners and a spr
 def test_calibration_never_exceeds_and_nearly_fills_the_target(
     eps: float, n: int, batch: int, rounds: int, evaluations: int
 ) -> None:
-    budget = calibrate_study(epsilon=eps, delta=DELTA, n=n, batch_size=batch, local_epochs=1,
-                             rounds=rounds, evaluations=evaluations)  # fmt: skip
+    budget = calibrate_study(
+        epsilon=eps,
+        delta=DELTA,
+        n=n,
+        batch_size=batch,
+        local_epochs=1,
+        rounds=rounds,
+        evaluations=evaluations,
+    )
 
     total = budget.total_epsilon(DELTA)
     assert total <= eps
@@ -222,9 +241,9 @@ def test_calibration_never_exceeds_and_nearly_fills_the_target(
     assert budget.train.steps == math.ceil(n / batch)
     assert len(budget.planned_events()) == rounds + evaluations
     less_noise = DpEvent(budget.train.noise_multiplier * (1 - 2e-3), batch / n, budget.train.steps)
-    assert StudyBudget(less_noise, budget.evaluation, rounds, evaluations).total_epsilon(
-        DELTA
-    ) > eps  # fmt: skip
+    assert (
+        StudyBudget(less_noise, budget.evaluation, rounds, evaluations).total_epsilon(DELTA) > eps
+    )
     # Training and evaluations read disjoint parts: each is calibrated to the whole target.
     train_alone = epsilon(budget.parts()["train"], DELTA)
     assert eps * 0.98 <= train_alone <= eps
@@ -236,14 +255,23 @@ def test_calibration_never_exceeds_and_nearly_fills_the_target(
 
 
 def test_eval_share_sets_the_evaluations_cost() -> None:
-    budget = calibrate_study(epsilon=2.0, delta=DELTA, n=2000, batch_size=200, local_epochs=2,
-                             rounds=4, evaluations=5, eval_share=0.3)  # fmt: skip
+    budget = calibrate_study(
+        epsilon=2.0,
+        delta=DELTA,
+        n=2000,
+        batch_size=200,
+        local_epochs=2,
+        rounds=4,
+        evaluations=5,
+        eval_share=0.3,
+    )
 
     assert epsilon([budget.evaluation] * 5, DELTA) == pytest.approx(0.6, rel=0.01)
     assert budget.train.steps == 2 * 10
     assert 0.98 * 2.0 <= budget.total_epsilon(DELTA) <= 2.0
-    default = calibrate_study(epsilon=2.0, delta=DELTA, n=2000, batch_size=200, local_epochs=2,
-                              rounds=4, evaluations=5)  # fmt: skip
+    default = calibrate_study(
+        epsilon=2.0, delta=DELTA, n=2000, batch_size=200, local_epochs=2, rounds=4, evaluations=5
+    )
     assert default.train == budget.train  # the evaluations' share costs training nothing
     assert default.evaluation.noise_multiplier < budget.evaluation.noise_multiplier
 
@@ -262,8 +290,9 @@ def test_local_steps_set_the_steps_per_round_and_the_noise_follows() -> None:
 
 
 def test_calibration_is_deterministic() -> None:
-    kwargs = dict(epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10,
-                  evaluations=11)  # fmt: skip
+    kwargs = dict(
+        epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10, evaluations=11
+    )
     first = calibrate_study(**kwargs)
     accounting._calibrate.cache_clear()
 
@@ -289,8 +318,9 @@ def test_calibration_is_deterministic() -> None:
     ],
 )
 def test_calibration_errors_are_one_clear_sentence(change: dict, message: str) -> None:
-    kwargs = dict(epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10,
-                  evaluations=11)  # fmt: skip
+    kwargs = dict(
+        epsilon=1.0, delta=DELTA, n=2500, batch_size=256, local_epochs=1, rounds=10, evaluations=11
+    )
 
     with pytest.raises(ValueError) as error:
         calibrate_study(**{**kwargs, **change})
@@ -310,8 +340,15 @@ def test_floor_is_what_the_most_noise_costs() -> None:
 def test_pld_calibration_needs_less_noise_than_rdp(
     eps: float, n: int, batch: int, rounds: int, evaluations: int
 ) -> None:
-    kwargs = dict(epsilon=eps, delta=DELTA, n=n, batch_size=batch, local_epochs=1,
-                  rounds=rounds, evaluations=evaluations)  # fmt: skip
+    kwargs = dict(
+        epsilon=eps,
+        delta=DELTA,
+        n=n,
+        batch_size=batch,
+        local_epochs=1,
+        rounds=rounds,
+        evaluations=evaluations,
+    )
 
     pld, rdp = calibrate_study(**kwargs), calibrate_study(**kwargs, accountant="rdp")
 

@@ -17,8 +17,14 @@ from scientist.config import DPConfig, StudyConfig
 
 EMAIL = "scientist@research.org"
 # The attack: private enough, and weeks of a hospital's server with 340 MB each way a call.
-HUGE = dict(task="ehr", model="ehr_mlp", model_kwargs={"hidden": [4096] * 6}, rounds=500,
-            local_steps=100_000, eval_every=1)  # fmt: skip
+HUGE = dict(
+    task="ehr",
+    model="ehr_mlp",
+    model_kwargs={"hidden": [4096] * 6},
+    rounds=500,
+    local_steps=100_000,
+    eval_every=1,
+)
 
 
 def plan(**config: object) -> Plan:
@@ -109,25 +115,45 @@ def test_the_compute_line_states_steps_evaluations_and_size() -> None:
 # The measured recipes (benchmarks/README.md, benchmarks/*.py, scientist/demo.py, tests) with
 # the training rows of the largest hospital they ran on.
 RECIPES = {
-    "pathmnist 200 x 5 steps": (dict(task="pathmnist", rounds=200, local_steps=5, lr=0.2,
-                                     momentum=0.9, eval_every=200), 18_000),
-    "pathmnist 48 x 25 steps": (dict(task="pathmnist", rounds=48, local_steps=25, lr=0.2,
-                                     momentum=0.9, eval_every=48), 18_000),
-    "pathmnist 20 epoch rounds": (dict(task="pathmnist", rounds=20, lr=2.0, eval_every=20),
-                                  25_000),
-    "pathmnist demo 16 x 5": (dict(task="pathmnist", rounds=16, local_steps=5, batch_size=128,
-                                   eval_every=16, dp=DPConfig(epsilon=3.0)), 2_000),
-    "pathmnist width 32, 2 epochs": (dict(task="pathmnist", model_kwargs={"width": 32},
-                                          rounds=20, local_epochs=2), 2_000),
-    "pathmnist round overhead": (dict(task="pathmnist", rounds=4, local_epochs=3,
-                                      eval_every=4), 2_000),
-    "ehr 10 epoch rounds": (dict(task="ehr", model="ehr_logistic", rounds=10,
-                                 batch_size=512, eval_every=10), 14_000),
+    "pathmnist 200 x 5 steps": (
+        dict(task="pathmnist", rounds=200, local_steps=5, lr=0.2, momentum=0.9, eval_every=200),
+        18_000,
+    ),
+    "pathmnist 48 x 25 steps": (
+        dict(task="pathmnist", rounds=48, local_steps=25, lr=0.2, momentum=0.9, eval_every=48),
+        18_000,
+    ),
+    "pathmnist 20 epoch rounds": (dict(task="pathmnist", rounds=20, lr=2.0, eval_every=20), 25_000),
+    "pathmnist demo 16 x 5": (
+        dict(
+            task="pathmnist",
+            rounds=16,
+            local_steps=5,
+            batch_size=128,
+            eval_every=16,
+            dp=DPConfig(epsilon=3.0),
+        ),
+        2_000,
+    ),
+    "pathmnist width 32, 2 epochs": (
+        dict(task="pathmnist", model_kwargs={"width": 32}, rounds=20, local_epochs=2),
+        2_000,
+    ),
+    "pathmnist round overhead": (
+        dict(task="pathmnist", rounds=4, local_epochs=3, eval_every=4),
+        2_000,
+    ),
+    "ehr 10 epoch rounds": (
+        dict(task="ehr", model="ehr_logistic", rounds=10, batch_size=512, eval_every=10),
+        14_000,
+    ),
     "ehr demo": (dict(task="ehr", model="ehr_logistic", rounds=6, eval_every=3), 2_000),
-    "ehr mlp default": (dict(task="ehr", rounds=4, local_epochs=2, batch_size=128,
-                             eval_every=2), 3_000),
+    "ehr mlp default": (
+        dict(task="ehr", rounds=4, local_epochs=2, batch_size=128, eval_every=2),
+        3_000,
+    ),
     "ehr most rounds at the defaults": (dict(task="ehr", rounds=500), 3_000),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -12,11 +12,20 @@ from scientist import DPConfig, StudyConfig
 
 # Each plan field the runtime bounds, with values just outside its limits (and a type).
 BEYOND = [
-    ("rounds", MAX_ROUNDS + 1), ("rounds", 2000), ("local_epochs", 101),
-    ("batch_size", 100_001), ("eval_every", MAX_ROUNDS + 1), ("lr", 1000.0), ("lr", 1e-7),
-    ("epsilon", 500.0), ("epsilon", 1e-4), ("delta", 0.5), ("max_grad_norm", 1e5),
-    ("max_grad_norm", 1e-5), ("local_steps", MAX_LOCAL_STEPS + 1),
-]  # fmt: skip
+    ("rounds", MAX_ROUNDS + 1),
+    ("rounds", 2000),
+    ("local_epochs", 101),
+    ("batch_size", 100_001),
+    ("eval_every", MAX_ROUNDS + 1),
+    ("lr", 1000.0),
+    ("lr", 1e-7),
+    ("epsilon", 500.0),
+    ("epsilon", 1e-4),
+    ("delta", 0.5),
+    ("max_grad_norm", 1e5),
+    ("max_grad_norm", 1e-5),
+    ("local_steps", MAX_LOCAL_STEPS + 1),
+]
 DP_FIELDS = {"epsilon", "delta", "max_grad_norm"}
 
 

@@ -162,8 +162,14 @@ def test_dp_train_applies_the_clipped_sum_divided_by_the_expected_batch(name: st
         _model(name), torch.from_numpy(features), torch.from_numpy(labels), task, bound=0.5
     )
     # Execute
-    outcome = dp_train(model, features, labels, _spec(batch_size=10, lr=1.0, max_grad_norm=0.5),
-                       task=task, generator_seed=0)  # fmt: skip
+    outcome = dp_train(
+        model,
+        features,
+        labels,
+        _spec(batch_size=10, lr=1.0, max_grad_norm=0.5),
+        task=task,
+        generator_seed=0,
+    )
     # Assert
     for key, value in outcome.weights.items():
         step = (before[key] - value) * 10
@@ -188,8 +194,9 @@ def test_clipped_sum_agrees_with_opacus_grad_samples() -> None:
     sums, _ = clipped_gradient_sum(model, x, y, task="pathmnist", max_grad_norm=bound)
     # Assert
     for name, grad in per_example.items():
-        torch.testing.assert_close(sums[name], torch.einsum("b,b...->...", factors, grad),
-                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+        torch.testing.assert_close(
+            sums[name], torch.einsum("b,b...->...", factors, grad), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_frozen_parameters_get_no_gradient_and_no_noise() -> None:
@@ -197,16 +204,18 @@ def test_frozen_parameters_get_no_gradient_and_no_noise() -> None:
     model[0].weight.requires_grad_(False)
     frozen = model[0].weight.detach().clone()
     features, labels = _data("ehr_mlp", 20)
-    outcome = dp_train(model, features, labels, _spec(noise_multiplier=1.0), task="ehr",
-                       generator_seed=0)  # fmt: skip
+    outcome = dp_train(
+        model, features, labels, _spec(noise_multiplier=1.0), task="ehr", generator_seed=0
+    )
     np.testing.assert_array_equal(outcome.weights["0.weight"], frozen.numpy())
     assert not np.array_equal(outcome.weights["0.bias"], _model("ehr_mlp")[0].bias.detach())
 
 
 def test_unsupported_layers_and_in_place_ops_are_refused() -> None:
     x, y = torch.randn(4, 3, 28, 28), torch.zeros(4, dtype=torch.int64)
-    batch_norm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
-                               nn.LazyLinear(9))  # fmt: skip
+    batch_norm = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(9)
+    )
     with pytest.raises(ValueError, match="not BatchNorm2d"):
         clipped_gradient_sum(batch_norm, x, y, task="pathmnist", max_grad_norm=1.0)
     in_place = nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 9), nn.ReLU(inplace=True))
@@ -243,8 +252,9 @@ def test_noise_std_on_the_cnn_from_two_runs_differing_only_in_sigma() -> None:
     for sigma in (0.0, 2.0):
         spec = _spec(batch_size=16, lr=0.1, max_grad_norm=0.7, noise_multiplier=sigma)
         # Execute
-        outcome = dp_train(_model("pathmnist_cnn"), features, labels, spec, task="pathmnist",
-                           generator_seed=5)  # fmt: skip
+        outcome = dp_train(
+            _model("pathmnist_cnn"), features, labels, spec, task="pathmnist", generator_seed=5
+        )
         runs[sigma] = np.concatenate([w.ravel() for w in outcome.weights.values()])
     # Assert: same seed, same batch, so the difference is the noise alone (52k draws)
     noise = (runs[0.0] - runs[2.0]) * 16 / 0.1
@@ -270,8 +280,9 @@ def test_empty_batches_are_noised_too() -> None:
 
 def test_an_empty_batch_contributes_a_zero_sum() -> None:
     model = _model("ehr_mlp")
-    sums, loss = clipped_gradient_sum(model, torch.zeros(0, N_FEATURES), torch.zeros(0),
-                                      task="ehr", max_grad_norm=1.0)  # fmt: skip
+    sums, loss = clipped_gradient_sum(
+        model, torch.zeros(0, N_FEATURES), torch.zeros(0), task="ehr", max_grad_norm=1.0
+    )
     assert loss == 0.0
     assert set(sums) == {name for name, _ in model.named_parameters()}
     assert all(float(s.abs().sum()) == 0.0 for s in sums.values())
@@ -282,8 +293,9 @@ def test_seed_reproduces_and_no_seed_is_unpredictable() -> None:
     spec = _spec(batch_size=8, lr=0.1, noise_multiplier=1.0)
 
     def run(seed: int | None) -> np.ndarray:
-        return dp_train(_model("ehr_mlp"), features, labels, spec, task="ehr",
-                        generator_seed=seed).weights["0.weight"]  # fmt: skip
+        return dp_train(
+            _model("ehr_mlp"), features, labels, spec, task="ehr", generator_seed=seed
+        ).weights["0.weight"]
 
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.array_equal(run(None), run(None))
@@ -292,8 +304,9 @@ def test_seed_reproduces_and_no_seed_is_unpredictable() -> None:
 # --- (d) steps ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "batch_size", "epochs", "steps"), [(10, 3, 2, 8), (9, 3, 1, 3),
-                                                                  (5, 5, 3, 3)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "batch_size", "epochs", "steps"), [(10, 3, 2, 8), (9, 3, 1, 3), (5, 5, 3, 3)]
+)
 def test_steps_are_epochs_times_ceil_n_over_batch(
     n: int, batch_size: int, epochs: int, steps: int
 ) -> None:
@@ -339,8 +352,14 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
     features, labels = encode_ehr(generate_ehr(3000, seed=1, identifiers=False))
     model = _model(name)
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
-    spec = TrainSpec(batch_size=128, lr=0.5, local_epochs=4, max_grad_norm=1.0,
-                     noise_multiplier=1.0, momentum=0.5)  # fmt: skip
+    spec = TrainSpec(
+        batch_size=128,
+        lr=0.5,
+        local_epochs=4,
+        max_grad_norm=1.0,
+        noise_multiplier=1.0,
+        momentum=0.5,
+    )
     with torch.no_grad():
         before = float(_loss(model(x), y, "ehr"))
     # Execute
@@ -356,8 +375,7 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
 def test_local_steps_replace_the_epochs() -> None:
     features, labels = _data("ehr_logistic", 100)
     spec = _spec(batch_size=10, local_epochs=1, local_steps=3, noise_multiplier=1.0)
-    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr",
-                       generator_seed=0)  # fmt: skip
+    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr", generator_seed=0)
     assert outcome.steps == 3 and outcome.sample_rate == 0.1
 
 

@@ -54,8 +54,10 @@ def _updates(seed: int) -> list[tuple[dict[str, np.ndarray], int]]:
 
 def _previous(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"w": rng.normal(size=(3, 4)).astype(np.float32),
-            "b": rng.normal(size=4).astype(np.float32)}  # fmt: skip
+    return {
+        "w": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
 
 
 def test_fedavgm_without_momentum_at_server_lr_one_is_plain_fedavg_exactly() -> None:
@@ -141,17 +143,25 @@ def test_checkpoint_without_momentum_loads_an_empty_buffer(tmp_path: Path) -> No
 def _replies(weights: dict[str, np.ndarray], seed: int) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
     return {
-        h: {"train": {"weights": {k: (v + rng.normal(size=v.shape)).astype(np.float32)
-                                  for k, v in weights.items()}, "n": n},
-            "epsilon_study": 0.1, "epsilon_total": 0.1}
+        h: {
+            "train": {
+                "weights": {
+                    k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in weights.items()
+                },
+                "n": n,
+            },
+            "epsilon_study": 0.1,
+            "epsilon_total": 0.1,
+        }
         for h, n in (("hospital-a", 100), ("hospital-b", 300))
-    }  # fmt: skip
+    }
 
 
 def test_a_resumed_study_aggregates_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
     # Prepare: the same replies absorbed straight through, and with a save/load in between
-    config = StudyConfig(task="ehr", model="ehr_logistic", rounds=3, server_momentum=0.9,
-                         server_lr=1.2)  # fmt: skip
+    config = StudyConfig(
+        task="ehr", model="ehr_logistic", rounds=3, server_momentum=0.9, server_lr=1.2
+    )
     straight = Study(None, "fedavgm-0001", config, {}, tmp_path / "a")  # type: ignore[arg-type]
     resumed = Study(None, "fedavgm-0001", config, {}, tmp_path / "b")  # type: ignore[arg-type]
     start = initial_weights(config)
@@ -201,15 +211,25 @@ def test_study_config_validates_the_momentum_settings(
 def test_study_config_round_trips_the_new_fields() -> None:
     config = StudyConfig(task="ehr", momentum=0.5, server_lr=0.8, server_momentum=0.7)
     assert StudyConfig.from_dict(config.to_dict()) == config
-    old = {k: v for k, v in config.to_dict().items()
-           if k not in ("momentum", "server_lr", "server_momentum")}  # fmt: skip
+    old = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("momentum", "server_lr", "server_momentum")
+    }
     assert StudyConfig.from_dict(old) == StudyConfig(task="ehr")
 
 
 def test_plan_without_momentum_is_unchanged_and_carries_no_server_settings() -> None:
     # Prepare
-    config = StudyConfig(task="pathmnist", rounds=3, batch_size=128, lr=1.0, server_lr=1.5,
-                         server_momentum=0.9, dp=DPConfig(epsilon=3.0))  # fmt: skip
+    config = StudyConfig(
+        task="pathmnist",
+        rounds=3,
+        batch_size=128,
+        lr=1.0,
+        server_lr=1.5,
+        server_momentum=0.9,
+        dp=DPConfig(epsilon=3.0),
+    )
     # Execute
     plan = config.plan("path-0001", "ana@research.org")
     # Assert: exactly the plan from before momentum existed

@@ -107,10 +107,18 @@ def test_missing_input_file(tmp_path: Path) -> None:
 def test_relaunch_with_other_data_options_is_refused(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     data_dir.mkdir()
-    (data_dir / "launch.json").write_text(json.dumps({
-        "hospitals": 2, "scale": "small", "seed": 0, "alpha": 0.5, "ehr_csv": None,
-        "pathmnist_npz": None,
-    }))  # fmt: skip
+    (data_dir / "launch.json").write_text(
+        json.dumps(
+            {
+                "hospitals": 2,
+                "scale": "small",
+                "seed": 0,
+                "alpha": 0.5,
+                "ehr_csv": None,
+                "pathmnist_npz": None,
+            }
+        )
+    )
     result = run_launch(*args(data_dir, "--seed", "5"))
     assert_refused(result, "--seed", "--reset")
     assert not list(data_dir.glob("hospital-*"))

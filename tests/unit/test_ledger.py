@@ -26,11 +26,23 @@ DELTA = 1e-5
 def study(study_id: str, **changes: object) -> StudyRecord:
     """A registered-looking study; its noise is fixed (calibration is tested elsewhere)."""
     base = StudyRecord(
-        study_id=study_id, scientist="alice", dataset="ehr", rounds=3, local_epochs=1,
-        batch_size=50, lr=0.05, epsilon=1.0, delta=DELTA, max_grad_norm=1.0, n=2500,
-        sample_rate=0.02, noise_multiplier=1.5, eval_noise_multiplier=30.0,
-        steps_per_round=20, evaluations=4,
-    )  # fmt: skip
+        study_id=study_id,
+        scientist="alice",
+        dataset="ehr",
+        rounds=3,
+        local_epochs=1,
+        batch_size=50,
+        lr=0.05,
+        epsilon=1.0,
+        delta=DELTA,
+        max_grad_norm=1.0,
+        n=2500,
+        sample_rate=0.02,
+        noise_multiplier=1.5,
+        eval_noise_multiplier=30.0,
+        steps_per_round=20,
+        evaluations=4,
+    )
     return replace(base, **changes)
 
 
@@ -66,14 +78,17 @@ def test_dataset_epsilon_is_the_pld_composition_of_all_studies_part_by_part(
     assert ledger.spent("ehr") == total == max(parts.values())
     assert agrees_with_pld(ledger.spent("images"), [images.budget().train])
     assert ledger.study_spent("s-bob") == max(
-        epsilon([bob.budget().train], DELTA), epsilon(test, DELTA))  # fmt: skip
+        epsilon([bob.budget().train], DELTA), epsilon(test, DELTA)
+    )
     rdp = max(opacus_epsilon(train), opacus_epsilon(test))
     assert ledger.spent_rdp("ehr") == rdp > total  # the cross-check
     assert ledger.spent("ehr") < ledger.study_spent("s-alice") + ledger.study_spent("s-bob")
     assert [e[:3] for e in ledger.events("ehr")] == [
-        ("s-alice", "train", 1), ("s-bob", "eval", 0), ("s-bob", "train", 1),
+        ("s-alice", "train", 1),
+        ("s-bob", "eval", 0),
+        ("s-bob", "train", 1),
         ("s-alice", "train", 2),
-    ]  # fmt: skip
+    ]
     assert [e[3] for e in ledger.events(study_id="s-img")] == [images.budget().train]
     assert ledger.spent("nothing-here") == 0.0
     assert [s.study_id for s in ledger.studies("ehr")] == ["s-alice", "s-bob"]
@@ -241,8 +256,9 @@ def test_an_rdp_ledger_is_migrated_with_both_figures_recorded(tmp_path: Path) ->
 
     ((accountant, since, note),) = reopened.accountants()
     assert accountant == "pld/parts" and since
-    assert note == (f"from rdp: ehr {opacus_epsilon(train + test):.4f} -> "
-                    f"{reopened.spent('ehr'):.4f}")  # fmt: skip
+    assert note == (
+        f"from rdp: ehr {opacus_epsilon(train + test):.4f} -> {reopened.spent('ehr'):.4f}"
+    )
     assert agrees_with_pld(reopened.spent("ehr"), train)  # the training part dominates
     assert reopened.spent("ehr") < reopened.spent_rdp("ehr") == opacus_epsilon(train)
     assert reopened.study("s-old") == record  # its noise is kept as approved
@@ -339,9 +355,15 @@ def test_processes_charge_a_round_once_and_land_distinct_rounds(tmp_path: Path) 
     assert ledger.spent("ehr") == epsilon([record.budget().train] * 5, DELTA)
 
 
-PRIVATE = {"n": 24771, "batch_size": 2113, "lr": 0.01234, "max_grad_norm": 1.3791,
-           "noise_multiplier": 2.3456, "eval_noise_multiplier": 23.4567,
-           "sample_rate": 2113 / 24771}  # fmt: skip
+PRIVATE = {
+    "n": 24771,
+    "batch_size": 2113,
+    "lr": 0.01234,
+    "max_grad_norm": 1.3791,
+    "noise_multiplier": 2.3456,
+    "eval_noise_multiplier": 23.4567,
+    "sample_rate": 2113 / 24771,
+}
 
 
 def test_error_messages_carry_no_private_values(tmp_path: Path) -> None:

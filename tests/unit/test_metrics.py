@@ -112,7 +112,7 @@ def test_multiclass_metrics_equal_direct_computation() -> None:
     assert metrics["auroc"] == pytest.approx(
         np.mean(
             [rank_auroc(quantised(probs[:, c], MULTI_EDGES), labels == c) for c in range(classes)]
-        )  # fmt: skip
+        )
     )
     assert metrics["per_class_recall"] == pytest.approx(
         [np.mean(predicted[labels == c] == c) for c in range(classes)]

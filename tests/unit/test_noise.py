@@ -55,8 +55,10 @@ def test_discrete_gaussian_refuses_a_bad_sigma(sigma: object) -> None:
 
 def _continuous(sigma: float) -> float:
     return pld_lib.from_gaussian_mechanism(
-        standard_deviation=sigma, sensitivity=1.0, value_discretization_interval=1e-4,
-    ).get_epsilon_for_delta(DELTA)  # fmt: skip
+        standard_deviation=sigma,
+        sensitivity=1.0,
+        value_discretization_interval=1e-4,
+    ).get_epsilon_for_delta(DELTA)
 
 
 def _discrete(sigma: float, cells: int, loss_steps: int) -> float:
@@ -67,10 +69,13 @@ def _discrete(sigma: float, cells: int, loss_steps: int) -> float:
     )
     release = per_cell.self_compose(cells) if cells > 1 else per_cell
     if loss_steps:
-        release = release.compose(pld_lib.from_discrete_gaussian_mechanism(
-            sigma * DISCRETE_NOISE_FACTOR * LOSS_STEPS, sensitivity=loss_steps,
-            value_discretization_interval=1e-4,
-        ))  # fmt: skip
+        release = release.compose(
+            pld_lib.from_discrete_gaussian_mechanism(
+                sigma * DISCRETE_NOISE_FACTOR * LOSS_STEPS,
+                sensitivity=loss_steps,
+                value_discretization_interval=1e-4,
+            )
+        )
     return release.get_epsilon_for_delta(DELTA)
 
 
@@ -85,8 +90,11 @@ def test_the_charged_continuous_event_dominates_the_discrete_release(
     # The runtime noises each cell at sigma * joint and the loss at sigma * joint * STEPS,
     # where joint is the L2 sensitivity of counts and loss together, and charges the
     # continuous Gaussian at noise multiplier sigma (sensitivity 1 after scaling).
-    counts = (np.zeros((2, 4)) if cells == 1
-              else {"confusion": np.zeros((9, 9)), "ovr": np.zeros((9, 2, 4))})  # fmt: skip
+    counts = (
+        np.zeros((2, 4))
+        if cells == 1
+        else {"confusion": np.zeros((9, 9)), "ovr": np.zeros((9, 2, 4))}
+    )
     with_loss = release != "size count"
     joint = math.hypot(sensitivity(counts), 1.0) if with_loss else 1.0
 

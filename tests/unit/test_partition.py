@@ -80,8 +80,10 @@ def test_train_test_split_is_patient_disjoint_and_fixed(table: pd.DataFrame) -> 
 
 def sides(df: pd.DataFrame, key: bytes) -> dict[int, str]:
     train, test = split_train_test_patients(df, 0.2, key)
-    return {**dict.fromkeys(train["patient_nbr"], "train"),
-            **dict.fromkeys(test["patient_nbr"], "test")}  # fmt: skip
+    return {
+        **dict.fromkeys(train["patient_nbr"], "train"),
+        **dict.fromkeys(test["patient_nbr"], "test"),
+    }
 
 
 def test_adding_or_removing_a_patient_moves_nobody_else(table: pd.DataFrame) -> None:
@@ -91,8 +93,14 @@ def test_adding_or_removing_a_patient_moves_nobody_else(table: pd.DataFrame) -> 
     for _ in range(40):
         gone = rng.choice(patients)
         after = sides(table[table["patient_nbr"] != gone], KEY)
-        added = pd.concat([table, table[table["patient_nbr"] == gone].assign(
-            patient_nbr=int(patients.max()) + int(rng.integers(1, 10**6)))])  # fmt: skip
+        added = pd.concat(
+            [
+                table,
+                table[table["patient_nbr"] == gone].assign(
+                    patient_nbr=int(patients.max()) + int(rng.integers(1, 10**6))
+                ),
+            ]
+        )
         grown = sides(added, KEY)
         assert {p: s for p, s in before.items() if p != gone} == after
         assert all(grown[p] == s for p, s in before.items())

@@ -62,8 +62,9 @@ def test_mistakes_are_errors_that_name_the_key(tmp_path: Path, text: str, messag
 
 
 def test_study_limits_name_every_violation() -> None:
-    study = StudyPolicy(allowed_models=("ehr_logistic",), max_rounds=5, min_batch_size=64,
-                        max_epsilon=0.5)  # fmt: skip
+    study = StudyPolicy(
+        allowed_models=("ehr_logistic",), max_rounds=5, min_batch_size=64, max_epsilon=0.5
+    )
 
     assert StudyPolicy().violations(PLAN) == []
     assert study.violations(PLAN) == [
@@ -98,18 +99,28 @@ def test_compute_limits_have_defaults_that_the_default_file_states(tmp_path: Pat
     Policy.write_default(tmp_path)
     study = Policy.load(tmp_path).study
 
-    assert (study.max_local_steps, study.max_total_steps, study.max_evaluations,
-            study.max_model_parameters) == (1_000, 20_000, 101, 5_000_000)  # fmt: skip
+    assert (
+        study.max_local_steps,
+        study.max_total_steps,
+        study.max_evaluations,
+        study.max_model_parameters,
+    ) == (1_000, 20_000, 101, 5_000_000)
     assert study == StudyPolicy()
 
 
 def test_compute_limits_are_read_from_the_file(tmp_path: Path) -> None:
-    text = ("[study]\nmax_local_steps = 10\nmax_total_steps = 100\nmax_evaluations = 3\n"
-            "max_model_parameters = 1_000\n")  # fmt: skip
+    text = (
+        "[study]\nmax_local_steps = 10\nmax_total_steps = 100\nmax_evaluations = 3\n"
+        "max_model_parameters = 1_000\n"
+    )
     study = Policy.load(write(tmp_path, text)).study
 
-    assert (study.max_local_steps, study.max_total_steps, study.max_evaluations,
-            study.max_model_parameters) == (10, 100, 3, 1_000)  # fmt: skip
+    assert (
+        study.max_local_steps,
+        study.max_total_steps,
+        study.max_evaluations,
+        study.max_model_parameters,
+    ) == (10, 100, 3, 1_000)
 
 
 @pytest.mark.parametrize(
@@ -128,8 +139,9 @@ def test_compute_limit_mistakes_name_the_key(tmp_path: Path, text: str, message:
         Policy.load(write(tmp_path, f"[study]\n{text}\n"))
 
 
-COMPUTE = Compute(steps_per_round=50, total_steps=500, evaluations=3, parameters=10_000,
-                  bytes_per_call=40_000)  # fmt: skip
+COMPUTE = Compute(
+    steps_per_round=50, total_steps=500, evaluations=3, parameters=10_000, bytes_per_call=40_000
+)
 
 
 @pytest.mark.parametrize(
@@ -138,10 +150,13 @@ COMPUTE = Compute(steps_per_round=50, total_steps=500, evaluations=3, parameters
         ("max_local_steps", 49, "50 DP-SGD steps per round exceed study.max_local_steps 49"),
         ("max_total_steps", 499, "500 DP-SGD steps in all exceed study.max_total_steps 499"),
         ("max_evaluations", 2, "3 evaluations exceed study.max_evaluations 2"),
-        ("max_model_parameters", 9_999,
-         "10,000 model parameters exceed study.max_model_parameters 9,999"),
+        (
+            "max_model_parameters",
+            9_999,
+            "10,000 model parameters exceed study.max_model_parameters 9,999",
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_compute_limit_names_its_key(limit: str, value: int, message: str) -> None:
     at_limit = StudyPolicy(**{limit: value + 1})
 

@@ -46,8 +46,14 @@ def released_weight(data: tuple[np.ndarray, np.ndarray], sigma: float, seed: int
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    spec = TrainSpec(batch_size=len(data[1]), lr=1.0, local_epochs=1, max_grad_norm=1.0,
-                     noise_multiplier=sigma, local_steps=1)  # fmt: skip
+    spec = TrainSpec(
+        batch_size=len(data[1]),
+        lr=1.0,
+        local_epochs=1,
+        max_grad_norm=1.0,
+        noise_multiplier=sigma,
+        local_steps=1,
+    )
     outcome = dp_train(model, *data, spec, task="ehr", generator_seed=seed)
     return float(outcome.weights["0.weight"][0, AUDITED])
 

@@ -19,8 +19,9 @@ from scientist.study import initial_weights
 from synthetic.ehr import generate_ehr
 
 MARKER = "PATIENT-SECRET-4242"
-CONFIG = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64, lr=0.5,
-                     dp=DPConfig(epsilon=2.0))  # fmt: skip
+CONFIG = StudyConfig(
+    task="ehr", model="ehr_logistic", rounds=2, batch_size=64, lr=0.5, dp=DPConfig(epsilon=2.0)
+)
 
 
 @pytest.fixture
@@ -59,8 +60,12 @@ def test_private_value_in_an_error_does_not_reach_the_scientist(
     poisoned = table.copy()
     poisoned.loc[poisoned.index[7], "readmitted"] = MARKER
     with caplog.at_level(logging.ERROR, logger="datasites.runtime.execute"):
-        out = execute(plan(), train=poisoned, test=poisoned,
-                      request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+        out = execute(
+            plan(),
+            train=poisoned,
+            test=poisoned,
+            request={"round": 1, "weights": initial_weights(CONFIG)},
+        )
     assert MARKER not in repr(out)
     assert "incident" in out["error"] and out["refused"] == "InternalError"
     incident = out["error"].split("incident ")[1][:8]
@@ -78,17 +83,23 @@ def test_bad_weights_are_refused_by_name_and_shape(hospital: Path, table) -> Non
 
 
 def test_plan_with_unknown_fields_is_refused(hospital: Path, table) -> None:
-    out = execute(plan(noise_multiplier=0.0), train=table, test=table,
-                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    out = execute(
+        plan(noise_multiplier=0.0),
+        train=table,
+        test=table,
+        request={"round": 1, "weights": initial_weights(CONFIG)},
+    )
     assert out["refused"] == "PlanError" and "noise_multiplier" in out["error"]
 
 
 def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table) -> None:
     weights = initial_weights(CONFIG)
-    assert "error" not in execute(plan(), train=table, test=table,
-                                  request={"round": 1, "weights": weights})  # fmt: skip
-    out = execute(plan(epsilon=3.0), train=table, test=table,
-                  request={"round": 2, "weights": weights})  # fmt: skip
+    assert "error" not in execute(
+        plan(), train=table, test=table, request={"round": 1, "weights": weights}
+    )
+    out = execute(
+        plan(epsilon=3.0), train=table, test=table, request={"round": 2, "weights": weights}
+    )
     assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
 
 
@@ -97,16 +108,20 @@ def test_reused_study_id_with_another_plan_is_refused(hospital: Path, table, cha
     """Fields the study record does not store (model, evaluation schedule) are covered by the
     plan's digest: a second request under the same id cannot change them."""
     weights = initial_weights(CONFIG)
-    assert "error" not in execute(plan(), train=table, test=table,
-                                  request={"round": 1, "weights": weights})  # fmt: skip
-    out = execute(plan(**change), train=table, test=table,
-                  request={"round": 2, "weights": weights})  # fmt: skip
+    assert "error" not in execute(
+        plan(), train=table, test=table, request={"round": 1, "weights": weights}
+    )
+    out = execute(plan(**change), train=table, test=table, request={"round": 2, "weights": weights})
     assert out["refused"] == "StudyConflict" and "plan; submit the change" in out["error"]
 
 
 def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
-    out = execute(plan(delta=1e-3), train=table, test=table,
-                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    out = execute(
+        plan(delta=1e-3),
+        train=table,
+        test=table,
+        request={"round": 1, "weights": initial_weights(CONFIG)},
+    )
     assert out["refused"] == "RequestError" and "delta 1e-05" in out["error"]
 
 
@@ -137,10 +152,10 @@ def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> N
 def test_evaluation_uses_the_requested_edges_and_returns_them(hospital: Path, table) -> None:
     weights = initial_weights(CONFIG)
     edges = [0.0, 0.1, 0.3, 0.5, 1.0]
-    out = execute(plan(), train=table, test=table,
-                  request={"round": 1, "weights": weights, "edges": edges})  # fmt: skip
-    again = execute(plan(), train=table, test=table,
-                    request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(
+        plan(), train=table, test=table, request={"round": 1, "weights": weights, "edges": edges}
+    )
+    again = execute(plan(), train=table, test=table, request={"round": 1, "weights": weights})
     assert np.shape(out["evaluation"]["counts"]) == (2, 4)
     assert out["evaluation"]["edges"] == edges
     # The repeat returns the recorded release, edges included, and spends nothing.
@@ -177,8 +192,9 @@ def test_syft_mock_run_spends_nothing(hospital: Path, table) -> None:
     from datasites.contract.mocks import MOCK_ID_START, is_mock
 
     mock = table.assign(encounter_id=table["encounter_id"] + MOCK_ID_START)
-    out = execute(plan(), train=mock, test=mock,
-                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    out = execute(
+        plan(), train=mock, test=mock, request={"round": 1, "weights": initial_weights(CONFIG)}
+    )
     assert out == {"hospital": "hospital-z", "mock": True}
     assert current_hospital().ledger.spent("ehr") == 0.0
     assert current_hospital().ledger.study(plan()["study_id"]) is None
@@ -205,18 +221,21 @@ def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
     hospital: Path, table
 ) -> None:
     weights = initial_weights(CONFIG)
-    out = execute(plan(momentum=1.0), train=table, test=table,
-                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(
+        plan(momentum=1.0), train=table, test=table, request={"round": 1, "weights": weights}
+    )
     assert out["refused"] == "PlanError" and "momentum must be below 1" in out["error"]
-    out = execute(plan(momentum=0.9), train=table, test=table,
-                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(
+        plan(momentum=0.9), train=table, test=table, request={"round": 1, "weights": weights}
+    )
     assert "error" not in out and out["train"]["n"] > 0
 
 
 def test_local_steps_take_exactly_the_steps_the_ledger_charges(hospital: Path, table) -> None:
     weights = initial_weights(CONFIG)
-    out = execute(plan(local_steps=3), train=table, test=table,
-                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(
+        plan(local_steps=3), train=table, test=table, request={"round": 1, "weights": weights}
+    )
     record = current_hospital().ledger.study("ehr-test-0001")
     assert "error" not in out, out
     assert out["train"]["steps"] == 3 == record.steps_per_round
@@ -224,8 +243,12 @@ def test_local_steps_take_exactly_the_steps_the_ledger_charges(hospital: Path, t
 
 
 def test_local_steps_and_local_epochs_exclude_each_other(hospital: Path, table) -> None:
-    out = execute(plan(local_steps=3, local_epochs=2), train=table, test=table,
-                  request={"round": 1, "weights": initial_weights(CONFIG)})  # fmt: skip
+    out = execute(
+        plan(local_steps=3, local_epochs=2),
+        train=table,
+        test=table,
+        request={"round": 1, "weights": initial_weights(CONFIG)},
+    )
     assert out["refused"] == "PlanError" and "exclude each other" in out["error"]
     assert current_hospital().ledger.spent("ehr") == 0.0
 
@@ -248,6 +271,7 @@ def test_compute_beyond_the_site_policy_is_refused_before_training(hospital: Pat
     refused = current_hospital().audit.entries()[-1]
     assert refused["event"] == "refused" and refused["refusal"] == "PolicyRefusal"
 
-    out = execute(plan(local_steps=5), train=table, test=table,
-                  request={"round": 1, "weights": weights})  # fmt: skip
+    out = execute(
+        plan(local_steps=5), train=table, test=table, request={"round": 1, "weights": weights}
+    )
     assert "error" not in out and out["train"]["steps"] == 5

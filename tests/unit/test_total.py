@@ -30,9 +30,10 @@ from scientist.config import DPConfig, StudyConfig
 
 FEATURE = 5  # the attacker's chosen condition: this feature is large
 PLAN = Plan.from_dict(
-    StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64,
-                dp=DPConfig(epsilon=1.0)).plan("ehr-total-0001", "s@research.org")
-)  # fmt: skip
+    StudyConfig(
+        task="ehr", model="ehr_logistic", rounds=2, batch_size=64, dp=DPConfig(epsilon=1.0)
+    ).plan("ehr-total-0001", "s@research.org")
+)
 
 
 def poisoned_model() -> torch.nn.Module:
@@ -61,8 +62,7 @@ def test_a_non_finite_example_contributes_a_zero_gradient() -> None:
     inputs, targets = torch.from_numpy(features), torch.from_numpy(labels)
 
     with_target, _ = clipped_gradient_sum(model, inputs, targets, task="ehr", max_grad_norm=1.0)
-    without, _ = clipped_gradient_sum(model, inputs[1:], targets[1:], task="ehr",
-                                      max_grad_norm=1.0)  # fmt: skip
+    without, _ = clipped_gradient_sum(model, inputs[1:], targets[1:], task="ehr", max_grad_norm=1.0)
 
     for name, value in with_target.items():
         assert torch.isfinite(value).all(), name
@@ -86,9 +86,14 @@ def test_a_non_finite_score_is_a_fixed_prediction_with_the_loss_bound() -> None:
 
 def test_a_multiclass_non_finite_row_is_scored_uniform() -> None:
     plan = Plan.from_dict(
-        StudyConfig(task="pathmnist", model="pathmnist_cnn", rounds=1, batch_size=64,
-                    dp=DPConfig(epsilon=1.0)).plan("img-total-0001", "s@research.org")
-    )  # fmt: skip
+        StudyConfig(
+            task="pathmnist",
+            model="pathmnist_cnn",
+            rounds=1,
+            batch_size=64,
+            dp=DPConfig(epsilon=1.0),
+        ).plan("img-total-0001", "s@research.org")
+    )
     model = build_model("pathmnist_cnn")
     with torch.no_grad():
         model[-1].bias.fill_(float("inf"))  # every row overflows: the fixed prediction
@@ -113,12 +118,26 @@ def hospital(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def register(ledger: Ledger) -> DpEvent:
     event = DpEvent(noise_multiplier=1.0, sample_rate=0.01, steps=10)
-    ledger.register_study(StudyRecord(
-        study_id="ehr-total-0001", scientist="s@research.org", dataset="ehr", rounds=2,
-        local_epochs=1, batch_size=64, lr=0.1, epsilon=1.0, delta=1e-5, max_grad_norm=1.0,
-        n=6400, sample_rate=0.01, noise_multiplier=1.0, eval_noise_multiplier=1.0,
-        steps_per_round=10, evaluations=3,
-    ))  # fmt: skip
+    ledger.register_study(
+        StudyRecord(
+            study_id="ehr-total-0001",
+            scientist="s@research.org",
+            dataset="ehr",
+            rounds=2,
+            local_epochs=1,
+            batch_size=64,
+            lr=0.1,
+            epsilon=1.0,
+            delta=1e-5,
+            max_grad_norm=1.0,
+            n=6400,
+            sample_rate=0.01,
+            noise_multiplier=1.0,
+            eval_noise_multiplier=1.0,
+            steps_per_round=10,
+            evaluations=3,
+        )
+    )
     return event
 
 
@@ -169,8 +188,16 @@ def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
 # -- the attack through the hospital's runtime: the same reply with or without the target ----
 
 HIDDEN = [8] * 6
-ATTACK = StudyConfig(task="ehr", model="ehr_mlp", model_kwargs={"hidden": HIDDEN}, rounds=1,
-                     eval_every=1, batch_size=64, lr=0.01, dp=DPConfig(epsilon=1.0))  # fmt: skip
+ATTACK = StudyConfig(
+    task="ehr",
+    model="ehr_mlp",
+    model_kwargs={"hidden": HIDDEN},
+    rounds=1,
+    eval_every=1,
+    batch_size=64,
+    lr=0.01,
+    dp=DPConfig(epsilon=1.0),
+)
 
 
 def condition_weights(feature: int, threshold: float) -> dict[str, np.ndarray]:
@@ -178,8 +205,9 @@ def condition_weights(feature: int, threshold: float) -> dict[str, np.ndarray]:
     with feature > threshold: one unit opens on the condition, six layers amplify it."""
     from datasites.contract.zoo import MAX_ABS_WEIGHT, model_weights
 
-    weights = {k: np.zeros_like(v) for k, v in model_weights(build_model(
-        "ehr_mlp", hidden=HIDDEN)).items()}  # fmt: skip
+    weights = {
+        k: np.zeros_like(v) for k, v in model_weights(build_model("ehr_mlp", hidden=HIDDEN)).items()
+    }
     linear = sorted({k.split(".")[0] for k in weights}, key=int)
     opening = MAX_ABS_WEIGHT / max(1.0, abs(threshold))  # keeps the bias within the bound
     weights[f"{linear[0]}.weight"][0, feature] = opening
@@ -239,11 +267,16 @@ def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> Non
     released = exact + 137  # as if the Gaussian count had drawn +137
     with sqlite3.connect(hospital.root / "ledger.sqlite") as conn:
         conn.execute("INSERT INTO sizes VALUES ('ehr', ?, 50.0, 'now')", (released,))
-    config = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64,
-                         dp=DPConfig(epsilon=1.0))  # fmt: skip
+    config = StudyConfig(
+        task="ehr", model="ehr_logistic", rounds=2, batch_size=64, dp=DPConfig(epsilon=1.0)
+    )
 
-    out = execute(config.plan("ehr-size-0001", "s@research.org"), train=table, test=table,
-                  request={"round": 1, "weights": initial_weights(config)})  # fmt: skip
+    out = execute(
+        config.plan("ehr-size-0001", "s@research.org"),
+        train=table,
+        test=table,
+        request={"round": 1, "weights": initial_weights(config)},
+    )
 
     record = hospital.ledger.study("ehr-size-0001")
     assert "error" not in out, out
@@ -283,7 +316,8 @@ def test_the_size_is_released_and_charged_once_per_dataset(hospital) -> None:
     kinds = [kind for _, kind, _, _ in hospital.ledger.events(dataset="ehr")]
     assert first == again and kinds == ["size"]
     assert hospital.ledger.spent("ehr") == pytest.approx(
-        epsilon([size_event()], hospital.ledger.delta))  # fmt: skip
+        epsilon([size_event()], hospital.ledger.delta)
+    )
     assert hospital.ledger.spent("pathmnist") == 0.0
     size_cost = epsilon([size_event()], hospital.ledger.delta)
     assert hospital.ledger.part_spent("ehr") == {"train": size_cost, "test": 0.0}

@@ -115,9 +115,15 @@ def literal(value: Any) -> str | None:
 
 def view_of(verdict: Verdict, source: str) -> RequestView:
     return RequestView(
-        id="r1", status="pending", scientist="s@x.org", function=NAME, submitted="now",
-        plan=verdict.plan, code=source, verdict=verdict,
-    )  # fmt: skip
+        id="r1",
+        status="pending",
+        scientist="s@x.org",
+        function=NAME,
+        submitted="now",
+        plan=verdict.plan,
+        code=source,
+        verdict=verdict,
+    )
 
 
 def bounded_message(text: str) -> None:

@@ -21,15 +21,30 @@ from scientist.study_code import study_function
 EMAIL = "scientist@research.org"
 CONFIGS = {
     "ehr-default": StudyConfig(task="ehr"),
-    "ehr-logistic": StudyConfig(task="ehr", model="ehr_logistic", rounds=3, batch_size=64,
-                                lr=0.05, dp=DPConfig(epsilon=2.5, delta=1e-6)),
-    "ehr-mlp-any": StudyConfig(task="ehr", model="ehr_mlp",
-                               model_kwargs={"hidden": (32, 16), "dropout": 0.1},
-                               label="readmitted_any", eval_every=2),
+    "ehr-logistic": StudyConfig(
+        task="ehr",
+        model="ehr_logistic",
+        rounds=3,
+        batch_size=64,
+        lr=0.05,
+        dp=DPConfig(epsilon=2.5, delta=1e-6),
+    ),
+    "ehr-mlp-any": StudyConfig(
+        task="ehr",
+        model="ehr_mlp",
+        model_kwargs={"hidden": (32, 16), "dropout": 0.1},
+        label="readmitted_any",
+        eval_every=2,
+    ),
     "path-default": StudyConfig(task="pathmnist"),
-    "path-wide": StudyConfig(task="pathmnist", model_kwargs={"width": 32}, rounds=20,
-                             local_epochs=2, dp=DPConfig(epsilon=8.0, max_grad_norm=0.5)),
-}  # fmt: skip
+    "path-wide": StudyConfig(
+        task="pathmnist",
+        model_kwargs={"width": 32},
+        rounds=20,
+        local_epochs=2,
+        dp=DPConfig(epsilon=8.0, max_grad_norm=0.5),
+    ),
+}
 STUDY_ID = "ehr-verify-0001"
 NAME = "study_ehr_verify_0001"
 EXECUTE = "return execute(plan, train=train, test=test, request=weights)"
@@ -378,8 +393,14 @@ def test_the_request_line_shows_how_long_a_round_is(extra: dict, shown: str) -> 
     source = study_source(plan)
     name = function_name("path-0042")
     view = RequestView(
-        id="r1", status="pending", scientist="ana@research.org", function=name,
-        submitted="now", plan=plan, code=source, verdict=classify(source, name),
-    )  # fmt: skip
+        id="r1",
+        status="pending",
+        scientist="ana@research.org",
+        function=name,
+        submitted="now",
+        plan=plan,
+        code=source,
+        verdict=classify(source, name),
+    )
     assert view.verdict.kind == VETTED
     assert f"pathmnist_cnn on pathmnist, 48 {shown}, batch 256" in view.summary()
