@@ -9,28 +9,16 @@ rename): either the previous checkpoint or the new one exists, never half of one
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datasites.contract.files import atomic_write
+
 STUDY_FILE = "study.json"
 CHECKPOINT_FILE = "checkpoint.npz"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -50,7 +38,7 @@ class Checkpoint:
         arrays = {f"w/{k}": v for k, v in self.weights.items()}
         arrays.update({f"m/{k}": v for k, v in self.momentum.items()})
         arrays.update({f"a/{k}": v for k, v in self.average.items()})
-        _atomic_write(
+        atomic_write(
             folder / CHECKPOINT_FILE, lambda f: np.savez(f, __meta__=np.array(meta), **arrays)
         )
 
@@ -75,7 +63,7 @@ class Checkpoint:
 
 def save_study(folder: Path, record: dict[str, Any]) -> None:
     payload = (json.dumps(record, indent=2) + "\n").encode()
-    _atomic_write(folder / STUDY_FILE, lambda f: f.write(payload))
+    atomic_write(folder / STUDY_FILE, lambda f: f.write(payload))
 
 
 def load_study(folder: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from datasites.contract.plan import Plan
+from datasites.contract.syft_io import APPROVED, DENIED, PENDING, request_status
 from datasites.contract.zoo import build_model, model_weights
 from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
@@ -32,8 +33,6 @@ from scientist.study_code import function_name
 
 if TYPE_CHECKING:
     from scientist.pool import HospitalPool
-
-APPROVED, PENDING, DENIED = "approved", "pending", "denied"
 
 
 class StudyError(FederationError):
@@ -109,9 +108,8 @@ class Study:
     def _status_of(self, hospital: str, client: Any) -> dict[str, str]:
         for request in client.requests:
             if str(request.id) == self.requests[hospital]:
-                state = str(request.status.name).lower()
-                reason = request.deny_reason if state == "rejected" else ""
-                status = {"approved": APPROVED, "rejected": DENIED}.get(state, PENDING)
+                status = request_status(request)
+                reason = request.deny_reason if status == DENIED else ""
                 return {
                     "hospital": hospital,
                     "status": status,

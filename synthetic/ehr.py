@@ -17,8 +17,6 @@ from number ranges that are never issued to real people (see `_identifiers`).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +26,7 @@ import pandas as pd
 from faker import Faker
 from scipy.special import gammainc, ndtr
 
+from datasites.contract.files import atomic_write
 from synthetic import ehr_schema as schema
 from synthetic.ehr_schema import (
     EHR_COLUMNS,
@@ -174,15 +173,8 @@ def write_ehr_csv(df: pd.DataFrame, path: str | Path) -> None:
     whatever its columns: the schema is enforced where it matters, in `load_ehr_csv`. The file
     is created readable by its owner only, as an identified patient extract should be.
     """
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            df.to_csv(stream, index=False, na_rep="?", lineterminator="\n")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    text = df.to_csv(index=False, na_rep="?", lineterminator="\n")
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")), mode=0o600)
 
 
 def load_ehr_csv(path: str | Path) -> pd.DataFrame:

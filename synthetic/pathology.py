@@ -15,8 +15,6 @@ thresholded low-frequency fields), all filtered in the Fourier domain over batch
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +24,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import expit, ndtri
 
+from datasites.contract.files import atomic_write
 from synthetic.errors import DataFormatError
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -676,16 +675,7 @@ def save_pathmnist_npz(
             images, labels = splits[split]
             images, labels = _validated_split(split, np.asarray(images), np.asarray(labels))
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            np.savez_compressed(tmp, **arrays)
-        # mkstemp creates owner-only files; give the data file the usual permissions instead.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays), mode=0o644)
 
 
 def load_pathmnist_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -21,6 +21,7 @@ from datasites.contract.ehr_reference import (
     SCALE_FLOOR,
 )
 from datasites.contract.encoding import FEATURE_NAMES, encode_features, usable_rows
+from datasites.contract.files import atomic_write
 from synthetic.ehr import generate_ehr
 
 
@@ -49,9 +50,7 @@ def write(path: Path = REFERENCE_FILE) -> None:
     lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
     features = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in derive().items()]
     text = "{\n" + "\n".join(lines) + '\n "features": {\n' + ",\n".join(features) + "\n }\n}\n"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(text)
-    partial.replace(path)  # a reader never sees a half-written file
+    atomic_write(path, lambda handle: handle.write(text.encode()), mode=0o644)
 
 
 if __name__ == "__main__":

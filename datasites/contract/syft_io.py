@@ -29,3 +29,13 @@ def syft_message(error: Any) -> str:
     """The text of a syft error (its public message first), else the value as a string."""
     text = getattr(error, "public_message", None) or getattr(error, "message", None) or error
     return str(text or type(error).__name__)
+
+
+# A request's status, in the words both sides show: syft's REJECTED reads "denied".
+PENDING, APPROVED, DENIED = "pending", "approved", "denied"
+
+
+def request_status(request: Any) -> str:
+    """pending, approved or denied, from a syft request's status enum."""
+    name = str(request.status.name).lower()
+    return {"rejected": DENIED}.get(name, name)

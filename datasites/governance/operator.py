@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datasites.contract.syft_io import quiet, syft_message
+from datasites.contract.syft_io import PENDING, quiet, request_status, syft_message
 from datasites.governance.changes import ChangeView, Site, inspect_request
 from datasites.governance.vetting import CUSTOM, Verdict, classify, code_diff
 from datasites.site.audit import AuditLog, Event, Verification
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from datasites.governance.projection import Projection
     from datasites.site.hospital import Hospital
 
-PENDING = "pending"
 MALFORMED = "malformed"
 DATASETS = ("ehr", "pathmnist")
 NO_ACCOUNT = "(no account)"
@@ -343,7 +342,7 @@ class Operator:
         read = self._read[request_id]
         return RequestView(
             id=request_id,
-            status=_status(request),
+            status=request_status(request),
             scientist=read.requester,
             function=read.function,
             submitted=str(getattr(request, "request_time", "")),
@@ -550,8 +549,3 @@ def _reason(error: Any) -> str:
     text = syft_message(error)
     first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     return first[:200]
-
-
-def _status(request: Any) -> str:
-    name = str(request.status.name).lower()
-    return {"rejected": "denied"}.get(name, name)

@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from datasites.governance.operator import PENDING, Operator, OperatorError, Review
+from datasites.contract.syft_io import PENDING, request_status
+from datasites.governance.operator import Operator, OperatorError, Review
 from datasites.site.audit import Event
 
 WATCHER = "watch"  # the operator name decisions are recorded under
@@ -110,7 +111,7 @@ def watch_once(op: Operator, seen: set[str]) -> list[Decision]:
 
 def _pending(request: object) -> bool:
     try:
-        return str(request.status.name).lower() == PENDING  # type: ignore[attr-defined]
+        return request_status(request) == PENDING
     except Exception:  # a request whose status cannot be read is decided (left for a person)
         return True
 

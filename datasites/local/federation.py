@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasites.contract.files import write_json
 from datasites.contract.syft_io import quiet
 from datasites.local.process import DatasiteProcess
 from datasites.local.seeding import DataPlan, load_real_inputs, plan_sources
@@ -259,9 +260,7 @@ class LocalFederation:
     def write_federation_files(self) -> None:
         hospitals = [{"name": c.name, "url": c.url} for c in self.configs]
         federation_path = self.settings.data_dir / FEDERATION_FILE
-        tmp = federation_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hospitals": hospitals}, indent=2) + "\n")
-        os.replace(tmp, federation_path)
+        write_json(federation_path, {"hospitals": hospitals}, mode=0o600)
         write_private_json(self.settings.data_dir / CREDENTIALS_FILE, self.credentials())
 
     def credentials(self) -> dict[str, Any]:

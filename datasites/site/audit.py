@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from datasites.contract.files import atomic_write
 from datasites.site.paths import AUDIT_FILE
 
 HEAD_SUFFIX = ".head"
@@ -475,18 +475,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _write_head(path: Path, head: _Head) -> None:
     """Replace the head atomically, 0600 from the start, and on disk before the lock goes."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            _write_all(fd, _canonical({"seq": head.seq, "hash": head.hash}) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = _canonical({"seq": head.seq, "hash": head.hash}) + b"\n"
+    atomic_write(path, lambda handle: handle.write(data), mode=0o600)
 
 
 def _read_optional(path: Path) -> bytes | None:

@@ -10,13 +10,13 @@ same datasite back with the same logins.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from datasites.contract.files import write_json
 
 ADMIN_EMAIL_DOMAIN = "federation.org"
 SCIENTIST_EMAIL = "scientist@research.org"
@@ -28,22 +28,9 @@ def strong_password() -> str:
 
 
 def write_private_json(path: Path, payload: Any) -> None:
-    """Write JSON readable by the owner only, atomically.
-
-    The file is created 0600 from the start (never briefly world-readable) and renamed into
-    place, so a crash never leaves a half-written credentials file behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON readable by the owner only (0600 from the start), atomically, so a crash
+    never leaves a half-written credentials file behind."""
+    write_json(path, payload, mode=0o600)
 
 
 @dataclass(frozen=True)
