@@ -93,7 +93,7 @@ def _operate(args: argparse.Namespace) -> int:
         say(f"{args.hospital} denied {v.id[:12]} from {v.scientist}: {args.reason}")
     elif args.command == "budget":
         budget = op.budget()
-        say(json.dumps(budget, indent=2) if args.json else report.budget(budget))
+        say(json.dumps(budget.to_dict(), indent=2) if args.json else report.budget(budget))
     elif args.command == "watch":
         return report.watch(op, args.hospital, args.interval, args.once)
     return 0

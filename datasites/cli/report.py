@@ -2,7 +2,7 @@
 
 Kept apart from `datasites.governance.operator` so the Python API returns data (for notebooks and
 tests) and only the command line turns it into lines to read. What this module prints
-itself goes through `datasites.cli.terminal.say`; what it returns, `datasites.__main__` prints
+itself goes through `datasites.cli.terminal.say`; what it returns, `datasites.cli.main` prints
 the same way.
 """
 
@@ -12,28 +12,12 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from datasites.cli.terminal import say
+from datasites.contract.plan import plan_fields
 from datasites.governance.operator import Operator, Review
+from datasites.governance.statements import Budget
 from datasites.site.audit import AuditLog, format_entry
-
-PLAN_FIELDS = (
-    "study_id",
-    "task",
-    "model",
-    "model_kwargs",
-    "label",
-    "rounds",
-    "local_epochs",
-    "batch_size",
-    "lr",
-    "momentum",
-    "epsilon",
-    "delta",
-    "max_grad_norm",
-    "eval_every",
-)
 
 
 def review(r: Review) -> str:
@@ -58,7 +42,8 @@ def review(r: Review) -> str:
     lines += [f"          - {reason}" for reason in v.verdict.reasons]
     if v.plan:
         lines.append("plan")
-        lines += [f"  {k:<14} {v.plan[k]}" for k in PLAN_FIELDS if k in v.plan]
+        shown = [k for k in plan_fields() if k in v.plan and k != "scientist"]  # see "from"
+        lines += [f"  {k:<14} {v.plan[k]}" for k in shown]
     if v.verdict.plan_error:
         lines.append(f"plan error: {v.verdict.plan_error}")
     if r.projection:
@@ -74,19 +59,19 @@ def review(r: Review) -> str:
     return "\n".join(lines)
 
 
-def budget(b: dict[str, dict[str, Any]]) -> str:
+def budget(b: Budget) -> str:
     lines = []
-    for dataset, d in b.items():
-        parts = ", ".join(f"{part} {value:.3f}" for part, value in d["parts"].items())
+    for d in b.datasets.values():
+        parts = ", ".join(f"{part} {value:.3f}" for part, value in d.parts.items())
         lines.append(
-            f"{dataset:<10} cap {d['cap']:.2f}  spent {d['spent']:.3f} (the larger "
-            f"part of {parts}; RDP cross-check {d['spent_rdp']:.3f})  remaining "
-            f"{d['remaining']:.3f}  ({len(d['events'])} events)"
+            f"{d.dataset:<10} cap {d.cap:.2f}  spent {d.spent:.3f} (the larger "
+            f"part of {parts}; RDP cross-check {d.spent_rdp:.3f})  remaining "
+            f"{d.remaining:.3f}  ({len(d.events)} events)"
         )
-        for s in d["studies"]:
+        for s in d.studies:
             lines.append(
-                f"  {s['study_id']:<28} {s['scientist']:<28} approved eps "
-                f"{s['epsilon']:g}, spent {s['spent']:.3f}"
+                f"  {s.study_id:<28} {s.scientist:<28} approved eps "
+                f"{s.epsilon:g}, spent {s.spent:.3f}"
             )
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from datasites.contract.untrusted import problem, shown
@@ -176,3 +176,8 @@ _DEFAULTS: dict[str, Any] = {
     "momentum": 0.0,
     "local_steps": 0,
 }
+
+
+def plan_fields() -> tuple[str, ...]:
+    """Every plan field, in the order `Plan` declares them: what `show` lists."""
+    return tuple(f.name for f in fields(Plan))

@@ -11,6 +11,7 @@ refusal is appended to the hospital's tamper-evident audit log.
 from __future__ import annotations
 
 import getpass
+import html
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from datasites.contract.syft_io import PENDING, quiet, request_status, syft_message
 from datasites.governance.changes import ChangeView, Site, inspect_request
+from datasites.governance.statements import (
+    AuditTrail,
+    Budget,
+    DatasetBudget,
+    LedgerEvent,
+    StudySpend,
+)
 from datasites.governance.vetting import CUSTOM, Verdict, classify, code_diff
-from datasites.site.audit import AuditLog, Event, Verification
+from datasites.site.audit import AuditLog, Event
 from datasites.site.identity import Identity
 from datasites.site.paths import FEDERATION_FILE, IDENTITY_FILE, MANIFEST_FILE, HospitalConfig
 
@@ -72,6 +80,21 @@ class RequestView:
             f"epsilon {p.get('epsilon')} at delta {p.get('delta')}{extra}"
         )
 
+    def __repr__(self) -> str:
+        who = self.scientist or "(unknown)"
+        return f"RequestView({self.id[:12]} {self.status} from {who}: {self.summary()})"
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "request": self.id,
+            "status": self.status,
+            "from": self.scientist or "(unknown)",
+            "submitted": self.submitted,
+            "summary": self.summary(),
+            "verdict": "; ".join((self.verdict.kind, *self.verdict.reasons)),
+        }
+        return _html_table(rows)
+
     @classmethod
     def unreadable(cls, request_id: str, reason: str) -> RequestView:
         """A request the operator's tools could not read: shown, never approved."""
@@ -98,6 +121,22 @@ class Review:
     problems: tuple[str, ...]  # why approve would refuse (without an override)
     diff: str  # against the same scientist's previously approved request; "" if none
 
+    def __repr__(self) -> str:
+        decision = f"REFUSED ({len(self.problems)} problems)" if self.problems else "allowed"
+        return f"Review({self.view.id[:12]} {self.view.status}: approve would be {decision})"
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "request": self.view.id,
+            "from": self.view.scientist or "(unknown)",
+            "summary": self.view.summary(),
+            "privacy": "; ".join(self.projection.lines()) if self.projection else "",
+            "approve would be": "REFUSED: " + "; ".join(self.problems)
+            if self.problems
+            else "allowed",
+        }
+        return _html_table(rows) + f"<pre>{html.escape(self.view.code)}</pre>"
+
     def to_dict(self) -> dict[str, Any]:
         v = self.view
         return {
@@ -121,6 +160,14 @@ class Review:
         }
 
 
+def _html_table(rows: dict[str, str]) -> str:
+    """Two columns for a notebook; every value escaped (most of it is the scientist's)."""
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()
+    )
+    return f"<table>{cells}</table>"
+
+
 def _url(data_dir: Path, hospital: str) -> str:
     path = data_dir / FEDERATION_FILE
     if not path.exists():
@@ -133,6 +180,9 @@ def _url(data_dir: Path, hospital: str) -> str:
 
 class Operator:
     """Log in as one hospital's operator and act on its requests."""
+
+    def __repr__(self) -> str:
+        return f"Operator({self.root.name} as {self.name})"
 
     def __init__(self, root: Path, client: Any, name: str | None = None) -> None:
         self.root = root
@@ -470,50 +520,49 @@ class Operator:
 
     # -- budget and audit --------------------------------------------------------------
 
-    def budget(self) -> dict[str, dict[str, Any]]:
+    def budget(self) -> Budget:
         """Per dataset: cap, composed spent (PLD, and RDP as a cross-check; each of the
         training and test parts, which compose in parallel), remaining, and the studies and
         events behind."""
         ledger = self.hospital.ledger
-        out = {}
+        datasets = {}
         for dataset in ("ehr", "pathmnist"):
-            spent = ledger.spent(dataset)
-            studies = [
-                {
-                    "study_id": s.study_id,
-                    "scientist": s.scientist,
-                    "epsilon": s.epsilon,
-                    "rounds": s.rounds,
-                    "noise_multiplier": s.noise_multiplier,
-                    "spent": ledger.study_spent(s.study_id),
-                }
+            studies = tuple(
+                StudySpend(
+                    study_id=s.study_id,
+                    scientist=s.scientist,
+                    epsilon=s.epsilon,
+                    rounds=s.rounds,
+                    noise_multiplier=s.noise_multiplier,
+                    spent=ledger.study_spent(s.study_id),
+                )
                 for s in ledger.studies(dataset)
-            ]
-            events = [
-                {
-                    "study_id": sid,
-                    "kind": kind,
-                    "round": rnd,
-                    "noise_multiplier": e.noise_multiplier,
-                    "sample_rate": e.sample_rate,
-                    "steps": e.steps,
-                }
+            )
+            events = tuple(
+                LedgerEvent(
+                    study_id=sid,
+                    kind=kind,
+                    round=rnd,
+                    noise_multiplier=e.noise_multiplier,
+                    sample_rate=e.sample_rate,
+                    steps=e.steps,
+                )
                 for sid, kind, rnd, e in ledger.events(dataset=dataset)
-            ]
-            out[dataset] = {
-                "cap": ledger.cap(dataset),
-                "spent": spent,
-                "spent_rdp": ledger.spent_rdp(dataset),
-                "parts": ledger.part_spent(dataset),
-                "remaining": ledger.cap(dataset) - spent,
-                "studies": studies,
-                "events": events,
-            }
-        return out
+            )
+            datasets[dataset] = DatasetBudget(
+                dataset=dataset,
+                cap=ledger.cap(dataset),
+                spent=ledger.spent(dataset),
+                spent_rdp=ledger.spent_rdp(dataset),
+                parts=ledger.part_spent(dataset),
+                studies=studies,
+                events=events,
+            )
+        return Budget(self.root.name, datasets)
 
-    def audit(self, verify: bool = False) -> list[dict[str, Any]] | Verification:
-        """The audit log's entries, or with `verify` the check of its hash chain."""
-        return self.audit_log.verify() if verify else self.audit_log.entries()
+    def audit(self) -> AuditTrail:
+        """The audit log's entries and the check of its hash chain, read together."""
+        return AuditTrail(self.root.name, tuple(self.audit_log.entries()), self.audit_log.verify())
 
 
 def _diff(view: RequestView, approved: list[RequestView]) -> str:

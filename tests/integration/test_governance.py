@@ -150,7 +150,10 @@ def test_budget_lists_the_studies_and_events_behind_the_total(
     assert budget["remaining"] == pytest.approx(budget["cap"] - budget["spent"])
     assert len(budget["events"]) == len(ledger.events(dataset="ehr")) > 0
     assert {s["study_id"] for s in budget["studies"]} == {s.study_id for s in ledger.studies("ehr")}
-    assert op.budget()["ehr"]["events"] == budget["events"]
+    typed = op.budget()
+    assert typed.to_dict()["ehr"]["events"] == budget["events"]
+    assert typed["ehr"].remaining == pytest.approx(budget["remaining"])
+    assert repr(typed).startswith("Budget(hospital-c: ehr ") and "<table>" in typed._repr_html_()
 
 
 def test_audit_records_the_digest_of_the_weights_that_left(

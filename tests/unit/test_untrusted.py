@@ -297,3 +297,37 @@ def test_a_hostile_round_is_refused_and_audited_not_a_crash(
     entry = current_hospital().audit.entries()[-1]
     assert entry["event"] == "refused" and entry["round"] is None
     current_hospital.cache_clear()
+
+
+def test_show_lists_every_plan_field_the_runtime_reads() -> None:
+    """`show`'s plan table is built from the Plan schema, so a field added to the plan (as
+    `local_steps` once was, and went missing from the table) cannot be left out of it."""
+    from dataclasses import fields
+
+    from datasites.contract.plan import Plan
+    from datasites.governance.operator import Review
+
+    plan = {**BASE, "local_steps": 7, "momentum": 0.5}
+    source = TEMPLATE.format(name=NAME, plan=literal(plan))
+    verdict = classify(source, NAME)
+    text = review(Review(view_of(verdict, source), None, (), ""))
+    table = text.split("\nplan\n", 1)[1].split("\napprove would be", 1)[0]
+
+    listed = {line.split()[0] for line in table.splitlines() if line.startswith("  ")}
+    assert listed == {f.name for f in fields(Plan)} - {"scientist"}
+    assert "  local_steps    7" in table
+
+
+def test_request_reprs_are_one_line_and_their_tables_escape_the_scientists_text() -> None:
+    from datasites.governance.operator import Review
+
+    source = TEMPLATE.format(name=NAME, plan=literal(BASE)) + "\n# <script>alert(1)</script>\n"
+    view = view_of(classify(source, NAME), source)
+    review_ = Review(view, None, ("custom code",), "")
+
+    for value in (view, review_):
+        assert "\n" not in repr(value) and view.id[:12] in repr(value)
+        page = value._repr_html_()
+        assert "<table>" in page and "<script>" not in page
+    assert "approve would be REFUSED (1 problems)" in repr(review_)
+    assert "&lt;script&gt;" in review_._repr_html_()
