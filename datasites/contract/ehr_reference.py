@@ -3,10 +3,9 @@
 Why standardize: DP-SGD has a small budget of noisy steps, and each step costs privacy.
 Raw EHR features are badly conditioned for it. About 20 medication columns are almost always
 "No", so they act as copies of the bias. Every row has a norm of about 6.3, and the one-hot
-blocks are correlated with each other. In the replica of the full-scale federation, a
-federated logistic model reached AUROC 0.680 in 10 rounds without noise and 0.661-0.668 with
-DP at epsilon 1. With each feature centred and scaled, the same 10 rounds reach 0.687 without
-noise and 0.681-0.683 with DP (see benchmarks/README.md).
+blocks are correlated with each other. Centring and scaling each feature closed most of the
+gap between the DP model and the noiseless one in the replica of the full-scale federation
+(benchmarks/README.md, "Standardized EHR features").
 
 Why a reference population and not each hospital's own rows: a mean or a standard deviation
 computed from a hospital's rows is a release that no DP mechanism accounts for. Hospitals

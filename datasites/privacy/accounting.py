@@ -9,9 +9,9 @@ Events compose with privacy loss distributions (PLD) [Koskela, Jalko & Honkela 2
 Doroshenko et al., "Connect the Dots", PETS 2022], through Google's `dp-accounting`: the
 distribution of each mechanism's privacy loss is discretised pessimistically (every loss
 rounded up, so the figure is an upper bound at any grid) and composed exactly by
-convolution. For DP-SGD this is close to tight, and it states the same noise 5-9% cheaper
-than Renyi DP, which only bounds the loss through its moments; the saving is utility
-bought at no privacy cost.
+convolution. For DP-SGD this is close to tight, and it needs less noise than Renyi DP for
+the same epsilon (benchmarks/README.md, "accounting"), which only bounds the loss through its
+moments; the saving is utility bought at no privacy cost.
 
 Train and test are disjoint parts, and compose in parallel [McSherry, "Privacy Integrated
 Queries", SIGMOD 2009]: each EHR patient is assigned to one part by a keyed hash of its own
@@ -66,15 +66,16 @@ ALPHAS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
 PLD_DISCRETIZATION = 1e-3
 """Grid step of the privacy loss: losses round up to it, so each figure is an upper bound.
 
-At 1e-3 a study's epsilon is within about 0.1% of the finest grid (measured against 1e-5),
-and a mechanism's distribution takes ~0.1 s to build instead of ~1 s at 1e-4.
+A coarser grid overstates epsilon more, a finer one builds each mechanism's distribution
+more slowly; 1e-3 stays within the tolerance the tests hold it to against a 10x finer grid
+(tests/unit/test_accounting.py; timings in benchmarks/README.md, "accounting").
 """
 MAX_COMPOSED_STEPS = 1_000_000
 """Steps of one mechanism beyond which its composition is stated as unbounded (inf).
 
-A million steps compose in about 2 s; a hostile plan asking for 10^12 would hold the
-accountant (and the operator's `show`) for hours. Infinity is a valid upper bound, far above
-any cap, and the site policy already refuses such studies for their compute.
+Composition takes time that grows with the steps; a hostile plan asking for 10^12 would
+hold the accountant (and the operator's `show`) for hours. Infinity is a valid upper bound,
+far above any cap, and the site policy already refuses such studies for their compute.
 """
 ACCOUNTANT = "pld"
 """What the ledger's figures are: recorded in each ledger, so a change is a migration."""

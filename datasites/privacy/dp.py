@@ -10,7 +10,8 @@ size) would invalidate the accounted guarantee.
 
 Why our own per-example gradients instead of Opacus' GradSampleModule: the hooks path
 materialises every layer's per-example gradients through unfold and runs autograd for weight
-gradients it then discards (0.42-0.46x non-private throughput here). This module records
+gradients it then discards (under half the non-private throughput: benchmarks/README.md,
+"dp_throughput"). This module records
 each layer's input and output gradient in one backward pass that skips the batch weight
 gradients, takes per-example norms of linear layers without materialising them ("ghost
 norms", Goodfellow 2015; Li et al., 2022), gets per-example convolution gradients from one

@@ -1,7 +1,8 @@
 """The runtime's memory of encoded assets it has already seen, across study calls.
 
-Every call of a study re-encodes the hospital's training asset: 20,000 PathMNIST tiles are
-188 MB of float32, about as much CPU as five DP-SGD steps. The datasite's blob cache
+Every call of a study re-encodes the hospital's training asset, which for PathMNIST costs
+as much CPU as several DP-SGD steps (benchmarks/README.md, "Short rounds became
+affordable"). The datasite's blob cache
 (`datasites.server.syft_fixes.cache_blob_reads`) hands every call the same read-only arrays, and an
 array nobody can write cannot change: the identity of the inputs is then proof enough that
 their encoding is the one remembered. Writable inputs are encoded every time.

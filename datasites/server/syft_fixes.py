@@ -45,8 +45,9 @@ def skip_walking_bytes() -> None:
     object in it (`attach_attribute_to_syft_object`). It treats any `Sequence` as a list of
     candidates, and `bytes` is a `Sequence`: the blob store's read returns the serialized
     asset as one `bytes` field, so each element was checked with a pydantic `isinstance`.
-    For a 20,000-tile PathMNIST asset (47 MB, read twice per study call) that was about a
-    minute of CPU per call, against 0.3 s to deserialize it. A string or a byte buffer can
+    For a PathMNIST asset, read twice per study call, that cost far more CPU than
+    deserializing it (benchmarks/README.md, "Short rounds became affordable"). A string or a
+    byte buffer can
     hold no syft object, so the walk skips them; everything else is walked as before.
     """
     from syft.service import service
