@@ -11,11 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from datasites.contract.zoo import MODEL_NAMES, build_model, model_task
+from datasites.contract.tasks import EHR_LABELS, MODEL_NAMES, TASKS, model_task
+from datasites.contract.zoo import build_model
 
-TASKS = ("ehr", "pathmnist")
 DEFAULT_MODEL = {"ehr": "ehr_mlp", "pathmnist": "pathmnist_cnn"}
-LABELS = ("readmitted_30", "readmitted_any")
+LABELS = EHR_LABELS
 
 
 def _positive(name: str, value: float) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from datasites.contract import ehr_reference
+from datasites.contract.tasks import EHR_LABELS
 from synthetic.ehr_schema import (
     AGE_BANDS,
     EXPIRED_OR_HOSPICE,
@@ -48,7 +49,7 @@ __all__ = [
     "usable_rows",
 ]
 
-LABELS: tuple[str, ...] = ("readmitted_30", "readmitted_any")
+LABELS: tuple[str, ...] = EHR_LABELS
 N_CLASSES = 9  # PathMNIST tissue classes
 IMAGE_SIDE = 28
 

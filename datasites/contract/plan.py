@@ -13,27 +13,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from datasites.contract.tasks import EHR_LABELS, MODEL_NAMES, TASKS, model_task
 from datasites.contract.untrusted import problem, shown
 
-TASKS = ("ehr", "pathmnist")
-EHR_LABELS = ("readmitted_30", "readmitted_any")
-# The vetted zoo's models and the task each trains on; the builders are in `zoo` (torch).
-MODEL_TASKS: dict[str, str] = {
-    "ehr_logistic": "ehr",
-    "ehr_mlp": "ehr",
-    "pathmnist_cnn": "pathmnist",
-}
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_TASKS)
 _STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
 MAX_ROUNDS = 1_000
 MAX_LOCAL_STEPS = 100_000
-
-
-def model_task(name: str) -> str:
-    """The dataset a zoo model trains on: "ehr" or "pathmnist"."""
-    if name not in MODEL_TASKS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
-    return MODEL_TASKS[name]
 
 
 class PlanError(ValueError):

@@ -21,16 +21,9 @@ import torch
 from torch import nn
 
 from datasites.contract.encoding import N_CLASSES, N_FEATURES
-from datasites.contract.plan import MODEL_NAMES, model_task
+from datasites.contract.tasks import MODEL_NAMES
 
-__all__ = [
-    "MODEL_NAMES",
-    "build_model",
-    "count_parameters",
-    "load_weights",
-    "model_task",
-    "model_weights",
-]
+__all__ = ["build_model", "count_parameters", "load_weights", "model_weights"]
 
 _MAX_HIDDEN = 4096
 _MAX_LAYERS = 6

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasites.contract.syft_io import PENDING, quiet, request_status, syft_message
+from datasites.contract.tasks import TASKS
 from datasites.governance.changes import ChangeView, Site, inspect_request
 from datasites.governance.statements import (
     AuditTrail,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from datasites.site.hospital import Hospital
 
 MALFORMED = "malformed"
-DATASETS = ("ehr", "pathmnist")
+DATASETS = TASKS  # one dataset per task
 NO_ACCOUNT = "(no account)"
 
 
@@ -526,7 +527,7 @@ class Operator:
         events behind."""
         ledger = self.hospital.ledger
         datasets = {}
-        for dataset in ("ehr", "pathmnist"):
+        for dataset in DATASETS:
             studies = tuple(
                 StudySpend(
                     study_id=s.study_id,

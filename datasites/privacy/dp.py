@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasites.contract.tasks import TASKS
 from datasites.contract.zoo import model_weights
 from datasites.privacy.noise import secure_gaussian
 
@@ -48,7 +49,6 @@ __all__ = [
     "steps_per_epoch",
 ]
 
-TASKS: tuple[str, ...] = ("ehr", "pathmnist")
 # Opacus adds this to the norm before dividing, so a zero gradient never divides by zero.
 _CLIP_EPSILON = 1e-6
 

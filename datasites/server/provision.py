@@ -11,13 +11,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from datasites.contract.tasks import TASKS
 from datasites.server.admin_key import admin_client
 from datasites.server.assets import DATASET_DESCRIPTIONS, AssetPair, ehr_assets, pathmnist_assets
 from datasites.server.sources import read_ehr, read_pathmnist
 from datasites.site.identity import Identity, write_private_json
 from datasites.site.paths import HospitalConfig
 
-DATASETS = ("ehr", "pathmnist")
+DATASETS = TASKS  # one dataset per task
 
 
 def lock_down(admin: Any) -> None:

@@ -8,7 +8,8 @@ import torch
 from opacus.validators import ModuleValidator
 
 from datasites.contract.encoding import N_FEATURES
-from datasites.contract.zoo import MODEL_NAMES, build_model, load_weights, model_task, model_weights
+from datasites.contract.tasks import MODEL_NAMES, model_task
+from datasites.contract.zoo import build_model, load_weights, model_weights
 
 torch.set_num_threads(1)
 
