@@ -639,9 +639,3 @@ def _merge(*parts: dict[str, list[DpEvent]]) -> dict[str, list[DpEvent]]:
         for part, events in each.items():
             merged[part].extend(events)
     return merged
-
-
-def _events(
-    conn: sqlite3.Connection, *, dataset: str | None = None, study_id: str | None = None
-) -> list[DpEvent]:
-    return [event for *_, event in _event_rows(conn, dataset=dataset, study_id=study_id)]
