@@ -12,15 +12,11 @@ study's cost under each accountant, and the seconds calibration took.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from datasites.privacy.accounting import calibrate_study  # noqa: E402
-from datasites.runtime.execute import EVAL_SHARE  # noqa: E402
+from datasites.privacy.accounting import calibrate_study
+from datasites.privacy.budget import EVAL_SHARE
 
 DELTA = 1e-5
 STUDIES = {  # name: (epsilon, n, batch_size, local_epochs, rounds, evaluations)

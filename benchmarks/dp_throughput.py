@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from datasites.contract.encoding import encode_images  # noqa: E402
-from datasites.contract.zoo import build_model  # noqa: E402
-from datasites.privacy.dp import TrainSpec, dp_train  # noqa: E402
-from datasites.privacy.noise import secure_gaussian  # noqa: E402
-from synthetic.pathology import generate_pathmnist  # noqa: E402
+from datasites.contract.encoding import encode_images
+from datasites.contract.zoo import build_model
+from datasites.privacy.dp import TrainSpec, dp_train
+from datasites.privacy.noise import secure_gaussian
+from synthetic.pathology import generate_pathmnist
 
 TARGET = 0.6
 MODEL = "pathmnist_cnn"

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+# The audit's statistics live with its test (tests/ is not an installed package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasites.privacy.accounting import DpEvent, epsilon  # noqa: E402

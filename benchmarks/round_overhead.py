@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 
 def launch(args: argparse.Namespace, data_dir: Path) -> subprocess.Popen[str]:
