@@ -20,7 +20,7 @@ from datasites.governance.statements import Budget
 from datasites.site.audit import AuditLog, format_entry
 
 
-def review(r: Review) -> str:
+def review_text(r: Review) -> str:
     """What `show` prints, top to bottom in the order an operator decides."""
     v = r.view
     lines = [

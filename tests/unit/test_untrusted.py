@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from datasites.cli.report import review
+from datasites.cli.report import review_text
 from datasites.contract.plan import Plan, PlanError
 from datasites.contract.template import TEMPLATE, function_name
 from datasites.contract.untrusted import Limits, int_fits, printable_int, problem, shown
@@ -214,14 +214,14 @@ def test_hostile_code_around_the_plan_is_custom_not_a_crash(code: str) -> None:
 
 
 def test_report_review_of_a_withheld_plan_prints() -> None:
-    """`show` renders the verdict of a hostile request (report.review is what it prints)."""
+    """`show` renders the verdict of a hostile request (report.review_text is what it prints)."""
     from datasites.governance.operator import Review
 
     source = TEMPLATE.format(name=NAME, plan=literal({**BASE, "rounds": 10**4000}))
     verdict = classify(source, NAME)
     view = view_of(verdict, source)
 
-    text = review(Review(view, None, ("custom code",), ""))
+    text = review_text(Review(view, None, ("custom code",), ""))
 
     assert "plan['rounds'] is an integer beyond" in text and "\nplan\n" not in text
 
@@ -310,7 +310,7 @@ def test_show_lists_every_plan_field_the_runtime_reads() -> None:
     plan = {**BASE, "local_steps": 7, "momentum": 0.5}
     source = TEMPLATE.format(name=NAME, plan=literal(plan))
     verdict = classify(source, NAME)
-    text = review(Review(view_of(verdict, source), None, (), ""))
+    text = review_text(Review(view_of(verdict, source), None, (), ""))
     table = text.split("\nplan\n", 1)[1].split("\napprove would be", 1)[0]
 
     listed = {line.split()[0] for line in table.splitlines() if line.startswith("  ")}
