@@ -39,17 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasites.contract.encoding import encode_ehr, encode_images
+from datasites.contract.zoo import build_model
+from datasites.server.assets import ehr_assets
+from datasites.server.provision import read_manifest
+from datasites.server.sources import read_ehr, read_pathmnist
+from datasites.site.identity import Identity
+from datasites.site.paths import HospitalConfig
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from datasites.contract.encoding import encode_ehr, encode_images  # noqa: E402
-from datasites.contract.zoo import build_model  # noqa: E402
-from datasites.server.assets import ehr_assets  # noqa: E402
-from datasites.server.provision import read_manifest  # noqa: E402
-from datasites.server.sources import read_ehr, read_pathmnist  # noqa: E402
-from datasites.site.identity import Identity  # noqa: E402
-from datasites.site.paths import HospitalConfig  # noqa: E402
-
 EHR_TARGET_GAP = 0.02  # federated AUROC at epsilon 1 within 0.02 of centralized
 # Share of the EHR train union held out to choose each centralized candidate's epoch count.
 VALIDATION_SHARE = 0.15
@@ -571,7 +569,7 @@ def federated(
         "result": result,
         "seconds": seconds,
         "noise_multipliers": sigmas,
-        "epsilon_spent": max(h.get("epsilon", 0.0) for h in result.history),
+        "epsilon_spent": max(h.get("epsilon", 0.0) for h in result.rounds),
     }
 
 

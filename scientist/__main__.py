@@ -1,7 +1,8 @@
 """The scientist's command line: `python -m scientist run --federation D --task ehr ...`.
 
 Submits a study to every hospital, waits for the operators' decisions, runs it with a
-progress bar and a line per round, and writes history.json, model.pt and curves.png.
+progress bar and a line per round as it completes, and writes history.json, model.pt and
+curves.png.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datasites.contract.tasks import TASKS
 from scientist.config import DPConfig, StudyConfig
 from scientist.connect import FederationError
 
@@ -20,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="submit and run a federated DP study")
     run.add_argument("--federation", required=True, help="data dir or federation.json")
-    run.add_argument("--task", required=True, choices=("ehr", "pathmnist"))
+    run.add_argument("--task", required=True, choices=TASKS)
     run.add_argument("--model", help="zoo model (default: ehr_mlp / pathmnist_cnn)")
     run.add_argument("--rounds", type=int, default=10)
     run.add_argument("--epsilon", type=float, default=1.0)
@@ -69,6 +71,17 @@ def round_line(entry: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def print_round(entry: dict[str, Any]) -> None:
+    """Print a round's line as soon as it completes, above the progress bar: through
+    tqdm, which lifts the bar off the terminal line and redraws it after, since a plain
+    print would land on the bar's line and be overwritten by its next update. Flushed so a
+    pipe or a log file sees each round as it lands, not only when the study ends."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(round_line(entry), file=sys.stdout)
+    sys.stdout.flush()
+
+
 def print_statuses(table: Any) -> None:
     for row in table.itertuples():
         reason = f" ({row.reason})" if row.reason else ""
@@ -96,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
     study = fed.submit(config)
     print(f"submitted {study.id} to {', '.join(fed.hospitals)}; waiting for approval ...")
     print_statuses(study.wait_for_approval(args.wait_approval))
-    result = study.run()
-    for entry in result.history:
-        print(round_line(entry))
+    result = study.run(on_round=print_round)
     out = result.save(args.out or study.folder / "report")
     print(f"final: {round_line({'round': config.rounds, 'metrics': result.metrics})}")
     print(f"wrote {out}/history.json, model.pt, curves.png")

@@ -49,7 +49,7 @@ DEMO_STUDIES = (
 
 
 def explore(fed: Federation, data_dir: Path) -> Path:
-    """Report what each hospital hosts and draw the mock images."""
+    """Report what each hospital hosts and draw the mock images; return the PNG's path."""
     print(f"\nconnected as the data scientist to {len(fed.hospitals)} hospitals")
     table = fed.datasets().drop(columns="description")
     with pd.option_context("display.width", 120):
@@ -61,8 +61,8 @@ def explore(fed: Federation, data_dir: Path) -> Path:
         + ", ..."
     )
     grid = fed.show_samples("pathmnist", Path(data_dir) / "reports" / "samples.png")
-    print(f"mock sample grid: {grid}")
-    return grid
+    print(f"mock sample grid: {grid.path}")
+    return grid.path
 
 
 def run_studies(fed: Federation, data_dir: Path, approve: Callable[[Study], None]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -17,8 +17,12 @@ from datasites.contract.health import is_up
 from scientist.config import StudyConfig
 from scientist.connect import FederationError, HospitalLogin, Password, resolve_logins
 from scientist.pool import HospitalPool, parallel
+from scientist.result import facts_html, names_text
 from scientist.study import Study
 from scientist.submit import reopen_study, submit_study
+
+if TYPE_CHECKING:
+    from scientist.samples import SampleGrid
 
 T = TypeVar("T")
 
@@ -48,6 +52,20 @@ class Federation:
     @property
     def workdir(self) -> Path:
         return self.pool.workdir
+
+    def __repr__(self) -> str:
+        """One line from what the scientist holds locally: a repr never calls a hospital."""
+        return (
+            f"Federation({len(self.hospitals)} hospitals: {names_text(self.hospitals)}; "
+            f"workdir {str(self.workdir)!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        emails = self.pool.emails
+        facts = {h: f"logged in as {emails.get(h, '?')}" for h in self.hospitals}
+        return facts_html(
+            f"federation of {len(self.hospitals)} hospitals, studies in {self.workdir}", facts
+        )
 
     @classmethod
     def connect(
@@ -120,8 +138,10 @@ class Federation:
         """Each hospital's mock (or the named ones'): a DataFrame (ehr) or (images, labels)."""
         return self.pool.mock(dataset, asset, hospitals=hospitals)
 
-    def show_samples(self, dataset: str, path: str | Path, *, per_class: int = 3) -> Path:
-        """Write a PNG grid of mock images: rows are classes, columns hospitals."""
+    def show_samples(self, dataset: str, path: str | Path, *, per_class: int = 3) -> SampleGrid:
+        """Write a PNG grid of mock images (rows are classes, columns hospitals) to `path`
+        and return it as a `SampleGrid`: `.path` is the PNG, `.figure` the matplotlib
+        Figure, and a notebook shows the picture inline."""
         from scientist.samples import sample_grid
 
         if dataset != "pathmnist":

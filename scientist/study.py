@@ -28,7 +28,7 @@ from scientist.config import StudyConfig
 from scientist.connect import FederationError
 from scientist.fedavg import fedavgm, weight_average
 from scientist.metrics import binary_metrics, multiclass_metrics
-from scientist.result import StudyResult
+from scientist.result import StudyResult, facts_html, names_text
 from scientist.study_code import function_name
 
 if TYPE_CHECKING:
@@ -95,10 +95,23 @@ class Study:
         return function_name(self.id)
 
     def __repr__(self) -> str:
+        """One line from what the scientist holds locally: a repr never calls a hospital
+        (use `status()` for their decisions)."""
         return (
             f"Study({self.id!r}, {self.config.model} on {self.config.task}, "
-            f"{len(self.requests)} hospitals)"
+            f"{len(self.requests)} hospitals: {names_text(list(self.requests))})"
         )
+
+    def _repr_html_(self) -> str:
+        config = self.config
+        facts = {
+            "model": f"{config.model} on {config.task}",
+            "rounds": config.rounds,
+            "epsilon per hospital": config.dp.epsilon,
+            "checkpoints": self.folder,
+        }
+        facts.update({f"request at {h}": request for h, request in self.requests.items()})
+        return facts_html(f"study {self.id}", facts)
 
     def status(self) -> pd.DataFrame:
         """Per hospital: pending, approved or denied (with the operator's reason)."""
@@ -146,7 +159,13 @@ class Study:
     def run(
         self, *, progress: bool = True, on_round: Callable[[dict[str, Any]], None] | None = None
     ) -> StudyResult:
-        """Run (or continue) the study on every approving hospital; return the result."""
+        """Run (or continue) the study on every approving hospital; return the result.
+
+        `on_round(entry)`, if given, is called as each round completes, with its history
+        entry (the dict `StudyResult.rounds` holds), once its checkpoint is on disk: a
+        notebook or the command line can show each round as it lands, and a callback that
+        raises stops the study without losing the round.
+        """
         approved, excluded = self._approved()
         state = Checkpoint.load(self.folder) or Checkpoint(1, initial_weights(self.config))
         last_call = self.config.rounds + 1
@@ -157,12 +176,7 @@ class Study:
             edges = self._edges(approved, weights) if state.next_round - 1 in due else None
             replies = self._call(approved, state.next_round, weights, edges)
             self._absorb(state, replies)
-            state.next_round += 1
-            state.save(self.folder)
-            # Call r completes round r - 1: its training came back in the previous call and
-            # its evaluation (if due) in this one.
-            if on_round:
-                on_round(_entry(state.history, state.next_round - 2))
+            complete_call(state, self.folder, on_round)
             _advance(bar, state.history)
         if bar is not None:
             bar.close()
@@ -260,6 +274,24 @@ class Study:
             entry["n"] = n
         spent = max(r["epsilon_study"] for r in replies.values())
         _entry(state.history, min(round_, self.config.rounds))["epsilon"] = spent
+
+
+def complete_call(
+    state: Checkpoint, folder: Path, on_round: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
+    """Close a call whose replies `state` has absorbed: advance to the next call, save the
+    checkpoint, then pass the round the call completed to `on_round` and return it.
+
+    Call r completes round r - 1: its training came back in the previous call and its
+    evaluation (if due) in this one. The checkpoint is saved first so that whatever the
+    callback does, even raise, the round is kept and `Federation.resume` goes on after it.
+    """
+    state.next_round += 1
+    state.save(folder)
+    completed = _entry(state.history, state.next_round - 2)
+    if on_round is not None:
+        on_round(completed)
+    return completed
 
 
 def _entry(history: list[dict[str, Any]], round_: int) -> dict[str, Any]:

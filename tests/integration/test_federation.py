@@ -215,7 +215,7 @@ def test_unreachable_hospital_is_named(federation: Launch) -> None:
 def test_sample_grid_is_written(fed: Federation, tmp_path: Any) -> None:
     import matplotlib.image
 
-    path = fed.show_samples("pathmnist", tmp_path / "samples.png")
+    path = fed.show_samples("pathmnist", tmp_path / "samples.png").path
     picture = matplotlib.image.imread(path)
     assert picture.shape[0] > 300 and picture.shape[1] > 300
     assert picture[..., :3].std() > 0.05

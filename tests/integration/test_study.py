@@ -92,10 +92,14 @@ def test_study_learns_and_stays_within_its_budget(
     study = fed.submit(config)
     decide(study, operators)
     assert set(study.status()["status"]) == {"approved"}
-    result = study.run(progress=False)
+    completed: list[dict[str, Any]] = []
+    result = study.run(progress=False, on_round=completed.append)
 
-    rounds = {h["round"]: h for h in result.history}
+    rounds = {h["round"]: h for h in result.rounds}
     assert sorted(rounds) == [0, 1, 2, 3, 4]
+    # One callback per call, each with the round it completed, in order.
+    assert [e["round"] for e in completed] == [0, 1, 2, 3, 4] and completed == result.rounds
+    assert result.history["round"].tolist() == [0, 1, 2, 3, 4]
     assert {r for r, h in rounds.items() if "metrics" in h} == {0, 2, 4}
     assert all(rounds[r]["n"] > 0 and "loss" not in rounds[r] for r in (1, 3))
     assert all(np.isfinite(rounds[r]["loss"]) for r in (0, 2, 4))
@@ -110,7 +114,7 @@ def test_study_learns_and_stays_within_its_budget(
     for name in fed.hospitals:
         spent = ledger(federation, name).study_spent(study.id)
         assert 0.97 * 4.0 <= spent <= 4.0 + 1e-9
-    assert max(h["epsilon"] for h in result.history if "epsilon" in h) <= 4.0 + 1e-9
+    assert max(h["epsilon"] for h in result.rounds if "epsilon" in h) <= 4.0 + 1e-9
     out = result.save(tmp_path / "report")
     assert {p.name for p in out.iterdir()} >= {"history.json", "model.pt", "curves.png"}
     model_out = result.model(torch.zeros(2, N_FEATURES))
@@ -128,7 +132,7 @@ def test_denied_hospital_is_left_out_with_its_reason(
     result = study.run(progress=False)
     assert sorted(result.hospitals) == ["hospital-a", "hospital-b"]
     assert "no readmission studies" in result.excluded["hospital-c"]
-    assert set(result.history[1]["hospitals"]) == {"hospital-a", "hospital-b"}
+    assert set(result.rounds[1]["hospitals"]) == {"hospital-a", "hospital-b"}
 
 
 def test_too_few_approvals_is_a_clear_error(
@@ -156,7 +160,7 @@ def test_resume_continues_at_the_next_round(
 
     resumed = fed.resume(study.id)
     result = resumed.run(progress=False)
-    assert [h["round"] for h in result.history] == [0, 1, 2, 3]
+    assert [h["round"] for h in result.rounds] == [0, 1, 2, 3]
     events = ledger(federation, "hospital-a").events(study_id=study.id)
     train_rounds = sorted(r for _, kind, r, _ in events if kind == "train")
     assert train_rounds == [1, 2, 3]
@@ -274,7 +278,7 @@ def test_short_rounds_and_the_weight_average_end_to_end(
         np.testing.assert_allclose(result.weights[key], value, rtol=1e-5, atol=1e-6)
     assert not np.allclose(result.weights["0.weight"], globals_after[3]["0.weight"])
     scorer = MockScorer(config, fed.mock("ehr", "test"))
-    final = next(h for h in result.history if h["round"] == config.rounds)
+    final = next(h for h in result.rounds if h["round"] == config.rounds)
     assert final["edges"] == scorer.edges(result.weights)
     for name in fed.hospitals:
         record = ledger(federation, name).study(study.id)
