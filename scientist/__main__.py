@@ -8,6 +8,7 @@ curves.png.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from datasites.contract.tasks import TASKS
 from scientist.config import DPConfig, StudyConfig
 from scientist.connect import FederationError
+from scientist.intervals import spans_chance
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,17 +54,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def metric_text(key: str, value: float, interval: list[float] | None) -> str:
+    """`auroc 0.754 (0.70-0.80)`, with its 95% interval from the noise when there is one,
+    and said in words when that interval reaches chance."""
+    if not interval or any(math.isnan(v) for v in interval):
+        return f"{key} {value:.3f}"
+    text = f"{key} {value:.3f} ({interval[0]:.2f}-{interval[1]:.2f})"
+    return text + (" no better than chance within the noise" if spans_chance(key, interval) else "")
+
+
 def round_line(entry: dict[str, Any]) -> str:
-    """One line per round: loss, headline metrics, epsilon spent."""
+    """One line per round: loss, headline metrics with their 95% intervals, epsilon spent."""
     parts = [f"round {entry['round']:>3}"]
     if entry.get("n") is not None:
         parts.append(f"n {entry['n']:>6,}")
     if entry.get("loss") is not None:
         parts.append(f"test loss {entry['loss']:.4f}")
+    metrics = entry.get("metrics") or {}
     for key in ("auroc", "auprc", "accuracy", "macro_f1"):
-        value = (entry.get("metrics") or {}).get(key)
-        if value is not None:
-            parts.append(f"{key} {value:.3f}")
+        if metrics.get(key) is not None:
+            parts.append(metric_text(key, metrics[key], (metrics.get("intervals") or {}).get(key)))
     noise = (entry.get("metrics") or {}).get("count_noise_std")
     if noise is not None:
         parts.append(f"(noise sd {noise:.0f} per count)")

@@ -121,21 +121,25 @@ class StudyResult:
     def history(self) -> pd.DataFrame:
         """One row per round, in order: `round`; `n`, the examples trained on in that round
         (summed over hospitals; missing for round 0, which only evaluates); `loss`, the test
-        loss; the task's scalar metrics (missing where the round was not evaluated);
+        loss; the task's scalar metrics (missing where the round was not evaluated) and
+        their 95% intervals from the noise (`<metric>_low`, `<metric>_high`);
         `count_noise_std`, the noise on each summed count behind them; `epsilon`, spent so
         far (max over hospitals). Built from `rounds` on each access, so it is never stale.
         """
         metric_names = HISTORY_METRICS[self.task]
-        columns = ["round", "n", "loss", *metric_names, "count_noise_std", "epsilon"]
+        bounds = [f"{k}_{end}" for k in metric_names for end in ("low", "high")]
+        columns = ["round", "n", "loss", *metric_names, *bounds, "count_noise_std", "epsilon"]
         rows = []
         for entry in self.rounds:
             metrics = entry.get("metrics") or {}
+            intervals = metrics.get("intervals") or {}
             rows.append(
                 [
                     entry["round"],
                     entry.get("n"),
                     entry.get("loss"),
                     *(metrics.get(k) for k in metric_names),
+                    *(_bound(intervals, name) for name in bounds),
                     metrics.get("count_noise_std"),
                     entry.get("epsilon"),
                 ]
@@ -195,6 +199,17 @@ def plot_curves(result: StudyResult, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     evaluated = table.dropna(subset=[key])
     left.plot(evaluated["round"], evaluated[key], marker="o", color="tab:blue")
+    bands = result.history.dropna(subset=[f"{key}_low"])
+    if len(bands):
+        left.fill_between(
+            bands["round"],
+            bands[f"{key}_low"],
+            bands[f"{key}_high"],
+            color="tab:blue",
+            alpha=0.2,
+            label="95% interval (noise)",
+        )
+        left.legend()
     left.set(
         xlabel="round",
         ylabel=key.upper() if key == "auroc" else key,
@@ -215,3 +230,10 @@ def plot_curves(result: StudyResult, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _bound(intervals: dict[str, list[float]], name: str) -> float | None:
+    """`auroc_low` -> intervals["auroc"][0]; None where the metric has no interval."""
+    key, end = name.rsplit("_", 1)
+    interval = intervals.get(key)
+    return None if not interval else interval[0 if end == "low" else 1]

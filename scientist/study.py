@@ -27,6 +27,7 @@ from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
 from scientist.connect import FederationError
 from scientist.fedavg import fedavgm, weight_average
+from scientist.intervals import binary_intervals, multiclass_intervals
 from scientist.metrics import binary_metrics, multiclass_metrics
 from scientist.result import StudyResult, facts_html, names_text
 from scientist.study_code import function_name
@@ -56,18 +57,23 @@ def summed_metrics(task: str, released: list[dict[str, Any]]) -> dict[str, Any]:
     edges = [r.get("edges") for r in released]
     if any(not np.array_equal(e, edges[0]) for e in edges):
         raise StudyError("hospitals binned this evaluation differently; it cannot be summed.")
+    # The std of the noise on each summed count: how far to trust these metrics.
+    noise_std = float(np.sqrt(sum(r["noise_std"] ** 2 for r in released)))
     if task == "ehr":
         hist = np.sum([np.asarray(c) for c in counts], axis=0)
         metrics = binary_metrics(hist, edges=edges[0])
+        intervals = binary_intervals(hist, noise_std, edges=edges[0])
         total = float(np.clip(hist, 0, None).sum())
     else:
         confusion = np.sum([c["confusion"] for c in counts], axis=0)
         ovr = np.sum([c["ovr"] for c in counts], axis=0)
         metrics = multiclass_metrics(confusion, ovr)
+        intervals = multiclass_intervals(confusion, ovr, noise_std)
         total = float(np.clip(confusion, 0, None).sum())
     metrics["loss"] = sum(r["loss_sum"] for r in released) / max(total, 1.0)
-    # The std of the noise on each summed count: how far to trust these metrics.
-    metrics["count_noise_std"] = float(np.sqrt(sum(r["noise_std"] ** 2 for r in released)))
+    metrics["count_noise_std"] = noise_std
+    # 95% intervals from the published noise (scientist.intervals): {metric: [low, high]}.
+    metrics["intervals"] = intervals
     return metrics
 
 

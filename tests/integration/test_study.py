@@ -100,6 +100,11 @@ def test_study_learns_and_stays_within_its_budget(
     # One callback per call, each with the round it completed, in order.
     assert [e["round"] for e in completed] == [0, 1, 2, 3, 4] and completed == result.rounds
     assert result.history["round"].tolist() == [0, 1, 2, 3, 4]
+    # Each evaluation carries 95% intervals from its published noise, around its value.
+    evaluated = result.history.dropna(subset=["auroc"])
+    assert evaluated["round"].tolist() == [0, 2, 4]
+    assert (evaluated["auroc_low"] <= evaluated["auroc"]).all()
+    assert (evaluated["auroc"] <= evaluated["auroc_high"]).all()
     assert {r for r, h in rounds.items() if "metrics" in h} == {0, 2, 4}
     assert all(rounds[r]["n"] > 0 and "loss" not in rounds[r] for r in (1, 3))
     assert all(np.isfinite(rounds[r]["loss"]) for r in (0, 2, 4))

@@ -163,6 +163,11 @@ def test_history_is_a_dataframe_with_a_row_per_round(result: StudyResult) -> Non
         "precision",
         "recall",
         "f1",
+        *(
+            f"{k}_{end}"
+            for k in ("auroc", "auprc", "accuracy", "precision", "recall", "f1")
+            for end in ("low", "high")
+        ),
         "count_noise_std",
         "epsilon",
     ]
