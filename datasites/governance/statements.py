@@ -60,6 +60,8 @@ class DatasetBudget:
         out = asdict(self)
         del out["dataset"]
         out["parts"] = dict(self.parts)
+        out["studies"] = [asdict(s) for s in self.studies]  # JSON's lists, not tuples
+        out["events"] = [asdict(e) for e in self.events]
         out["remaining"] = self.remaining
         return out
 

@@ -3,6 +3,7 @@ and the log, a one-line repr, and notebook tables that escape the scientist's te
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def test_budget_holds_the_ledgers_figures(tmp_path: Path) -> None:
     assert [s.study_id for s in ehr.studies] == ["s-one"] and len(ehr.events) == 1
     assert ehr.events[0].kind == "train" and ehr.events[0].round == 1
     assert budget.to_dict()["ehr"]["remaining"] == pytest.approx(ehr.remaining)
+    # What `budget --json` prints reads back equal to the typed value's dict.
+    assert json.loads(json.dumps(budget.to_dict())) == budget.to_dict()
     assert list(budget) == ["ehr", "pathmnist"]
     text = repr(budget)
     assert "\n" not in text and text.startswith("Budget(hospital-a: ehr ")
