@@ -65,7 +65,7 @@ class Compute:
 
 def steps_per_round(plan: Plan, n: int) -> int:
     """`local_steps`, else `local_epochs * ceil(n / batch)` with the batch capped at n: the
-    steps `runtime.study_budget` calibrates for and `dp.dp_train` takes."""
+    steps `privacy.budget.study_budget` calibrates for and `dp.dp_train` takes."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive number of training rows, found {n!r}.")
     batch = min(plan.batch_size, n)
