@@ -61,8 +61,8 @@ def ehr(trials: int, rng: np.random.Generator) -> None:
         )
 
 
-def pathmnist(trials: int, rng: np.random.Generator) -> None:
-    confusion, ovr = pathmnist_counts()
+def pathmnist(trials: int, rng: np.random.Generator, per_class: float, accuracy: float) -> None:
+    confusion, ovr = pathmnist_counts(per_class=per_class, accuracy=accuracy)
     truth = multiclass_metrics(confusion, ovr)
     sd = 15.0
     hits: dict[str, int] = {}
@@ -93,7 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(2026)
     ehr(args.trials, rng)
-    pathmnist(args.trials, rng)
+    pathmnist(args.trials, rng, per_class=1100.0, accuracy=0.6)
+    pathmnist(args.trials, rng, per_class=280.0, accuracy=0.72)  # the demo's scale
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ on the counts (a few hundred positives at epsilon 1 make AUROC swing by 0.1). Re
 the noise around the released counts shows that spread without asking anything more of the
 hospitals: it is post-processing of public values, so it costs no privacy.
 
-Noise is resampled around the released counts clipped at zero (a count is never negative,
-and an empty bin then stays near empty). The interval is the percentile bootstrap,
+Noise is resampled around the released counts for the proportions (accuracy, F1...), which
+sum noised cells as they are. The rank metrics are resampled around the counts clipped at zero
+(a count is never negative, and an empty bin then stays near empty). The interval is the
+percentile bootstrap,
 [q(0.025), q(0.975)] of the resampled metric. AUROC and AUPRC clip noised cells at zero
 before they rank, which biases them by an amount that depends on the counts; resampling
 adds that bias a second time, so their interval is the union of the percentile interval and
@@ -76,8 +78,13 @@ def binary_intervals(
     hist = np.asarray(hist, dtype=np.float64)
 
     def metric(rng: np.random.Generator | None) -> dict[str, Any]:
-        noised = hist if rng is None else _clipped(hist) + rng.normal(0.0, noise_std, hist.shape)
-        return binary_metrics(noised, edges=edges)
+        if rng is None:
+            return binary_metrics(hist, edges=edges)
+        noise = rng.normal(0.0, noise_std, hist.shape)
+        return _merged(
+            binary_metrics(hist + noise, edges=edges),
+            binary_metrics(_clipped(hist) + noise, edges=edges),
+        )
 
     return resampled_intervals(metric, INTERVAL_KEYS["ehr"], **kwargs)
 
@@ -93,9 +100,14 @@ def multiclass_intervals(
     def metric(rng: np.random.Generator | None) -> dict[str, Any]:
         if rng is None:
             return multiclass_metrics(confusion, ovr)
-        return multiclass_metrics(
-            _clipped(confusion) + rng.normal(0.0, noise_std, confusion.shape),
-            _clipped(ovr) + rng.normal(0.0, noise_std, ovr.shape),
+        noise = rng.normal(0.0, noise_std, confusion.shape)
+        confusion_noised = confusion + noise
+        # The rank metric reads only the one-vs-rest histograms: from clipped counts.
+        return _merged(
+            multiclass_metrics(confusion_noised, ovr),
+            multiclass_metrics(
+                confusion_noised, _clipped(ovr) + rng.normal(0, noise_std, ovr.shape)
+            ),
         )
 
     return resampled_intervals(metric, INTERVAL_KEYS["pathmnist"], **kwargs)
@@ -110,3 +122,9 @@ def spans_chance(key: str, interval: list[float] | tuple[float, float]) -> bool:
 
 def _clipped(counts: np.ndarray) -> np.ndarray:
     return np.clip(counts, 0.0, None)
+
+
+def _merged(raw: dict[str, Any], clipped: dict[str, Any]) -> dict[str, Any]:
+    """Proportions from the resample around the raw counts (they sum noised cells as they
+    are, unbiased); rank metrics from the resample around the counts clipped at zero."""
+    return {**raw, **{key: clipped[key] for key in RANK_METRICS if key in clipped}}

@@ -66,9 +66,14 @@ def test_ehr_intervals_cover_the_noiseless_metric_95_percent_of_the_time(
     assert coverage(truth, 60, lambda: draw(sd / 4))["auroc"] < 0.8
 
 
-def test_pathmnist_intervals_cover_the_noiseless_metric() -> None:
+@pytest.mark.parametrize(
+    ("per_class", "accuracy"),
+    [(1100.0, 0.6), (280.0, 0.72)],
+    ids=["full scale", "demo scale: off-diagonal cells below the noise"],
+)
+def test_pathmnist_intervals_cover_the_noiseless_metric(per_class: float, accuracy: float) -> None:
     rng = np.random.default_rng(12)
-    confusion, ovr = pathmnist_counts()
+    confusion, ovr = pathmnist_counts(per_class=per_class, accuracy=accuracy)
     truth = multiclass_metrics(confusion, ovr)
     sd = 15.0
 
@@ -82,8 +87,26 @@ def test_pathmnist_intervals_cover_the_noiseless_metric() -> None:
 
     covered = coverage(truth, 80, draw)
     # 80 trials: a true 95% coverage lands in [0.86, 1] with probability above 0.998.
-    for key in ("accuracy", "macro_f1", "auroc"):
+    # At demo scale the macro AUROC's own estimator (cells clipped at zero) is biased by
+    # more than its spread, and its interval falls short (benchmarks/README.md, intervals).
+    keys = ("accuracy", "macro_f1", "auroc") if per_class > 1000 else ("accuracy", "macro_f1")
+    for key in keys:
         assert covered[key] >= 0.86, (key, covered)
+
+
+def test_a_proportions_interval_holds_its_released_value_when_most_cells_are_empty() -> None:
+    """The demo's PathMNIST release: a 9 x 9 confusion matrix whose off-diagonal cells are
+    smaller than the noise. Resampling around clipped cells once put the interval of an
+    accuracy of 0.72 at 0.56-0.66; around the released cells it holds 0.72."""
+    rng = np.random.default_rng(13)
+    confusion, ovr = pathmnist_counts(per_class=280.0, accuracy=0.72)
+    for _ in range(10):
+        noised_confusion = confusion + rng.normal(0, 15.0, confusion.shape)
+        noised_ovr = ovr + rng.normal(0, 15.0, ovr.shape)
+        released = multiclass_metrics(noised_confusion, noised_ovr)
+        intervals = multiclass_intervals(noised_confusion, noised_ovr, 15.0, draws=100)
+        for key in ("accuracy", "macro_f1"):
+            assert intervals[key][0] <= released[key] <= intervals[key][1], (key, intervals)
 
 
 def test_intervals_hold_the_released_value_and_widen_with_the_noise() -> None:
