@@ -276,7 +276,10 @@ def test_logistic_regression_auroc_is_realistic_not_trivial(table: pd.DataFrame)
         weights = _logistic_regression(x[~test], y[~test].astype(float), l2=10.0)
         aurocs.append(_auroc(weights[0] + x[test] @ weights[1:], y[test]))
 
-    assert 0.64 <= np.mean(aurocs) <= 0.72, aurocs
+    # The reference population (default CaseMix, no drift) at the calibrated Signal: a little
+    # below the real extract's 0.65, which the drifted federation population reaches
+    # (tests/unit/test_ehr_difficulty.py); clearly learnable, clearly not easy.
+    assert 0.58 <= np.mean(aurocs) <= 0.68, aurocs
 
 
 # --- patients, ids and identifiers --------------------------------------------------------

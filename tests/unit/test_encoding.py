@@ -22,7 +22,7 @@ from datasites.contract.encoding import (
     standardize,
     usable_rows,
 )
-from synthetic.ehr import EXPIRED_OR_HOSPICE, generate_ehr
+from synthetic.ehr import EXPIRED_OR_HOSPICE, CaseMix, generate_ehr
 from synthetic.pathology import generate_pathmnist
 
 
@@ -223,7 +223,8 @@ def _logistic_regression(features: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 def test_centralised_logistic_regression_is_as_good_as_published() -> None:
     # Prepare: first encounter per patient, split by patient (data-formats.md)
-    frame = generate_ehr(20_000, seed=0, identifiers=False)
+    # A hospital of the calibrated federation (launch.py's case mix and drift)
+    frame = generate_ehr(20_000, seed=0, identifiers=False, case_mix=CaseMix.for_hospital(0, 0))
     first = frame.loc[frame.groupby("patient_nbr")["encounter_id"].idxmin()]
     test_patients = np.random.default_rng(0).random(len(first)) < 0.25
     train_x, train_y = encode_ehr(first[~test_patients])
@@ -231,8 +232,10 @@ def test_centralised_logistic_regression_is_as_good_as_published() -> None:
     # Execute
     weights = _logistic_regression(train_x, train_y)
     scores = np.hstack([test_x, np.ones((len(test_x), 1))]) @ weights
-    # Assert: as hard as the real task (AUROC 0.64-0.67 published), not trivially easy
-    assert 0.64 <= _auroc(scores, test_y) <= 0.75
+    # Assert: as hard as the real task (AUROC 0.64-0.67 published; 0.65 on the real extract
+    # with this encoding), not trivially easy. ~3,500 test patients: one AUROC's standard
+    # error is about 0.017, so the band is the real figure +- 2.5 of them.
+    assert 0.61 <= _auroc(scores, test_y) <= 0.70
 
 
 def test_images_scaled_by_fixed_constants() -> None:
