@@ -17,6 +17,7 @@ from datasites.contract.tasks import TASKS
 from scientist.config import DPConfig, StudyConfig
 from scientist.connect import FederationError
 from scientist.intervals import spans_chance
+from scientist.recipes import recipe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,22 +26,23 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="submit and run a federated DP study")
     run.add_argument("--federation", required=True, help="data dir or federation.json")
     run.add_argument("--task", required=True, choices=TASKS)
-    run.add_argument("--model", help="zoo model (default: ehr_mlp / pathmnist_cnn)")
-    run.add_argument("--rounds", type=int, default=10)
-    run.add_argument("--epsilon", type=float, default=1.0)
+    # Every training setting defaults to the task's validated recipe (scientist.recipes).
+    run.add_argument("--model", help="zoo model (default: the task's recipe)")
+    run.add_argument("--rounds", type=int)
+    run.add_argument("--epsilon", type=float, help="default: the recipe's (EHR 1, PathMNIST 3)")
     run.add_argument("--delta", type=float, default=1e-5)
     run.add_argument("--max-grad-norm", type=float, default=1.0)
-    run.add_argument("--local-epochs", type=int, default=1)
-    run.add_argument("--local-steps", type=int, default=0, help="steps per round, not epochs")
-    run.add_argument("--batch-size", type=int, default=256)
-    run.add_argument("--lr", type=float, default=0.5)
-    run.add_argument("--momentum", type=float, default=0.0, help="hospitals' local momentum")
-    run.add_argument("--server-lr", type=float, default=1.0, help="FedAvgM server step")
-    run.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM beta")
+    run.add_argument("--local-epochs", type=int)
+    run.add_argument("--local-steps", type=int, help="steps per round, not epochs")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--momentum", type=float, help="hospitals' local momentum")
+    run.add_argument("--server-lr", type=float, help="FedAvgM server step")
+    run.add_argument("--server-momentum", type=float, help="FedAvgM beta")
+    run.add_argument("--eval-every", type=int, help="default: before training and at the end")
     run.add_argument(
         "--average-decay",
         type=float,
-        default=0.0,
         help="final model: moving average of the global weights",
     )
     run.add_argument("--out", type=Path, help="output folder (default: <workdir>/<study>/report)")
@@ -114,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
         server_lr=args.server_lr,
         server_momentum=args.server_momentum,
         average_decay=args.average_decay,
-        dp=DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm),
+        eval_every=args.eval_every,
+        dp=DPConfig(
+            epsilon=recipe(args.task)["epsilon"] if args.epsilon is None else args.epsilon,
+            delta=args.delta,
+            max_grad_norm=args.max_grad_norm,
+        ),
     )
     fed = Federation.connect(args.federation)
     study = fed.submit(config)

@@ -8,13 +8,13 @@ again: nothing here is trusted by them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from datasites.contract.tasks import EHR_LABELS, MODEL_NAMES, TASKS, model_task
 from datasites.contract.zoo import build_model
+from scientist.recipes import recipe
 
-DEFAULT_MODEL = {"ehr": "ehr_mlp", "pathmnist": "pathmnist_cnn"}
 LABELS = EHR_LABELS
 
 
@@ -65,7 +65,9 @@ class StudyConfig:
     `momentum` is the hospitals' local heavy-ball momentum on the privatized gradient (it
     goes into the plan). `server_lr` and `server_momentum` are the scientist's own FedAvgM
     step (`scientist.fedavg.fedavgm`): post-processing of DP weights, never sent to the
-    hospitals. The defaults (0, 1, 0) are plain FedAvg over plain DP-SGD.
+    hospitals.
+    Every setting left unset comes from the task's validated recipe (`scientist.recipes`):
+    `StudyConfig(task="ehr")` is the recipe the benchmarks measured, at its epsilon.
     `local_steps`, if set (with `local_epochs` 1), makes every round exactly that many
     local DP-SGD steps instead of whole epochs: hospitals with different label mixes and
     stains drift apart within a long round, and shorter rounds average them more often.
@@ -76,27 +78,29 @@ class StudyConfig:
 
     task: str
     model: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 256
-    lr: float = 0.5
-    dp: DPConfig = field(default_factory=DPConfig)
+    model_kwargs: dict[str, Any] | None = None
+    rounds: int | None = None
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    dp: DPConfig | None = None
     label: str = "readmitted_30"
-    eval_every: int = 5
+    eval_every: int | None = None
     min_hospitals: int = 1
     seed: int = 0
-    momentum: float = 0.0
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    local_steps: int = 0
-    average_decay: float = 0.0
+    momentum: float | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    local_steps: int | None = None
+    average_decay: float | None = None
+    clip_quantile: float | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, found {self.task!r}.")
-        if self.model is None:
-            object.__setattr__(self, "model", DEFAULT_MODEL[self.task])
+        if isinstance(self.dp, dict):
+            object.__setattr__(self, "dp", DPConfig(**self.dp))
+        self._fill_from_recipe()
         if self.model not in MODEL_NAMES or model_task(self.model) != self.task:
             names = [m for m in MODEL_NAMES if model_task(m) == self.task]
             raise ValueError(f"model for {self.task} must be one of {names}, found {self.model!r}.")
@@ -108,15 +112,42 @@ class StudyConfig:
         _fraction("momentum", self.momentum)
         _fraction("server_momentum", self.server_momentum)
         _fraction("average_decay", self.average_decay)
+        _fraction("clip_quantile", self.clip_quantile)
         if self.local_steps:
             _count("local_steps", self.local_steps)
             if self.local_epochs != 1:
                 raise ValueError("set local_steps or local_epochs, not both (keep local_epochs 1).")
         if self.label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
-        if isinstance(self.dp, dict):
-            object.__setattr__(self, "dp", DPConfig(**self.dp))
         self._check_plan()
+
+    def _fill_from_recipe(self) -> None:
+        """Every setting left at None takes the task's validated recipe (scientist.recipes).
+
+        A round's length is one choice: naming either `local_epochs` or `local_steps` sets
+        the other to its neutral value (1 epoch, no step count) rather than the recipe's.
+        A model other than the recipe's starts from its own default kwargs.
+        """
+        base = recipe(self.task)
+
+        def fill(name: str, value: Any) -> None:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+        own_model = self.model is not None and self.model != base["model"]
+        fill("model", base["model"])
+        fill("model_kwargs", {} if own_model else base["model_kwargs"])
+        if self.local_epochs is None and self.local_steps is None:
+            fill("local_epochs", base["local_epochs"])
+            fill("local_steps", base["local_steps"])
+        fill("local_epochs", 1)
+        fill("local_steps", 0)
+        for name in ("rounds", "batch_size", "lr", "momentum", "server_lr", "server_momentum"):
+            fill(name, base[name])
+        fill("average_decay", base["average_decay"])
+        fill("clip_quantile", base["clip_quantile"])
+        fill("eval_every", base["eval_every"] or self.rounds)
+        fill("dp", DPConfig(epsilon=base["epsilon"]))
 
     def _check_plan(self) -> None:
         """Refuse here, in the same sentence, every plan the hospitals' runtime would refuse:
@@ -156,6 +187,8 @@ class StudyConfig:
             plan["momentum"] = float(self.momentum)
         if self.local_steps:
             plan["local_steps"] = int(self.local_steps)
+        if self.clip_quantile:
+            plan["clip_quantile"] = float(self.clip_quantile)
         return plan
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,6 +64,10 @@ class Plan:
     local_steps: int = 0
     """If set, each round takes exactly this many DP-SGD steps instead of `local_epochs`
     passes: shorter rounds let non-IID hospitals drift less from each other."""
+    clip_quantile: float = 0.0
+    """If set, adaptive clipping (Andrew et al. 2021): the clipping bound starts at
+    max_grad_norm and follows this quantile of the per-example gradient norms, steered by a
+    noised count released inside the same accounted Gaussian mechanism."""
 
     @classmethod
     def from_dict(cls, plan: Any) -> Plan:
@@ -113,6 +117,7 @@ class Plan:
         _number(values, "max_grad_norm", float, 1e-4, 1e4)
         if _number(values, "momentum", float, 0.0, 1.0) == 1.0:
             raise PlanError("plan field momentum must be below 1, found 1.0.")
+        _number(values, "clip_quantile", float, 0.0, 0.99)
         if _number(values, "local_steps", int, 0, MAX_LOCAL_STEPS) and self.local_epochs != 1:
             raise PlanError(
                 "plan fields local_steps and local_epochs exclude each other; keep "
@@ -131,7 +136,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         # Plans from before these options existed keep their exact form (and digest).
-        for optional in ("momentum", "local_steps"):
+        for optional in ("momentum", "local_steps", "clip_quantile"):
             if not out[optional]:
                 del out[optional]
         return out
@@ -160,6 +165,7 @@ _DEFAULTS: dict[str, Any] = {
     "model_kwargs": {},
     "momentum": 0.0,
     "local_steps": 0,
+    "clip_quantile": 0.0,
 }
 
 

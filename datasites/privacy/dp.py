@@ -72,6 +72,11 @@ class TrainSpec:
     population: int = 0
     """If set, the n of the sampling rate and the steps: the dataset's released (noisy)
     size, so that nothing about the exact count reaches the weights' schedule."""
+    clip_quantile: float = 0.0
+    """If set, adaptive clipping (`AdaptiveClip`): C starts at max_grad_norm and follows
+    this quantile of the per-example gradient norms."""
+    clip_lr: float = 0.2
+    """The geometric step of adaptive clipping (Andrew et al. use 0.2)."""
 
     def __post_init__(self) -> None:
         _check_positive_int("batch_size", self.batch_size)
@@ -84,6 +89,8 @@ class TrainSpec:
         _check_number("momentum", self.momentum, low=0.0, high=1.0)
         if self.local_steps:
             _check_positive_int("local_steps", self.local_steps)
+        _check_number("clip_quantile", self.clip_quantile, low=0.0, high=1.0)
+        _check_number("clip_lr", self.clip_lr, low=0.0, low_open=True, high=1.0)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class TrainOutcome:
     steps: int
     sample_rate: float
     samples: int
+    clip: float = 0.0
+    """The clipping bound after the last step (max_grad_norm unless clipping is adaptive)."""
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -134,11 +143,11 @@ def dp_train(
     was_training = model.training
     model.train()
     try:
-        losses = _train_steps(model, inputs, targets, spec, steps, task, generator, n)
+        losses, clip = _train_steps(model, inputs, targets, spec, steps, task, generator, n)
     finally:
         model.train(was_training)
     mean_loss = float(np.mean(losses)) if losses else math.nan
-    return TrainOutcome(model_weights(model), mean_loss, steps, spec.batch_size / n, n)
+    return TrainOutcome(model_weights(model), mean_loss, steps, spec.batch_size / n, n, clip)
 
 
 def clipped_gradient_sum(
@@ -155,9 +164,17 @@ def clipped_gradient_sum(
     Exact: equal, up to float rounding, to running the examples one at a time. Supports
     Linear, Conv2d (zero padding) and GroupNorm layers, each called once per forward.
     """
+    sums, loss, _ = _clipped_sum(model, inputs, targets, task, max_grad_norm)
+    return sums, loss
+
+
+def _clipped_sum(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str, max_grad_norm: float
+) -> tuple[dict[str, torch.Tensor], float, int]:
+    """`clipped_gradient_sum`, and how many examples had a norm of at most max_grad_norm."""
     params = _trainable(model)
     if inputs.shape[0] == 0:
-        return {name: torch.zeros_like(p) for name, p in params.items()}, 0.0
+        return {name: torch.zeros_like(p) for name, p in params.items()}, 0.0, 0
     with _recording(model, params) as records:
         losses = _per_example_loss(model(inputs), targets, task)
         loss = losses.sum()
@@ -175,14 +192,13 @@ def clipped_gradient_sum(
         # finite contributes a zero gradient instead, which moves the sum by at most
         # max_grad_norm, like any other example: the same sensitivity, no new channel.
         keep = torch.nonzero(finite)[:, 0]
-        return clipped_gradient_sum(
-            model, inputs[keep], targets[keep], task=task, max_grad_norm=max_grad_norm
-        )
+        return _clipped_sum(model, inputs[keep], targets[keep], task, max_grad_norm)
     factors = (max_grad_norm / (squared.sqrt() + _CLIP_EPSILON)).clamp(max=1.0)
     # Each parameter belongs to exactly one layer: no accumulation buffers needed.
     found = {id(p): total for layer in layers for p, total in layer.weighted_sum(factors).items()}
     sums = {name: found.get(id(p), torch.zeros_like(p)) for name, p in params.items()}
-    return sums, float(loss.detach())
+    unclipped = int((squared.sqrt() <= max_grad_norm).sum())
+    return sums, float(loss.detach()), unclipped
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -197,29 +213,97 @@ def _train_steps(
     task: str,
     generator: torch.Generator,
     population: int,
-) -> list[float]:
-    """Run the DP-SGD steps; return the mean loss of each non-empty batch."""
+) -> tuple[list[float], float]:
+    """Run the DP-SGD steps; return the mean loss of each non-empty batch, and the final C."""
     params = _trainable(model)
     optimizer = torch.optim.SGD(list(params.values()), lr=spec.lr, momentum=spec.momentum)
     rate = spec.batch_size / population
+    clip = AdaptiveClip.of(spec)
     losses = []
     for _ in range(steps):
         # Poisson sampling: each example independently, so a batch may be empty.
         chosen = torch.nonzero(torch.rand(inputs.shape[0], generator=generator) < rate)[:, 0]
-        sums, loss_sum = clipped_gradient_sum(
-            model, inputs[chosen], targets[chosen], task=task, max_grad_norm=spec.max_grad_norm
+        sums, loss_sum, unclipped = _clipped_sum(
+            model, inputs[chosen], targets[chosen], task, clip.bound
         )
         if chosen.numel():
             losses.append(loss_sum / chosen.numel())
-        _noisy_step(optimizer, params, sums, spec, generator)
-    return losses
+        _noisy_step(optimizer, params, sums, clip.gradient_noise_std(), spec.batch_size, generator)
+        clip.update(unclipped, int(chosen.numel()), generator)
+    return losses, clip.bound
+
+
+@dataclass
+class AdaptiveClip:
+    """The clipping bound C of each step: fixed, or following a quantile of the gradient norms.
+
+    Adaptive clipping (Andrew et al., "Differentially Private Learning with Adaptive
+    Clipping", NeurIPS 2021; Flower's DifferentialPrivacyClientSideAdaptiveClipping): after
+    each step, C <- C * exp(-clip_lr * (b - quantile)), where b is the noised share of the
+    batch whose gradient norm was at most C. The count and the gradient sum are released by
+    one Gaussian mechanism with noise multiplier z, the accounted one: the count of
+    b_i - 1/2 (each example moves it by exactly 1/2) gets noise sd `count_noise`, the gradient
+    sum gets z_grad = (z^-2 - (2 * count_noise)^-2)^(-1/2), slightly more than z (Theorem 1
+    of the paper). With count_noise at least z, z_grad is at most 1.16 z.
+    """
+
+    bound: float
+    noise_multiplier: float
+    quantile: float = 0.0
+    clip_lr: float = 0.2
+    count_noise: float = 0.0
+    batch_size: int = 1
+
+    @classmethod
+    def of(cls, spec: TrainSpec) -> AdaptiveClip:
+        if not spec.clip_quantile:
+            return cls(spec.max_grad_norm, spec.noise_multiplier)
+        return cls(
+            bound=spec.max_grad_norm,
+            noise_multiplier=spec.noise_multiplier,
+            quantile=spec.clip_quantile,
+            clip_lr=spec.clip_lr,
+            count_noise=count_noise(spec.batch_size, spec.noise_multiplier),
+            batch_size=spec.batch_size,
+        )
+
+    def gradient_noise_std(self) -> float:
+        """The standard deviation of the noise on the summed clipped gradients."""
+        return gradient_noise_multiplier(self.noise_multiplier, self.count_noise) * self.bound
+
+    def update(self, unclipped: int, sampled: int, generator: torch.Generator) -> None:
+        """Move C after a step in which `unclipped` of the `sampled` examples had norm <= C.
+
+        The released count is sum(b_i - 1/2) + noise: each example moves it by exactly 1/2
+        whether or not it is clipped, so the batch's (private) size does not leak through it;
+        the expected batch size (public) turns it back into a share."""
+        if not self.quantile:
+            return
+        noise = float(secure_gaussian(1, self.count_noise, generator)[0])
+        share = (unclipped - sampled / 2 + noise) / self.batch_size + 0.5
+        self.bound *= math.exp(-self.clip_lr * (share - self.quantile))
+
+
+def count_noise(batch_size: int, noise_multiplier: float) -> float:
+    """The sd of the unclipped count's noise: batch/20 as in Andrew et al., and at least z so
+    that the gradient's share of the mechanism keeps most of its noise budget."""
+    return max(batch_size / 20.0, noise_multiplier)
+
+
+def gradient_noise_multiplier(noise_multiplier: float, count_noise: float) -> float:
+    """z_grad with z^-2 = z_grad^-2 + (2 count_noise)^-2 (count_noise 0: no count released)."""
+    if not count_noise or not noise_multiplier:
+        return noise_multiplier
+    remaining = noise_multiplier**-2 - (2.0 * count_noise) ** -2
+    return remaining**-0.5
 
 
 def _noisy_step(
     optimizer: torch.optim.Optimizer,
     params: dict[str, nn.Parameter],
     sums: dict[str, torch.Tensor],
-    spec: TrainSpec,
+    noise_std: float,
+    batch_size: int,
     generator: torch.Generator,
 ) -> None:
     # One flat buffer: a handful of large ops instead of four per parameter, which matters
@@ -227,8 +311,8 @@ def _noisy_step(
     # runs that differ only in sigma share their randomness.
     flat = torch.cat([sums[name].reshape(-1) for name in params])
     # Secure-mode draws (`datasites.privacy.noise`): each value the halved sum of four Gaussians.
-    flat.add_(secure_gaussian(flat.numel(), spec.noise_multiplier * spec.max_grad_norm, generator))
-    flat.div_(spec.batch_size)
+    flat.add_(secure_gaussian(flat.numel(), noise_std, generator))
+    flat.div_(batch_size)
     offset = 0
     for param in params.values():
         param.grad = flat[offset : offset + param.numel()].view_as(param)

@@ -376,6 +376,7 @@ def _train(
             momentum=plan.momentum,
             local_steps=record.steps_per_round,
             population=record.n,
+            clip_quantile=plan.clip_quantile,
         )
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)

@@ -22,6 +22,7 @@ from tests.conftest import REPO, Launch, start_launch
 
 STUDY = dict(
     task="ehr",
+    local_epochs=1,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

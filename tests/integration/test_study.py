@@ -23,6 +23,7 @@ from tests.conftest import REPO, Launch
 
 SMALL_EHR = dict(
     task="ehr",
+    local_epochs=1,
     model="ehr_mlp",
     rounds=3,
     batch_size=128,

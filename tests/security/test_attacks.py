@@ -33,6 +33,7 @@ from tests.security.forge import quiet as attempt
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 TINY = dict(
     task="ehr",
+    local_epochs=1,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

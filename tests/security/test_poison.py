@@ -37,6 +37,7 @@ ROUNDS = 4
 POLICY = "[budget]\nepsilon_cap = 40.0\n[study]\nmax_epsilon = 5.0\n"
 ATTACK = StudyConfig(
     task="ehr",
+    local_epochs=1,
     model="ehr_mlp",
     model_kwargs={"hidden": [8] * 6},
     rounds=ROUNDS,

@@ -41,6 +41,7 @@ Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 HOSPITAL = "hospital-a"
 TINY = dict(
     task="ehr",
+    local_epochs=1,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

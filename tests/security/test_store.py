@@ -46,6 +46,7 @@ URL = f"http://127.0.0.1:{BASE_PORT}"
 LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13")
 STUDY = dict(
     task="ehr",
+    local_epochs=1,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

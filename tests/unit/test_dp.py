@@ -23,7 +23,9 @@ from datasites.privacy.dp import (
     TrainOutcome,
     TrainSpec,
     clipped_gradient_sum,
+    count_noise,
     dp_train,
+    gradient_noise_multiplier,
     steps_per_epoch,
 )
 from synthetic.ehr import generate_ehr
@@ -420,3 +422,86 @@ def test_dp_train_input_errors() -> None:
         dp_train(model, features, labels, _spec(), task="ehr")
     with pytest.raises(ValueError, match="n must be a positive int"):
         steps_per_epoch(0, 1)
+
+
+# --- adaptive clipping (Andrew et al. 2021) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("z", [0.3, 0.8, 1.5, 4.0])
+@pytest.mark.parametrize("batch", [4, 64, 512])
+def test_adaptive_clipping_spends_exactly_the_accounted_gaussian_mechanism(
+    z: float, batch: int
+) -> None:
+    """Theorem 1 of Andrew et al.: releasing the clipped sum with noise z_g * C and the count
+    of (b_i - 1/2) with noise sd sigma_b is one Gaussian mechanism whose sensitivity, in
+    units of its noise, is sqrt((C / (z_g C))^2 + ((1/2) / sigma_b)^2). Brute force over
+    the neighbour (an example with any clipped gradient, counted either way) it must be 1/z,
+    the noise multiplier the accountant charged."""
+    sigma_b = count_noise(batch, z)
+    z_grad = gradient_noise_multiplier(z, sigma_b)
+    worst = 0.0
+    for gradient_norm in (0.0, 0.5, 1.0):  # in units of C: clipped gradients never exceed C
+        for count_move in (-0.5, 0.5):  # b_i - 1/2 for a clipped or an unclipped example
+            distance = math.hypot(gradient_norm / z_grad, count_move / sigma_b)
+            worst = max(worst, distance)
+    assert worst == pytest.approx(1.0 / z, rel=1e-12)
+    assert z <= z_grad <= 2 / math.sqrt(3) * z + 1e-12
+    assert sigma_b >= max(batch / 20, z)
+
+
+def test_fixed_clipping_is_unchanged_by_the_adaptive_option() -> None:
+    features, labels = _ehr_rows(300)
+    spec = TrainSpec(batch_size=32, lr=0.1, local_epochs=1, max_grad_norm=0.7, noise_multiplier=1.0)
+    first = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=5)
+    second = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=5)
+    assert first.clip == 0.7
+    for name in first.weights:
+        np.testing.assert_array_equal(first.weights[name], second.weights[name])
+    assert gradient_noise_multiplier(1.3, 0.0) == 1.3
+
+
+def test_adaptive_clipping_follows_the_quantile_of_the_gradient_norms() -> None:
+    """With the weights held still (lr ~0), every example's gradient norm is known:
+    0.5 * sqrt(r^2 + 1) for a row r * e_0 at zero weights. Starting 100x too small, C must
+    settle at the requested quantile of those norms despite the count noise."""
+    rng = np.random.default_rng(3)
+    radius = rng.uniform(1.0, 10.0, 4_000)
+    features = np.zeros((radius.size, N_FEATURES), np.float32)
+    features[:, 0] = radius
+    labels = (rng.random(radius.size) < 0.5).astype(np.float32)
+    norms = 0.5 * np.sqrt(radius**2 + 1)
+    for quantile in (0.3, 0.7):
+        spec = TrainSpec(
+            batch_size=256,
+            lr=1e-12,
+            local_epochs=1,
+            local_steps=400,
+            max_grad_norm=0.03,
+            noise_multiplier=1.0,
+            clip_quantile=quantile,
+        )
+        outcome = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=11)
+        assert outcome.clip == pytest.approx(np.quantile(norms, quantile), rel=0.1)
+
+
+def test_adaptive_clipping_settings_are_validated() -> None:
+    base = dict(batch_size=8, lr=0.1, local_epochs=1, max_grad_norm=1.0, noise_multiplier=1.0)
+    for bad in (1.0, -0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="clip_quantile"):
+            TrainSpec(**base, clip_quantile=bad)
+    with pytest.raises(ValueError, match="clip_lr"):
+        TrainSpec(**base, clip_quantile=0.5, clip_lr=0.0)
+
+
+def _logistic() -> nn.Module:
+    model = build_model("ehr_logistic")
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+    return model
+
+
+def _ehr_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(n)
+    features = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    return features, (rng.random(n) < 0.3).astype(np.float32)

@@ -223,9 +223,13 @@ def test_plan_without_momentum_is_unchanged_and_carries_no_server_settings() -> 
     # Prepare
     config = StudyConfig(
         task="pathmnist",
+        model_kwargs={},
         rounds=3,
+        local_epochs=1,
         batch_size=128,
         lr=1.0,
+        momentum=0.0,
+        eval_every=5,
         server_lr=1.5,
         server_momentum=0.9,
         dp=DPConfig(epsilon=3.0),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasites.contract.plan import Plan
 from datasites.privacy.accounting import epsilon
 from datasites.privacy.ledger import size_event
 from datasites.runtime.execute import current_hospital, execute
@@ -20,7 +21,13 @@ from synthetic.ehr import generate_ehr
 
 MARKER = "PATIENT-SECRET-4242"
 CONFIG = StudyConfig(
-    task="ehr", model="ehr_logistic", rounds=2, batch_size=64, lr=0.5, dp=DPConfig(epsilon=2.0)
+    task="ehr",
+    model="ehr_logistic",
+    rounds=2,
+    local_epochs=1,
+    batch_size=64,
+    lr=0.5,
+    dp=DPConfig(epsilon=2.0),
 )
 
 
@@ -231,6 +238,27 @@ def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
         plan(momentum=0.9), train=table, test=table, request={"round": 1, "weights": weights}
     )
     assert "error" not in out and out["train"]["n"] > 0
+
+
+def test_a_plan_with_adaptive_clipping_trains_and_a_bad_quantile_is_refused(
+    hospital: Path, table
+) -> None:
+    weights = initial_weights(CONFIG)
+    for bad in (0.995, -0.5, "0.5"):
+        out = execute(
+            plan(clip_quantile=bad),
+            train=table,
+            test=table,
+            request={"round": 1, "weights": weights},
+        )
+        assert out["refused"] == "PlanError" and "clip_quantile" in out["error"]
+    out = execute(
+        plan(clip_quantile=0.5), train=table, test=table, request={"round": 1, "weights": weights}
+    )
+    assert "error" not in out and out["train"]["n"] > 0
+    # The quantile is part of what was approved: the ledger's digest covers it.
+    assert Plan.from_dict(plan(clip_quantile=0.5)).digest() != Plan.from_dict(plan()).digest()
+    assert "clip_quantile" not in Plan.from_dict(plan()).to_dict()
 
 
 def test_local_steps_take_exactly_the_steps_the_ledger_charges(hospital: Path, table) -> None:

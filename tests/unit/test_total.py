@@ -31,7 +31,12 @@ from scientist.config import DPConfig, StudyConfig
 FEATURE = 5  # the attacker's chosen condition: this feature is large
 PLAN = Plan.from_dict(
     StudyConfig(
-        task="ehr", model="ehr_logistic", rounds=2, batch_size=64, dp=DPConfig(epsilon=1.0)
+        task="ehr",
+        model="ehr_logistic",
+        rounds=2,
+        local_epochs=1,
+        batch_size=64,
+        dp=DPConfig(epsilon=1.0),
     ).plan("ehr-total-0001", "s@research.org")
 )
 
@@ -190,6 +195,7 @@ def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
 HIDDEN = [8] * 6
 ATTACK = StudyConfig(
     task="ehr",
+    local_epochs=1,
     model="ehr_mlp",
     model_kwargs={"hidden": HIDDEN},
     rounds=1,
@@ -268,7 +274,12 @@ def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> Non
     with sqlite3.connect(hospital.root / "ledger.sqlite") as conn:
         conn.execute("INSERT INTO sizes VALUES ('ehr', ?, 50.0, 'now')", (released,))
     config = StudyConfig(
-        task="ehr", model="ehr_logistic", rounds=2, batch_size=64, dp=DPConfig(epsilon=1.0)
+        task="ehr",
+        model="ehr_logistic",
+        rounds=2,
+        local_epochs=1,
+        batch_size=64,
+        dp=DPConfig(epsilon=1.0),
     )
 
     out = execute(

@@ -121,7 +121,7 @@ def test_study_source_is_unchanged() -> None:
     )
 
     assert study_source(small) == expected
-    assert source().splitlines()[3] == "    plan = {   'batch_size': 256,"
+    assert source().splitlines()[3] == "    plan = {   'batch_size': 512,"
 
 
 # --- custom code, and why ------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_code_diff_uses_the_given_labels() -> None:
 def test_the_request_line_shows_how_long_a_round_is(extra: dict, shown: str) -> None:
     from datasites.governance.operator import RequestView
 
-    config = StudyConfig(task="pathmnist", rounds=48, **extra)
+    config = StudyConfig(task="pathmnist", rounds=48, **({"local_epochs": 1} | extra))
     plan = config.plan("path-0042", "ana@research.org")
     source = study_source(plan)
     name = function_name("path-0042")
