@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
     p.add_argument("--pathmnist-npz", type=Path, help="real pathmnist.npz to partition")
     p.add_argument("--seed", type=int, default=0, help="seed for data and splits")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew for images")
+    p.add_argument(
+        "--population",
+        default="default",
+        help="synthetic EHR federation from synthetic.populations (default: default)",
+    )
     p.add_argument("--demo", action="store_true", help="run the scientist demo, then stop")
     watch_help = "run a watcher per hospital approving what its policy.toml allows"
     p.add_argument("--auto-approve", action="store_true", help=watch_help)
@@ -45,6 +50,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
         pathmnist_npz=a.pathmnist_npz,
         seed=a.seed,
         alpha=a.alpha,
+        population=a.population,
     )
     return settings, a.demo, a.auto_approve
 

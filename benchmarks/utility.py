@@ -46,15 +46,19 @@ from datasites.server.provision import read_manifest
 from datasites.server.sources import read_ehr, read_pathmnist
 from datasites.site.identity import Identity
 from datasites.site.paths import HospitalConfig
+from scientist.config import DPConfig
+from scientist.recipes import recipe
+from synthetic.populations import POPULATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 EHR_TARGET_GAP = 0.02  # federated AUROC at epsilon 1 within 0.02 of centralized
 # Share of the EHR train union held out to choose each centralized candidate's epoch count.
 VALIDATION_SHARE = 0.15
 PATH_TARGET_RATIO = 0.9  # federated accuracy at epsilon 3 >= 0.9 x centralized
-EHR_EPSILON = 1.0
-PATH_EPSILON = 3.0
+EHR_EPSILON = recipe("ehr")["epsilon"]
+PATH_EPSILON = recipe("pathmnist")["epsilon"]
 LAUNCH_TIMEOUT = 1800.0
+
 
 # Federated study hyperparameters per scale, from tuning runs of the hospitals' own DP-SGD
 # (datasites.privacy.dp + the runtime's calibration) on the same synthetic data; see the README.
@@ -64,6 +68,25 @@ LAUNCH_TIMEOUT = 1800.0
 # (`hidden`/`width` describe the baseline's MLP and CNN): EHR trains ehr_logistic, whose
 # fewer noised coordinates did better under DP than ehr_mlp([8]). Its lr 0.5 was tuned at
 # full scale on the standardized features (datasites.contract.ehr_reference); small scale reuses it.
+def recipe_settings(task: str) -> dict[str, Any]:
+    """`scientist.recipes`' recipe for `task`, in this script's settings form; `hidden` and
+    `width` describe the centralized baseline's MLP and CNN."""
+    r = recipe(task)
+    keys = ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "momentum")
+    settings = {key: r[key] for key in keys}
+    settings |= {
+        "model": r["model"],
+        "max_grad_norm": DPConfig().max_grad_norm,
+        "server_momentum": r["server_momentum"],
+        "server_lr": r["server_lr"],
+        "average_decay": r["average_decay"],
+        "clip_quantile": r["clip_quantile"],
+    }
+    if task == "ehr":
+        return settings | {"hidden": [8]}
+    return settings | {"width": r["model_kwargs"]["width"]}
+
+
 FEDERATED = {
     "small": {
         "ehr": dict(
@@ -90,33 +113,8 @@ FEDERATED = {
             server_lr=1.0,
         ),
     },
-    "full": {
-        "ehr": dict(
-            model="ehr_logistic",
-            rounds=10,
-            local_epochs=1,
-            batch_size=512,
-            lr=0.5,
-            max_grad_norm=1.0,
-            hidden=[8],
-            momentum=0.0,
-            server_momentum=0.0,
-            server_lr=1.0,
-        ),
-        "pathmnist": dict(
-            rounds=200,
-            local_epochs=1,
-            local_steps=5,
-            batch_size=256,
-            lr=0.2,
-            max_grad_norm=1.0,
-            width=16,
-            momentum=0.9,
-            server_momentum=0.0,
-            server_lr=1.0,
-            average_decay=0.9,
-        ),
-    },
+    # The validated recipes, read from the one place StudyConfig reads them too.
+    "full": {task: recipe_settings(task) for task in ("ehr", "pathmnist")},
 }
 FEDERATED_KEYS = (
     "rounds",
@@ -129,6 +127,7 @@ FEDERATED_KEYS = (
     "server_momentum",
     "server_lr",
     "average_decay",
+    "clip_quantile",
     "model",
 )
 # The non-private baseline: Adam at its usual rate. PathMNIST trains a fixed number of epochs,
@@ -164,6 +163,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="launch.py --seed (data and splits)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for centralized")
     p.add_argument("--tasks", default="ehr,pathmnist", help="comma list of ehr, pathmnist")
+    p.add_argument(
+        "--population",
+        default="default",
+        choices=list(POPULATIONS),
+        help="synthetic EHR federation (launch.py --population)",
+    )
+    p.add_argument(
+        "--family",
+        action="store_true",
+        help="EHR on every population of synthetic.populations (PathMNIST on the default)",
+    )
     fed = p.add_argument_group("federated studies (defaults depend on --scale)")
     for prefix in ("ehr", "path"):
         fed.add_argument(f"--{prefix}-rounds", type=int)
@@ -176,6 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         fed.add_argument(f"--{prefix}-server-momentum", type=float, help="FedAvgM beta")
         fed.add_argument(f"--{prefix}-server-lr", type=float, help="FedAvgM server lr")
         fed.add_argument(f"--{prefix}-average-decay", type=float, help="weight average decay")
+        fed.add_argument(f"--{prefix}-clip-quantile", type=float, help="adaptive clipping")
         fed.add_argument(f"--{prefix}-model", help="federated zoo model (default: the baseline's)")
     fed.add_argument("--ehr-hidden", help="ehr_mlp hidden sizes, both sides, e.g. 64,32")
     fed.add_argument("--path-width", type=int, help="pathmnist_cnn width, both sides")
@@ -257,6 +268,8 @@ class Launch:
             str(a.data_dir),
             "--seed",
             str(a.seed),
+            "--population",
+            a.population,
             "--reset",
         ]
         log("starting: " + " ".join(command[2:]))
@@ -541,6 +554,7 @@ def federated(
         server_momentum=settings["server_momentum"],
         local_steps=settings.get("local_steps", 0),
         average_decay=settings.get("average_decay", 0.0),
+        clip_quantile=settings.get("clip_quantile", 0.0),
     )
     study = fed.submit(config)
     for hospital, request_id in study.requests.items():
@@ -711,25 +725,45 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def members(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One run per population: `--family` runs EHR on every member (with that member's
+    number of hospitals) and PathMNIST, if asked, on the default only."""
+    if not args.family:
+        return [args]
+    runs = []
+    for name, population in POPULATIONS.items():
+        tasks = [t for t in args.tasks if t == "ehr" or name == "default"]
+        if tasks:
+            runs.append(
+                argparse.Namespace(
+                    **vars(args)
+                    | {"population": name, "tasks": tasks, "hospitals": population.hospitals_count}
+                )
+            )
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so that the datasites are stopped
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    try:
-        report = run(args, seconds)
-    except KeyboardInterrupt:
-        log("interrupted; the datasites were stopped.")
-        return 130
-    seconds["total"] = time.perf_counter() - started
-    line = {
-        "benchmark": "utility",
-        "scale": args.scale,
-        "hospitals": args.hospitals,
-        **report,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-    }
-    print(json.dumps(line), flush=True)
+    for member in members(args):
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            report = run(member, seconds)
+        except KeyboardInterrupt:
+            log("interrupted; the datasites were stopped.")
+            return 130
+        seconds["total"] = time.perf_counter() - started
+        line = {
+            "benchmark": "utility",
+            "scale": member.scale,
+            "population": member.population,
+            "hospitals": member.hospitals,
+            **report,
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        }
+        print(json.dumps(line), flush=True)
     return 0
 
 

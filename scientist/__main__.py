@@ -101,10 +101,9 @@ def print_statuses(table: Any) -> None:
         print(f"  {row.hospital}: {row.status}{reason}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from scientist.federation import Federation
-
-    config = StudyConfig(
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The study `run` submits: every flag left out takes the task's recipe."""
+    return StudyConfig(
         task=args.task,
         model=args.model,
         rounds=args.rounds,
@@ -123,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
             max_grad_norm=args.max_grad_norm,
         ),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from scientist.federation import Federation
+
+    config = config_from_args(args)
     fed = Federation.connect(args.federation)
     study = fed.submit(config)
     print(f"submitted {study.id} to {', '.join(fed.hospitals)}; waiting for approval ...")

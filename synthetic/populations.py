@@ -56,21 +56,20 @@ class Population:
     def mixes(self, seed: int) -> list[CaseMix]:
         return [self._mix(index, seed) for index in range(self.hospitals_count)]
 
+    def table(self, index: int, seed: int, rows: int, *, identifiers: bool = False) -> pd.DataFrame:
+        """Hospital `index`'s extract of `rows` encounters (what `launch.py` hosts there)."""
+        return generate_ehr(
+            rows,
+            seed=seed * 1_000 + index,
+            case_mix=self._mix(index, seed),
+            id_start=1 + index * HOSPITAL_ID_STRIDE,
+            identifiers=identifiers,
+            signal=self.signal,
+        )
+
     def hospitals(self, seed: int) -> list[pd.DataFrame]:
         """Each hospital's extract, with disjoint ids."""
-        return [
-            generate_ehr(
-                int(rows),
-                seed=seed * 1_000 + index,
-                case_mix=mix,
-                id_start=1 + index * HOSPITAL_ID_STRIDE,
-                identifiers=False,
-                signal=self.signal,
-            )
-            for index, (rows, mix) in enumerate(
-                zip(self.sizes(seed), self.mixes(seed), strict=True)
-            )
-        ]
+        return [self.table(i, seed, int(rows)) for i, rows in enumerate(self.sizes(seed))]
 
     def pooled(self, seed: int) -> pd.DataFrame:
         """All hospitals' extracts as one table: what a centralized analysis would see."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from datasites.contract.files import write_json
 from datasites.contract.syft_io import quiet
+from datasites.contract.untrusted import shown
 from datasites.local.process import DatasiteProcess
 from datasites.local.seeding import DataPlan, load_real_inputs, plan_sources
 from datasites.server.provision import provision
@@ -43,6 +44,7 @@ from datasites.site.permissions import (
     secure_hospital_folder,
 )
 from datasites.site.policy import Policy
+from synthetic.populations import POPULATIONS
 
 SCALES = ("small", "full")
 MAX_HOSPITALS = 26 * 27
@@ -73,6 +75,8 @@ class LaunchSettings:
     pathmnist_npz: Path | None = None
     seed: int = 0
     alpha: float = 0.5
+    population: str = "default"
+    """The synthetic EHR federation (`synthetic.populations`) the hospitals' tables come from."""
 
     def __post_init__(self) -> None:
         if self.hospitals < 1:
@@ -81,6 +85,11 @@ class LaunchSettings:
             raise LaunchError(f"--hospitals must be at most {MAX_HOSPITALS}.")
         if self.scale not in SCALES:
             raise LaunchError(f"--scale must be small or full, found {self.scale!r}.")
+        if self.population not in POPULATIONS:
+            raise LaunchError(
+                f"--population must be one of {', '.join(POPULATIONS)}, found "
+                f"{shown(repr(self.population))}."
+            )
         last = self.base_port + self.hospitals - 1
         if self.base_port < 1024 or last > 65535:
             raise LaunchError(
@@ -106,7 +115,7 @@ class LaunchSettings:
             "alpha": self.alpha,
             "ehr_csv": str(self.ehr_csv) if self.ehr_csv else None,
             "pathmnist_npz": str(self.pathmnist_npz) if self.pathmnist_npz else None,
-        }
+        } | ({"population": self.population} if self.population != "default" else {})
 
 
 def check_writable(data_dir: Path) -> None:
@@ -196,6 +205,7 @@ class LocalFederation:
                 self.settings.scale,
                 self.settings.seed,
                 self.settings.alpha,
+                self.settings.population,
             )
             plan_sources(plan, self.configs, missing, real, self.log)
         write_private_json(self.settings.data_dir / SETTINGS_FILE, self.settings.data_options())

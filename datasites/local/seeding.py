@@ -17,16 +17,16 @@ import pandas as pd
 
 from datasites.server.sources import write_sources
 from datasites.site.paths import HospitalConfig
-from synthetic.ehr import CaseMix, generate_ehr, load_ehr_csv
+from synthetic.ehr import load_ehr_csv
 from synthetic.partition import class_proportions, hospital_sizes, split_by_label, split_patients
 from synthetic.pathology import CLASS_SHARES, Stain, generate_pathmnist, load_pathmnist_npz
+from synthetic.populations import POPULATIONS
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 # Per hospital at --scale small; --scale full spreads the real datasets' sizes instead.
 SMALL = {"encounters": 4_000, "train_images": 2_000, "test_images": 500}
 FULL = {"encounters": 101_766, "train_images": 89_996 + 10_004, "test_images": 7_180}
-ID_BLOCK = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,11 @@ class DataPlan:
     scale: str
     seed: int
     alpha: float
+    population: str = "default"
 
     def totals(self) -> dict[str, int]:
         if self.scale == "full":
-            return dict(FULL)
+            return dict(FULL) | {"encounters": POPULATIONS[self.population].encounters}
         return {k: v * self.hospitals for k, v in SMALL.items()}
 
     def sizes(self, key: str) -> np.ndarray:
@@ -64,12 +65,8 @@ def load_real_inputs(ehr_csv: Path | None, pathmnist_npz: Path | None) -> RealIn
 
 
 def synthetic_ehr(plan: DataPlan, index: int) -> pd.DataFrame:
-    return generate_ehr(
-        int(plan.sizes("encounters")[index]),
-        seed=plan.seed * 1_000 + index,
-        case_mix=CaseMix.for_hospital(index, plan.seed),
-        id_start=1 + index * ID_BLOCK,
-    )
+    rows = int(plan.sizes("encounters")[index])
+    return POPULATIONS[plan.population].table(index, plan.seed, rows, identifiers=True)
 
 
 def synthetic_pathmnist(plan: DataPlan, index: int) -> Splits:

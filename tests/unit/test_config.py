@@ -63,3 +63,68 @@ def test_the_defaults_are_plans_the_runtime_accepts(task: str) -> None:
     plan = Plan.from_dict(config.plan("plan-check", "scientist@example.org"))
 
     assert plan.rounds == config.rounds and plan.epsilon == config.dp.epsilon
+
+
+# --- the recipes are the defaults (issue 14) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["ehr", "pathmnist"])
+def test_the_shortest_call_is_the_validated_recipe(task: str) -> None:
+    from scientist.recipes import recipe
+
+    config, expected = StudyConfig(task=task), recipe(task)
+    for name, value in expected.items():
+        if name == "epsilon":
+            assert config.dp.epsilon == value
+        elif name == "eval_every":
+            assert config.eval_every == (value or config.rounds)
+        else:
+            assert getattr(config, name) == value, name
+    # Evaluated twice: before training and at the end, each with the whole test budget.
+    assert Plan.from_dict(config.plan("abc", "s@example.org")).eval_rounds() == [0, config.rounds]
+
+
+def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
+    config = StudyConfig(task="pathmnist", local_epochs=2, model="pathmnist_cnn", rounds=7)
+    assert (config.local_epochs, config.local_steps, config.rounds) == (2, 0, 7)
+    assert config.eval_every == 7 and config.dp.epsilon == 3.0
+    steps = StudyConfig(task="ehr", local_steps=12)
+    assert (steps.local_epochs, steps.local_steps) == (1, 12)
+    mlp = StudyConfig(task="ehr", model="ehr_mlp")
+    assert mlp.model_kwargs == {} and mlp.batch_size == 512
+    explicit = StudyConfig(task="ehr", dp=DPConfig(epsilon=0.25), eval_every=2)
+    assert explicit.dp.epsilon == 0.25 and explicit.eval_every == 2
+    assert StudyConfig.from_dict(StudyConfig(task="ehr").to_dict()) == StudyConfig(task="ehr")
+
+
+def test_the_cli_without_training_flags_runs_the_recipe() -> None:
+    from scientist.__main__ import _parser, config_from_args
+
+    for task in ("ehr", "pathmnist"):
+        args = _parser().parse_args(["run", "--federation", "x", "--task", task])
+        assert config_from_args(args) == StudyConfig(task=task)
+    args = _parser().parse_args(
+        ["run", "--federation", "x", "--task", "ehr", "--rounds", "3", "--epsilon", "2"]
+    )
+    config = config_from_args(args)
+    assert (config.rounds, config.dp.epsilon, config.local_epochs) == (3, 2.0, 5)
+
+
+def test_the_utility_benchmark_reads_the_same_recipes() -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from scientist.recipes import recipe
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "utility.py"
+    spec = importlib.util.spec_from_file_location("utility_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    for task in ("ehr", "pathmnist"):
+        settings = module.FEDERATED["full"][task]
+        for name in ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "model"):
+            assert settings[name] == recipe(task)[name], (task, name)
+    assert recipe("ehr")["epsilon"] == module.EHR_EPSILON
+    assert recipe("pathmnist")["epsilon"] == module.PATH_EPSILON

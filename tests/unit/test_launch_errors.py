@@ -45,6 +45,25 @@ def test_hospitals_below_one(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_unknown_population_is_refused_with_the_names(tmp_path: Path) -> None:
+    result = run_launch(*args(tmp_path / "d"), "--population", "nowhere\x1b[2J")
+    assert_refused(result, "--population must be one of default, weak")
+    assert "\x1b" not in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_population_shapes_the_synthetic_tables() -> None:
+    from datasites.local.seeding import DataPlan, synthetic_ehr
+
+    def early_share(population: str) -> float:
+        plan = DataPlan(hospitals=2, scale="small", seed=3, alpha=0.5, population=population)
+        table = synthetic_ehr(plan, 0)
+        return float((table["readmitted"] == "<30").mean())
+
+    assert early_share("common") > early_share("default") + 0.03
+    assert early_share("rare") < early_share("default")
+
+
 def test_csv_missing_columns_are_named(tmp_path: Path) -> None:
     csv = tmp_path / "diabetic_data.csv"
     frame = generate_ehr(50, seed=1, identifiers=False).drop(columns=["race", "A1Cresult"])
