@@ -179,6 +179,11 @@ RECIPES: dict[str, StudyConfig] = {
     "r20_l3_avg8": replace(_BASE, rounds=20, local_epochs=3, batch_size=512, average_decay=0.8),
     "r20_l5_avg8": replace(_BASE, rounds=20, local_epochs=5, batch_size=512, average_decay=0.8),
     "r30_l3_avg9": replace(_BASE, rounds=30, local_epochs=3, batch_size=512, average_decay=0.9),
+    "r40_l3_avg9": replace(_BASE, rounds=40, local_epochs=3, batch_size=512, average_decay=0.9),
+    "r50_l2_avg95": replace(_BASE, rounds=50, local_epochs=2, batch_size=512, average_decay=0.95),
+    "r30_l3_b1024_avg9": replace(
+        _BASE, rounds=30, local_epochs=3, batch_size=1024, lr=1.0, average_decay=0.9
+    ),
     "r20_l5_lr1_avg8": replace(
         _BASE, rounds=20, local_epochs=5, batch_size=512, lr=1.0, average_decay=0.8
     ),

@@ -17,20 +17,21 @@ import copy
 from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Validated on the 11 EHR populations of synthetic.populations at epsilon 1 with the
-    # in-process replica (benchmarks/recipes.py).
+    # The best found on the 11 EHR populations of synthetic.populations at epsilon 1 with the
+    # in-process replica (benchmarks/recipes.py): within 0.03 of centralized on the default
+    # population, not yet the 0.02 the target asks (benchmarks/README.md, "recipes").
     "ehr": {
         "model": "ehr_logistic",
         "model_kwargs": {},
-        "rounds": 10,
-        "local_epochs": 5,
+        "rounds": 30,
+        "local_epochs": 3,
         "local_steps": 0,
         "batch_size": 512,
         "lr": 0.5,
         "momentum": 0.0,
         "server_lr": 1.0,
         "server_momentum": 0.0,
-        "average_decay": 0.0,
+        "average_decay": 0.9,
         "clip_quantile": 0.0,
         "eval_every": None,
         "epsilon": 1.0,

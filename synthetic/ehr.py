@@ -242,17 +242,15 @@ def _chart(rows: int, seed: int, mix: CaseMix) -> tuple[_Patients, dict[str, np.
 
 # Columns whose level shares drift with CaseMix.drift: the ones a hospital's coding, referral
 # and lab habits set, and that no other column is derived from.
-_DRIFTING = (
+_CODING = (
     "admission_type_id",
     "admission_source_id",
     "payer_code",
     "medical_specialty",
     "max_glu_serum",
     "A1Cresult",
-    "diag_1",
-    "diag_2",
-    "diag_3",
 )
+_DRIFTING = (*_CODING, "diag_1", "diag_2", "diag_3")
 
 
 def _drift(table: dict[str, np.ndarray], mix: CaseMix, rng: np.random.Generator) -> None:
@@ -884,18 +882,7 @@ def _visit_score(table: dict[str, np.ndarray]) -> FloatArray:
 
 
 # Columns whose levels each get a small fixed effect in the scattered part of the signal.
-_SCATTER_LEVELS = (
-    "race",
-    "gender",
-    "admission_type_id",
-    "admission_source_id",
-    "payer_code",
-    "medical_specialty",
-    "max_glu_serum",
-    "A1Cresult",
-    "change",
-    *MEDICATION_COLUMNS,
-)
+_SCATTER_LEVELS = ("race", "gender", *_CODING, "change", *MEDICATION_COLUMNS)
 _SCATTER_DIAGNOSES = ("diag_1", "diag_2", "diag_3")
 _SCATTER_NUMBERS = (
     "time_in_hospital",

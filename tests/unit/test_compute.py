@@ -153,6 +153,10 @@ RECIPES = {
         3_000,
     ),
     "ehr most rounds at the defaults": (dict(task="ehr", rounds=500), 3_000),
+    "ehr recipe (scientist.recipes)": (dict(task="ehr"), 20_000),
+    "pathmnist recipe (scientist.recipes)": (dict(task="pathmnist"), 25_000),
+    "ehr replica 10 x 5 epochs": (dict(task="ehr", rounds=10, local_epochs=5), 20_000),
+    "ehr replica 50 x 2 epochs": (dict(task="ehr", rounds=50, local_epochs=2), 20_000),
 }
 
 

@@ -99,6 +99,7 @@ def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
 
 def test_the_cli_without_training_flags_runs_the_recipe() -> None:
     from scientist.__main__ import _parser, config_from_args
+    from scientist.recipes import recipe
 
     for task in ("ehr", "pathmnist"):
         args = _parser().parse_args(["run", "--federation", "x", "--task", task])
@@ -107,7 +108,8 @@ def test_the_cli_without_training_flags_runs_the_recipe() -> None:
         ["run", "--federation", "x", "--task", "ehr", "--rounds", "3", "--epsilon", "2"]
     )
     config = config_from_args(args)
-    assert (config.rounds, config.dp.epsilon, config.local_epochs) == (3, 2.0, 5)
+    assert (config.rounds, config.dp.epsilon) == (3, 2.0)
+    assert config.local_epochs == recipe("ehr")["local_epochs"] and config.eval_every == 3
 
 
 def test_the_utility_benchmark_reads_the_same_recipes() -> None:

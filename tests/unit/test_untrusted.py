@@ -307,7 +307,7 @@ def test_show_lists_every_plan_field_the_runtime_reads() -> None:
     from datasites.contract.plan import Plan
     from datasites.governance.operator import Review
 
-    plan = {**BASE, "local_steps": 7, "momentum": 0.5}
+    plan = {**BASE, "local_steps": 7, "momentum": 0.5, "clip_quantile": 0.9}
     source = TEMPLATE.format(name=NAME, plan=literal(plan))
     verdict = classify(source, NAME)
     text = review_text(Review(view_of(verdict, source), None, (), ""))
