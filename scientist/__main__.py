@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--server-momentum", type=float, help="FedAvgM beta")
     run.add_argument("--eval-every", type=int, help="default: before training and at the end")
     run.add_argument(
+        "--clip-quantile", type=float, help="adaptive clipping at this gradient-norm quantile"
+    )
+    run.add_argument(
         "--average-decay",
         type=float,
         help="final model: moving average of the global weights",
@@ -116,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         server_momentum=args.server_momentum,
         average_decay=args.average_decay,
         eval_every=args.eval_every,
+        clip_quantile=args.clip_quantile,
         dp=DPConfig(
             epsilon=recipe(args.task)["epsilon"] if args.epsilon is None else args.epsilon,
             delta=args.delta,

@@ -106,8 +106,10 @@ def test_the_cli_without_training_flags_runs_the_recipe() -> None:
         assert config_from_args(args) == StudyConfig(task=task)
     args = _parser().parse_args(
         ["run", "--federation", "x", "--task", "ehr", "--rounds", "3", "--epsilon", "2"]
+        + ["--clip-quantile", "0.9"]
     )
     config = config_from_args(args)
+    assert config.plan("abc", "s@example.org")["clip_quantile"] == 0.9
     assert (config.rounds, config.dp.epsilon) == (3, 2.0)
     assert config.local_epochs == recipe("ehr")["local_epochs"] and config.eval_every == 3
 
