@@ -210,11 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in args.recipes.split(","):
             draws, start = [], time.perf_counter()
             base, *extras = recipe.split("+")
+            centred = "centred" in extras  # an oracle: the exact pooled train mean, no release
+            centre = train[0].mean(axis=0) if centred else np.zeros(train[0].shape[1], np.float32)
+            shifted = [
+                Hospital(s.name, (s.train[0] - centre, s.train[1]), (s.test[0] - centre, s.test[1]))
+                for s in sites
+            ]
+            shifted_test = (test[0] - centre, test[1])
             prior = PRIOR if "prior" in extras else None
             quantile = next((float(e[1:]) for e in extras if e.startswith("q")), 0.0)
             for _ in range(args.draws):
-                model = federated(RECIPES[base], sites, prior, quantile, "nonoise" not in extras)
-                draws.append(score(model, test))
+                model = federated(RECIPES[base], shifted, prior, quantile, "nonoise" not in extras)
+                draws.append(score(model, shifted_test))
             seconds = (time.perf_counter() - start) / args.draws
             gap = central - float(np.mean(draws))
             shown = " ".join(f"{d:.3f}" for d in draws)
