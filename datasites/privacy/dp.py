@@ -28,7 +28,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -253,6 +253,11 @@ class AdaptiveClip:
     clip_lr: float = 0.2
     count_noise: float = 0.0
     batch_size: int = 1
+    start: float = field(init=False)
+    """The approved max_grad_norm, which bounds how far C may move."""
+
+    def __post_init__(self) -> None:
+        self.start = self.bound
 
     @classmethod
     def of(cls, spec: TrainSpec) -> AdaptiveClip:
@@ -281,7 +286,14 @@ class AdaptiveClip:
             return
         noise = float(secure_gaussian(1, self.count_noise, generator)[0])
         share = (unclipped - sampled / 2 + noise) / self.batch_size + 0.5
-        self.bound *= math.exp(-self.clip_lr * (share - self.quantile))
+        moved = self.bound * math.exp(-self.clip_lr * (share - self.quantile))
+        # Kept within 1e-6..1e6 of the approved max_grad_norm: a plan's quantile and rows
+        # that are all clipped (or none) cannot walk C to 0 or to infinity, where the noise
+        # (z * C) would stop being a finite number. Post-processing of released values.
+        self.bound = min(max(moved, self.start * _CLIP_RANGE**-1), self.start * _CLIP_RANGE)
+
+
+_CLIP_RANGE = 1e6
 
 
 def count_noise(batch_size: int, noise_multiplier: float) -> float:

@@ -341,6 +341,34 @@ def test_overflowing_plans_do_not_stop_the_operator(
         assert entries(logged, "policy_decision", request=rid)
 
 
+def test_hostile_adaptive_clipping_settings_are_refused(
+    scientist: Federation,
+    operators: dict[str, Operator],
+    auto_approve: Operator,
+    audit_since: Since,
+) -> None:
+    """clip_quantile steers a released count; the plan refuses every value outside [0, 0.99]
+    written as a literal (an overflowing float, a string, a bool, a quantile of 1 that would
+    push C up at every step), and so do the operator and the watcher."""
+    log = audit_since(HOSPITAL)
+    op = operators[HOSPITAL]
+    hostile = [
+        hostile_plan(scientist, clip_quantile=value)
+        for value in ("1e400", "'0.5'", "True", "1.0", "-0.25")
+    ]
+    reviews = [op.review(op.request(rid)) for rid in hostile]
+    refusals = [quiet(lambda rid=rid: op.approve(rid)) for rid in hostile]
+    decisions = {d.request: d for d in watch_once(auto_approve, set()) if d.request in hostile}
+
+    for review in reviews:
+        assert any("clip_quantile" in problem for problem in review.problems), review.problems
+    assert all(isinstance(r, OperatorError) for r in refusals)
+    assert set(decisions) == set(hostile) and not any(d.approved for d in decisions.values())
+    logged = log()
+    for rid in hostile:
+        assert entries(logged, "request_received", request=rid)
+
+
 def test_unbounded_compute_is_refused(
     scientist: Federation,
     operators: dict[str, Operator],

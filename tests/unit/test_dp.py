@@ -505,3 +505,27 @@ def _ehr_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(n)
     features = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
     return features, (rng.random(n) < 0.3).astype(np.float32)
+
+
+def test_adaptive_clipping_keeps_c_finite_whatever_the_rows() -> None:
+    """Every row clipped (huge gradients) at quantile 0.95 pushes C up every step; the bound
+    stops at 1e6 times the approved C instead of reaching infinity (where z * C noise is no
+    longer a number), and the released weights stay finite."""
+    features = np.full((512, N_FEATURES), 50.0, np.float32)
+    labels = np.ones(512, np.float32)
+    spec = TrainSpec(
+        batch_size=256,
+        lr=1e-9,
+        local_epochs=1,
+        local_steps=2_000,
+        max_grad_norm=1e-3,
+        noise_multiplier=1.0,
+        clip_quantile=0.95,
+        clip_lr=0.9,
+    )
+    model = _logistic()
+    with torch.no_grad():
+        model[0].bias.fill_(-30.0)  # p ~ 0: every gradient is large and gets clipped
+    outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=2)
+    assert outcome.clip == pytest.approx(1e-3 * 1e6)
+    assert all(np.isfinite(w).all() for w in outcome.weights.values())
