@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scoring import auroc
 
 from datasites.contract.encoding import encode_ehr
 from datasites.contract.zoo import build_model
 from datasites.privacy.dp import TrainSpec, dp_train
+from datasites.server.assets import ehr_training_view
 from synthetic.populations import POPULATIONS, Population
 
 # What the real extract measured (issue 14), and the clipped-SGD recipe that measured it.
@@ -45,24 +47,6 @@ class Difficulty:
     """AUROC of the non-private logistic model fitted to convergence (L-BFGS)."""
     clipped: dict[int, float]
     """AUROC of clipped SGD after each of CURVE_EPOCHS epochs."""
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Exact AUROC by ranks (ties get their average rank)."""
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    positives = labels > 0.5
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def one_per_patient(frame) -> object:
-    """The training view's rule: each patient's first encounter only."""
-    return frame.sort_values("encounter_id", kind="stable").drop_duplicates("patient_nbr")
 
 
 def split(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[tuple, tuple]:
@@ -107,7 +91,7 @@ def clipped_curve(train: tuple, test: tuple, seed: int) -> dict[int, float]:
 
 
 def measure_frame(frame, seed: int = 0) -> Difficulty:
-    features, labels = encode_ehr(one_per_patient(frame))
+    features, labels = encode_ehr(ehr_training_view(frame))
     train, test = split(features, labels, seed)
     return Difficulty(
         patients=len(labels),

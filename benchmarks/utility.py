@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scoring import auroc
 
 from datasites.contract.encoding import encode_ehr, encode_images
 from datasites.contract.zoo import build_model
@@ -377,20 +378,6 @@ def union(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.nd
 
 
 # --- exact evaluation -----------------------------------------------------------------------------
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUROC: (rank sum of positives - n+(n+ + 1)/2) / (n+ n-), ties averaged."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = np.asarray(labels) == 1
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(scores.size)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def predict(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:

@@ -72,6 +72,18 @@ class Launch:
         return self.proc.wait(timeout)
 
 
+def load_benchmark(name: str) -> Any:
+    """A script of benchmarks/ as a module. Not `import benchmarks.x`: the folder is not a
+    package, and opacus installs one named `benchmarks`. Its folder goes on sys.path, as
+    when the script runs, so it imports its siblings (`scoring`) the same way."""
+    import importlib
+
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name)
+
+
 def launch_command(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "launch.py"), *args]
 

@@ -115,17 +115,10 @@ def test_the_cli_without_training_flags_runs_the_recipe() -> None:
 
 
 def test_the_utility_benchmark_reads_the_same_recipes() -> None:
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from scientist.recipes import recipe
+    from tests.conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "utility.py"
-    spec = importlib.util.spec_from_file_location("utility_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("utility")
     for task in ("ehr", "pathmnist"):
         settings = module.FEDERATED["full"][task]
         for name in ("rounds", "local_epochs", "local_steps", "batch_size", "lr", "model"):

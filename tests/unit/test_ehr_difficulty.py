@@ -14,30 +14,16 @@ which is what led to the recipe that failed on real data, fails here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from synthetic.ehr import Signal
 from synthetic.populations import POPULATIONS
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "ehr_difficulty.py"
-
-
-def _benchmark():
-    # `benchmarks` is not a package here (and opacus installs one under that name).
-    spec = importlib.util.spec_from_file_location("ehr_difficulty", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def difficulty():
-    bench = _benchmark()
+    bench = load_benchmark("ehr_difficulty")
     return bench, bench.measure(POPULATIONS["default"], seed=0)
 
 
@@ -61,7 +47,7 @@ def test_clipped_sgd_is_still_learning_after_five_epochs(difficulty) -> None:
 def test_without_drift_the_same_signal_is_learned_within_a_few_epochs() -> None:
     """The drift from the public reference is what makes the default slow: the same signal in
     the reference population itself converges early (the old generator's failure mode)."""
-    bench = _benchmark()
+    bench = load_benchmark("ehr_difficulty")
     centred = POPULATIONS["default"].__class__(name="centred", description="", drift=0.0)
     measured = bench.measure(centred, seed=0)
     assert measured.centralized - measured.clipped[5] < 0.02
