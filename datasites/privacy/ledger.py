@@ -170,6 +170,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _insert_event(
+    conn: sqlite3.Connection, study_id: str, kind: str, round: int, event: DpEvent, result: bytes
+) -> None:
+    """One charged release: its event, and its recorded result (or PENDING until complete)."""
+    conn.execute(
+        "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
+        "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            study_id,
+            kind,
+            round,
+            event.noise_multiplier,
+            event.sample_rate,
+            event.steps,
+            result,
+            _now(),
+        ),
+    )
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, found {kind!r}.")
@@ -332,20 +352,7 @@ class Ledger:
             if study is None:  # already recorded
                 return parallel_epsilon(_parts(conn, dataset=_dataset(conn, study_id)), self.delta)
             total = self._charge(conn, study, kind, round, event)
-            conn.execute(
-                "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
-                "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    study_id,
-                    kind,
-                    round,
-                    event.noise_multiplier,
-                    event.sample_rate,
-                    event.steps,
-                    bytes(result),
-                    _now(),
-                ),
-            )
+            _insert_event(conn, study_id, kind, round, event, bytes(result))
         return total
 
     def claim(self, study_id: str, kind: str, round: int, event: DpEvent) -> bool:
@@ -362,20 +369,7 @@ class Ledger:
             if study is None:
                 return False
             self._charge(conn, study, kind, round, event)
-            conn.execute(
-                "INSERT INTO events (study_id, kind, round, noise_multiplier, sample_rate, "
-                "steps, result, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    study_id,
-                    kind,
-                    round,
-                    event.noise_multiplier,
-                    event.sample_rate,
-                    event.steps,
-                    PENDING,
-                    _now(),
-                ),
-            )
+            _insert_event(conn, study_id, kind, round, event, PENDING)
         return True
 
     def complete(self, study_id: str, kind: str, round: int, result: bytes) -> None:
