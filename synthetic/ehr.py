@@ -112,15 +112,7 @@ class CaseMix:
             "african_american_share": (0.0, 0.95),
             "female_share": (0.3, 0.7),
         }
-        for field in fields(self):
-            value = getattr(self, field.name)
-            low, high = bounds[field.name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"CaseMix.{field.name} must be a number, found {type(value)}.")
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(
-                    f"CaseMix.{field.name} must be between {low} and {high}, found {value}."
-                )
+        _check_fields(self, bounds, integers=("drift_seed",))
 
     @classmethod
     def for_hospital(
@@ -178,17 +170,26 @@ class Signal:
             "prevalence": (0.02, 0.4),
             "layout": (0, 2**31 - 1),
         }
-        for field in fields(self):
-            value = getattr(self, field.name)
-            low, high = bounds[field.name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"Signal.{field.name} must be a number, found {type(value)}.")
-            if field.name == "layout" and not isinstance(value, int):
-                raise TypeError(f"Signal.layout must be an int, found {type(value)}.")
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(
-                    f"Signal.{field.name} must be between {low} and {high}, found {value}."
-                )
+        _check_fields(self, bounds, integers=("layout",))
+
+
+def _check_fields(
+    instance: object, bounds: dict[str, tuple[float, float]], integers: tuple[str, ...] = ()
+) -> None:
+    """Every field of a settings dataclass a finite number within its bounds (ints where
+    named), or one sentence naming the field."""
+    kind = type(instance).__name__
+    for field in fields(instance):  # type: ignore[arg-type]
+        value = getattr(instance, field.name)
+        low, high = bounds[field.name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{kind}.{field.name} must be a number, found {type(value)}.")
+        if field.name in integers and not isinstance(value, int):
+            raise TypeError(f"{kind}.{field.name} must be an int, found {type(value)}.")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(
+                f"{kind}.{field.name} must be between {low} and {high}, found {value}."
+            )
 
 
 def generate_ehr(
@@ -261,13 +262,13 @@ def _drift(table: dict[str, np.ndarray], mix: CaseMix, rng: np.random.Generator)
     for index, column in enumerate(_DRIFTING):
         values = table[column]
         text = pd.Series(values, dtype=object).astype(str).to_numpy()
-        levels, codes, counts = np.unique(text, return_inverse=True, return_counts=True)
+        levels, first, codes, counts = np.unique(
+            text, return_index=True, return_inverse=True, return_counts=True
+        )
         z = np.array([_level_effect(mix.drift_seed, 0xD81F + index, level) for level in levels])
         ratio = np.exp(mix.drift * z)
         keep = rng.random(codes.size) < (ratio / ratio.max())[codes]
-        target = counts * ratio
-        first = np.unique(codes, return_index=True)[1]
-        redrawn = _pick(rng, target, int((~keep).sum()))
+        redrawn = _pick(rng, counts * ratio, int((~keep).sum()))
         values[~keep] = values[first[redrawn]]
 
 
@@ -846,7 +847,7 @@ def _readmission_score(
 ) -> FloatArray:
     """Log-odds of `<30` readmission minus the intercept."""
     band, frailty = patients.band[patients.owner], patients.frailty_per_encounter
-    score = signal.strength * (_clinical_score(table, band, frailty) + _visit_score(table))
+    score = signal.strength * _clinical_score(table, band, frailty)
     if signal.diffuse:
         mean, sd = _scatter_moments(signal.layout)
         score = score + signal.diffuse * (_scatter(table, signal.layout) - mean) / sd
@@ -859,7 +860,10 @@ def _clinical_score(
     """The published risk model: a few strong effects, and what the chart does not show."""
     discharge_effect = np.array([_DISCHARGE_EFFECT.get(d, 0.0) for d in range(31)])
     return (
-        0.015 * (table["time_in_hospital"] - 4)
+        _INPATIENT_EFFECT[np.minimum(table["number_inpatient"], 5)]
+        + _EMERGENCY_EFFECT[np.minimum(table["number_emergency"], 2)]
+        + 0.05 * np.minimum(table["number_outpatient"], 5)
+        + 0.015 * (table["time_in_hospital"] - 4)
         + discharge_effect[table["discharge_disposition_id"]]
         + _AGE_EFFECT[band]
         + 0.13 * (table["diabetesMed"] == "Yes")
@@ -869,15 +873,6 @@ def _clinical_score(
         + pd.Series(table["A1Cresult"]).map(_A1C_EFFECT).fillna(0.0).to_numpy()
         + _principal_diagnosis_effect(table["diag_1"])
         + _FRAILTY_EFFECT * frailty
-    )
-
-
-def _visit_score(table: dict[str, np.ndarray]) -> FloatArray:
-    """Prior-year visits: the strongest predictors of an early readmission."""
-    return (
-        _INPATIENT_EFFECT[np.minimum(table["number_inpatient"], 5)]
-        + _EMERGENCY_EFFECT[np.minimum(table["number_emergency"], 2)]
-        + 0.05 * np.minimum(table["number_outpatient"], 5)
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthetic.ehr import Signal
+from synthetic.ehr import CaseMix, Signal
 from synthetic.populations import POPULATIONS
 from tests.conftest import load_benchmark
 
@@ -81,3 +81,7 @@ def test_signal_rejects_hostile_values() -> None:
         Signal(layout=1.5)
     with pytest.raises(TypeError, match="strength"):
         Signal(strength="1")
+    with pytest.raises(TypeError, match="CaseMix.drift_seed must be an int"):
+        CaseMix(drift_seed=1.5)
+    with pytest.raises(ValueError, match="CaseMix.drift must be between"):
+        CaseMix(drift=float("inf"))
