@@ -16,6 +16,18 @@ from datasites.contract.zoo import build_model
 from scientist.recipes import recipe
 
 LABELS = EHR_LABELS
+# Settings taken from the recipe as they are (the model, the round's length, eval_every and
+# the epsilon have rules of their own in `_fill_from_recipe`).
+_FROM_RECIPE = (
+    "rounds",
+    "batch_size",
+    "lr",
+    "momentum",
+    "server_lr",
+    "server_momentum",
+    "average_decay",
+    "clip_quantile",
+)
 
 
 def _positive(name: str, value: float) -> None:
@@ -142,10 +154,8 @@ class StudyConfig:
             fill("local_steps", base["local_steps"])
         fill("local_epochs", 1)
         fill("local_steps", 0)
-        for name in ("rounds", "batch_size", "lr", "momentum", "server_lr", "server_momentum"):
+        for name in _FROM_RECIPE:
             fill(name, base[name])
-        fill("average_decay", base["average_decay"])
-        fill("clip_quantile", base["clip_quantile"])
         fill("eval_every", base["eval_every"] or self.rounds)
         fill("dp", DPConfig(epsilon=base["epsilon"]))
 

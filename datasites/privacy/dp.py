@@ -261,14 +261,14 @@ class AdaptiveClip:
 
     @classmethod
     def of(cls, spec: TrainSpec) -> AdaptiveClip:
-        if not spec.clip_quantile:
-            return cls(spec.max_grad_norm, spec.noise_multiplier)
+        """The plan's clipping: no count is released (and none is noised) when C is fixed."""
+        adaptive = bool(spec.clip_quantile)
         return cls(
             bound=spec.max_grad_norm,
             noise_multiplier=spec.noise_multiplier,
             quantile=spec.clip_quantile,
             clip_lr=spec.clip_lr,
-            count_noise=count_noise(spec.batch_size, spec.noise_multiplier),
+            count_noise=count_noise(spec.batch_size, spec.noise_multiplier) if adaptive else 0.0,
             batch_size=spec.batch_size,
         )
 
