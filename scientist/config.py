@@ -25,9 +25,18 @@ _FROM_RECIPE = (
     "momentum",
     "server_lr",
     "server_momentum",
-    "average_decay",
     "clip_quantile",
 )
+
+
+def _scaled_decay(decay: float, recipe_rounds: int, rounds: Any) -> float:
+    """The recipe's weight average over another number of rounds: the average keeps covering
+    the same share of the study (about (1 - decay) * recipe_rounds rounds' worth of the last
+    ones), so a short study does not end on an average of its first, untrained rounds.
+    A rounds value that is not a positive int keeps the recipe's (validation refuses it)."""
+    if not decay or isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        return decay
+    return round(max(0.0, 1.0 - (1.0 - decay) * recipe_rounds / rounds), 3)
 
 
 def _positive(name: str, value: float) -> None:
@@ -138,7 +147,8 @@ class StudyConfig:
 
         A round's length is one choice: naming either `local_epochs` or `local_steps` sets
         the other to its neutral value (1 epoch, no step count) rather than the recipe's.
-        A model other than the recipe's starts from its own default kwargs.
+        A model other than the recipe's starts from its own default kwargs. The weight
+        average is rescaled to the study's rounds (`_scaled_decay`).
         """
         base = recipe(self.task)
 
@@ -156,6 +166,7 @@ class StudyConfig:
         fill("local_steps", 0)
         for name in _FROM_RECIPE:
             fill(name, base[name])
+        fill("average_decay", _scaled_decay(base["average_decay"], base["rounds"], self.rounds))
         fill("eval_every", base["eval_every"] or self.rounds)
         fill("dp", DPConfig(epsilon=base["epsilon"]))
 

@@ -23,6 +23,7 @@ from tests.conftest import REPO, Launch, start_launch
 STUDY = dict(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

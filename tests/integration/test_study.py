@@ -24,6 +24,7 @@ from tests.conftest import REPO, Launch
 SMALL_EHR = dict(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_mlp",
     rounds=3,
     batch_size=128,

@@ -34,6 +34,7 @@ Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 TINY = dict(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

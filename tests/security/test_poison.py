@@ -38,6 +38,7 @@ POLICY = "[budget]\nepsilon_cap = 40.0\n[study]\nmax_epsilon = 5.0\n"
 ATTACK = StudyConfig(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_mlp",
     model_kwargs={"hidden": [8] * 6},
     rounds=ROUNDS,

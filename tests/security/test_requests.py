@@ -42,6 +42,7 @@ HOSPITAL = "hospital-a"
 TINY = dict(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

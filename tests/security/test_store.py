@@ -47,6 +47,7 @@ LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13"
 STUDY = dict(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_logistic",
     rounds=1,
     batch_size=128,

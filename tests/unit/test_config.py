@@ -92,6 +92,14 @@ def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
     assert (steps.local_epochs, steps.local_steps) == (1, 12)
     mlp = StudyConfig(task="ehr", model="ehr_mlp")
     assert mlp.model_kwargs == {} and mlp.batch_size == 512
+    # The weight average covers the same share of a shorter or longer study.
+    assert StudyConfig(task="ehr", rounds=6).average_decay == 0.5
+    assert StudyConfig(task="ehr", rounds=3).average_decay == 0.0
+    assert StudyConfig(task="ehr", rounds=60).average_decay == 0.95
+    assert StudyConfig(task="pathmnist", rounds=400).average_decay == 0.95
+    assert StudyConfig(task="ehr", rounds=6, average_decay=0.8).average_decay == 0.8
+    with pytest.raises(ValueError, match="rounds"):
+        StudyConfig(task="ehr", rounds=0)
     explicit = StudyConfig(task="ehr", dp=DPConfig(epsilon=0.25), eval_every=2)
     assert explicit.dp.epsilon == 0.25 and explicit.eval_every == 2
     assert StudyConfig.from_dict(StudyConfig(task="ehr").to_dict()) == StudyConfig(task="ehr")

@@ -196,6 +196,7 @@ HIDDEN = [8] * 6
 ATTACK = StudyConfig(
     task="ehr",
     local_epochs=1,
+    average_decay=0.0,
     model="ehr_mlp",
     model_kwargs={"hidden": HIDDEN},
     rounds=1,
