@@ -224,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
             shifted_test = (test[0] - centre, test[1])
             prior = PRIOR if "prior" in extras else None
             quantile = next((float(e[1:]) for e in extras if e.startswith("q")), 0.0)
+            config = RECIPES[base]
+            scale = next((float(e[1:]) for e in extras if e.startswith("k")), 0.0)
+            if scale:  # `+k<scale>`: the logistic model's intercept input
+                config = replace(config, model_kwargs={"intercept_scale": scale})
             for _ in range(args.draws):
-                model = federated(RECIPES[base], shifted, prior, quantile, "nonoise" not in extras)
+                model = federated(config, shifted, prior, quantile, "nonoise" not in extras)
                 draws.append(score(model, shifted_test))
             seconds = (time.perf_counter() - start) / args.draws
             gap = central - float(np.mean(draws))

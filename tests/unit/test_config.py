@@ -93,11 +93,14 @@ def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
     mlp = StudyConfig(task="ehr", model="ehr_mlp")
     assert mlp.model_kwargs == {} and mlp.batch_size == 512
     # The weight average covers the same share of a shorter or longer study.
-    assert StudyConfig(task="ehr", rounds=6).average_decay == 0.5
-    assert StudyConfig(task="ehr", rounds=3).average_decay == 0.0
-    assert StudyConfig(task="ehr", rounds=60).average_decay == 0.95
+    # (EHR recipe: 0.8 over 20 rounds, about the last 4 rounds' worth.)
+    assert StudyConfig(task="ehr", rounds=8).average_decay == 0.5
+    assert StudyConfig(task="ehr", rounds=4).average_decay == 0.0
+    assert StudyConfig(task="ehr", rounds=80).average_decay == 0.95
     assert StudyConfig(task="pathmnist", rounds=400).average_decay == 0.95
-    assert StudyConfig(task="ehr", rounds=6, average_decay=0.8).average_decay == 0.8
+    assert StudyConfig(task="ehr", rounds=6, average_decay=0.7).average_decay == 0.7
+    # Naming the recipe's own model keeps its arguments; another model starts from its own.
+    assert StudyConfig(task="ehr", model="ehr_logistic").model_kwargs == {"intercept_scale": 8.0}
     with pytest.raises(ValueError, match="rounds"):
         StudyConfig(task="ehr", rounds=0)
     explicit = StudyConfig(task="ehr", dp=DPConfig(epsilon=0.25), eval_every=2)

@@ -153,6 +153,30 @@ def test_clipped_sum_equals_microbatch_reference(name: str) -> None:
     assert loss_sum == pytest.approx(16 * _loss(model(x), y, task).item(), rel=1e-5)
 
 
+def test_the_intercept_input_is_clipped_with_the_rest_of_each_example() -> None:
+    # Prepare: a scaled intercept; the reference is one example at a time, clipped by hand
+    torch.manual_seed(0)
+    model = build_model("ehr_logistic", intercept_scale=5.0)
+    x, y = (torch.from_numpy(a) for a in _data("ehr_logistic", 16, seed=5))
+    _, norms = _microbatch_reference(model, x, y, "ehr", bound=1e9)
+    bound = float(np.median(norms))
+    reference, _ = _microbatch_reference(model, x, y, "ehr", bound)
+    # Execute
+    sums, _ = clipped_gradient_sum(model, x, y, task="ehr", max_grad_norm=bound)
+    # Assert: the constant column's gradient is 5 x the residual, clipped like the rest
+    assert min(norms) < bound < max(norms)
+    for key, value in sums.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-6)
+    residuals = torch.sigmoid(model(x)[:, 0]) - y
+    factors = torch.tensor([min(1.0, bound / (n + 1e-6)) for n in norms])
+    torch.testing.assert_close(
+        sums["1.weight"][0, N_FEATURES],
+        5.0 * (factors * residuals).sum().detach(),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("name", ["ehr_mlp", "pathmnist_cnn"])
 def test_dp_train_applies_the_clipped_sum_divided_by_the_expected_batch(name: str) -> None:
     # Prepare: sigma = 0 and q = 1, so the one update is -lr * clipped_sum / batch_size

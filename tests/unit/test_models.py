@@ -72,7 +72,7 @@ def test_unknown_model_lists_the_zoo() -> None:
 def test_unknown_keyword_is_named_with_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="'depth'.*allowed arguments: hidden, dropout"):
         build_model("ehr_mlp", depth=3)
-    with pytest.raises(ValueError, match="'width'.*allowed arguments: none"):
+    with pytest.raises(ValueError, match="'width'.*allowed arguments: intercept_scale"):
         build_model("ehr_logistic", width=3)
 
 
@@ -91,6 +91,12 @@ def test_unknown_keyword_is_named_with_the_allowed_ones() -> None:
         ("pathmnist_cnn", {"width": 3}, "width must be in 4..128"),
         ("pathmnist_cnn", {"width": 129}, "width must be in 4..128"),
         ("pathmnist_cnn", {"width": True}, "width must be an int"),
+        ("ehr_logistic", {"intercept_scale": 0}, r"intercept_scale must be in \[0.01, 100.0\]"),
+        ("ehr_logistic", {"intercept_scale": 1e3}, r"intercept_scale must be in"),
+        ("ehr_logistic", {"intercept_scale": float("nan")}, r"intercept_scale must be in"),
+        ("ehr_logistic", {"intercept_scale": 10**400}, r"intercept_scale must be in"),
+        ("ehr_logistic", {"intercept_scale": "5"}, "intercept_scale must be a number"),
+        ("ehr_logistic", {"hidden": [8]}, "does not take the argument 'hidden'"),
     ],
 )
 def test_bad_hyperparameters_are_refused_in_one_sentence(
@@ -172,3 +178,23 @@ def test_load_weights_refuses_bad_entries_without_echoing_values(change, message
 def test_load_weights_refuses_a_non_mapping() -> None:
     with pytest.raises(ValueError, match="mapping"):
         load_weights(build_model("ehr_logistic"), [np.zeros(3)])
+
+
+def test_intercept_scale_is_the_weight_of_a_constant_input() -> None:
+    # Prepare
+    plain = build_model("ehr_logistic")
+    scaled = build_model("ehr_logistic", intercept_scale=5.0)
+    rows = torch.randn(7, N_FEATURES)
+    weight = scaled.state_dict()["1.weight"]
+    # Execute
+    logits = scaled(rows)
+    # Assert: the plain model keeps its layout; the scaled one has one more input, no bias
+    assert set(plain.state_dict()) == {"0.weight", "0.bias"}
+    assert set(scaled.state_dict()) == {"1.weight"}
+    assert tuple(weight.shape) == (1, N_FEATURES + 1)
+    expected = rows @ weight[0, :N_FEATURES] + 5.0 * weight[0, N_FEATURES]
+    torch.testing.assert_close(logits[:, 0], expected)
+    assert build_model("ehr_logistic", intercept_scale=1.0).state_dict().keys() == {
+        "0.weight",
+        "0.bias",
+    }

@@ -110,7 +110,9 @@ def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table)
     assert out["refused"] == "StudyConflict" and "epsilon" in out["error"]
 
 
-@pytest.mark.parametrize("change", [{"eval_every": 1}, {"model": "ehr_mlp"}, {"momentum": 0.5}])
+@pytest.mark.parametrize(
+    "change", [{"eval_every": 1}, {"model": "ehr_mlp", "model_kwargs": {}}, {"momentum": 0.5}]
+)
 def test_reused_study_id_with_another_plan_is_refused(hospital: Path, table, change) -> None:
     """Fields the study record does not store (model, evaluation schedule) are covered by the
     plan's digest: a second request under the same id cannot change them."""
