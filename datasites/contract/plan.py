@@ -17,6 +17,14 @@ from datasites.contract.tasks import EHR_LABELS, MODEL_NAMES, TASKS, model_task
 from datasites.contract.untrusted import problem, shown
 
 _STUDY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{2,63}$")
+HOSPITAL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+"""A hospital's name: lowercase letters, digits and dashes, starting with a letter."""
+_VERIFY_KEY = re.compile(r"^[0-9a-f]{64}$")
+AGGREGATIONS = ("plain", "secure")
+MAX_PARTNERS = 64
+# Fixed-point settings of a secure study's ring (`datasites.contract.secure_sum.Quantizer`).
+SECURE_SCALE_RANGE = (1.0, 2.0**40)
+SECURE_CLIP_RANGE = (1.0, 2.0**40)
 MAX_ROUNDS = 1_000
 MAX_LOCAL_STEPS = 100_000
 
@@ -68,6 +76,18 @@ class Plan:
     """If set, adaptive clipping (Andrew et al. 2021): the clipping bound starts at
     max_grad_norm and follows this quantile of the per-example gradient norms, steered by a
     noised count released inside the same accounted Gaussian mechanism."""
+    aggregation: str = "plain"
+    """"secure": every release leaves the hospital masked (Bonawitz et al. 2017), so the
+    scientist reads only sums over at least `threshold` of the `partners`."""
+    partners: dict[str, str] = field(default_factory=dict)
+    """A secure study's hospitals: name -> the datasite's Ed25519 verify key (hex). Each
+    operator approves exactly who the partners are; keys that do not verify are refused."""
+    threshold: int = 0
+    """A secure study's least number of hospitals any released sum covers (a majority)."""
+    secure_scale: float = 0.0
+    """Fixed-point steps per unit of a masked entry (secure studies)."""
+    secure_clip: float = 0.0
+    """Largest |entry| a hospital masks, before scaling (secure studies)."""
 
     @classmethod
     def from_dict(cls, plan: Any) -> Plan:
@@ -118,6 +138,7 @@ class Plan:
         if _number(values, "momentum", float, 0.0, 1.0) == 1.0:
             raise PlanError("plan field momentum must be below 1, found 1.0.")
         _number(values, "clip_quantile", float, 0.0, 0.99)
+        _check_aggregation(self)
         if _number(values, "local_steps", int, 0, MAX_LOCAL_STEPS) and self.local_epochs != 1:
             raise PlanError(
                 "plan fields local_steps and local_epochs exclude each other; keep "
@@ -128,6 +149,14 @@ class Plan:
     def dataset(self) -> str:
         return self.task
 
+    @property
+    def secure(self) -> bool:
+        return self.aggregation == "secure"
+
+    def party_ids(self) -> dict[str, int]:
+        """A secure study's party id of each partner: 1.. in the order of their names."""
+        return {name: index for index, name in enumerate(sorted(self.partners), start=1)}
+
     def eval_rounds(self) -> list[int]:
         """The global model is evaluated before training, every eval_every rounds, and last."""
         due = {0, self.rounds, *range(self.eval_every, self.rounds + 1, self.eval_every)}
@@ -136,9 +165,11 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         # Plans from before these options existed keep their exact form (and digest).
-        for optional in ("momentum", "local_steps", "clip_quantile"):
+        for optional in _OPTIONAL:
             if not out[optional]:
                 del out[optional]
+        if out["aggregation"] == "plain":
+            del out["aggregation"]
         return out
 
     def digest(self) -> str:
@@ -159,6 +190,56 @@ def _check_model_kwargs(model: str, kwargs: dict[str, Any]) -> None:
         raise PlanError(f"plan field model_kwargs does not fit {model}: {error}") from None
 
 
+def _check_aggregation(plan: Plan) -> None:
+    """The secure-aggregation fields: all set with "secure", none with "plain"."""
+    values = plan.__dict__
+    if plan.aggregation not in AGGREGATIONS:
+        raise PlanError(f"plan field aggregation must be one of {', '.join(AGGREGATIONS)}.")
+    if not plan.secure:
+        extra = [k for k in _SECURE_FIELDS if values[k]]
+        if extra:
+            raise PlanError(
+                f"plan fields {', '.join(extra)} apply to secure aggregation only; omit them."
+            )
+        return
+    _check_partners(plan.partners)
+    count = len(plan.partners)
+    _number(values, "threshold", int, count // 2 + 1, count)
+    _number(values, "secure_scale", float, *SECURE_SCALE_RANGE)
+    _number(values, "secure_clip", float, *SECURE_CLIP_RANGE)
+    if plan.secure_scale * plan.secure_clip * count >= 2.0**62:
+        raise PlanError(
+            "plan fields secure_scale x secure_clip x partners must stay below 2^62 (the ring "
+            "would overflow); lower secure_scale or secure_clip."
+        )
+
+
+def _check_partners(partners: Any) -> None:
+    if not isinstance(partners, dict) or not 2 <= len(partners) <= MAX_PARTNERS:
+        raise PlanError(
+            f"plan field partners must map 2-{MAX_PARTNERS} hospital names to their datasite "
+            "verify keys."
+        )
+    for name, key in partners.items():
+        if not isinstance(name, str) or not HOSPITAL_NAME.match(name):
+            raise PlanError(
+                "plan field partners has a name that is not a hospital name (lowercase "
+                "letters, digits and dashes)."
+            )
+        if not isinstance(key, str) or not _VERIFY_KEY.match(key):
+            raise PlanError(
+                f"plan field partners gives {name} a key that is not 64 hex digits (an Ed25519 "
+                "verify key)."
+            )
+    if len(set(partners.values())) != len(partners):
+        raise PlanError("plan field partners names the same verify key for two hospitals.")
+
+
+_SECURE_FIELDS = ("partners", "threshold", "secure_scale", "secure_clip")
+# Fields omitted from the canonical form when unset, so plans from before them keep their
+# exact form (and digest).
+_OPTIONAL = ("momentum", "local_steps", "clip_quantile", *_SECURE_FIELDS)
+
 _DEFAULTS: dict[str, Any] = {
     "eval_every": 5,
     "label": "readmitted_30",
@@ -166,6 +247,11 @@ _DEFAULTS: dict[str, Any] = {
     "momentum": 0.0,
     "local_steps": 0,
     "clip_quantile": 0.0,
+    "aggregation": "plain",
+    "partners": {},
+    "threshold": 0,
+    "secure_scale": 0.0,
+    "secure_clip": 0.0,
 }
 
 

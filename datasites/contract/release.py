@@ -29,6 +29,10 @@ import numpy as np
 _DEFAULT_LOGITS = {"binary": np.linspace(-8, 2, 16), "multiclass": np.linspace(-7, 7, 15)}
 MAX_BINS = 32  # more cells only add noise to the rank metrics
 
+# Per-example loss is clipped to this bound before it is summed and released, so one
+# patient changes the released sum by at most LOSS_BOUND.
+LOSS_BOUND = 5.0
+LOSS_STEPS = 1024  # a patient's clipped loss is released in steps of LOSS_BOUND / 1024
 Counts = np.ndarray | dict[str, np.ndarray]
 
 

@@ -31,12 +31,15 @@ from datasites.contract.encoding import N_CLASSES, encode_ehr, encode_images
 from datasites.contract.mocks import is_mock
 from datasites.contract.plan import Plan, PlanError
 from datasites.contract.release import (
+    LOSS_BOUND,
+    LOSS_STEPS,
     binary_counts,
     check_edges,
     default_edges,
     multiclass_counts,
     sensitivity,
 )
+from datasites.contract.secure_wire import Layout, round_layout
 from datasites.contract.untrusted import int_fits, shown
 from datasites.contract.zoo import build_model, load_weights
 from datasites.privacy.budget import study_budget
@@ -44,19 +47,18 @@ from datasites.privacy.dp import TrainSpec, dp_train, tensor_view
 from datasites.privacy.evaluation import noisy
 from datasites.privacy.ledger import LedgerError, StudyRecord
 from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
+from datasites.runtime import secure
 from datasites.runtime.cache import EncodedMemo
 from datasites.site.audit import Event, weights_digest
 from datasites.site.compute import Compute
 from datasites.site.hospital import Hospital
-from datasites.site.paths import HOSPITAL_ROOT_ENV, POLICY_FILE
+from datasites.site.identity import Identity
+from datasites.site.partners import load_partners, partner_violations
+from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE, POLICY_FILE
 
 REQUEST_KEYS = frozenset({"round", "weights"})
 # Histogram bin edges for this call's evaluation: the scientist's choice, costs nothing.
 OPTIONAL_KEYS = frozenset({"edges"})
-# Per-example loss is clipped to this bound before it is summed and released, so one
-# patient changes the released sum by at most LOSS_BOUND.
-LOSS_BOUND = 5.0
-LOSS_STEPS = 1024  # a patient's clipped loss is released in steps of LOSS_BOUND / 1024
 log = logging.getLogger("datasites.runtime.execute")
 # Encoded image assets, reused while the datasite hands out the same read-only arrays.
 _ENCODED_IMAGES = EncodedMemo(encode_images)
@@ -113,7 +115,7 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
             time.perf_counter() - started,
         )
         return out
-    except (PlanError, RequestError, LedgerError) as error:
+    except (PlanError, RequestError, LedgerError, secure.SecureRefusal) as error:
         log.warning("refused: %s", error)
         hospital.audit.append(
             Event.REFUSED,
@@ -147,13 +149,19 @@ def _call_fields(plan: Any, request: Any) -> dict[str, Any]:
 
 
 def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any) -> dict:
-    round_, weights, edges = _parse_request(request, plan)
+    if plan.secure:
+        secure.check_request(request, plan)
+    else:
+        round_, weights, edges = _parse_request(request, plan)
     if plan.delta != hospital.policy.budget.delta:
         raise RequestError(
             f"{hospital.name} accounts at delta {hospital.policy.budget.delta:g}; set the "
             "study's delta to that value."
         )
     violations = hospital.policy.study.violations(plan.to_dict())
+    signing_key = _signing_key(hospital) if plan.secure else b""
+    if plan.secure:
+        violations += _partner_violations(hospital, plan, signing_key)
     if violations:
         raise PolicyRefusal(
             f"{hospital.name}'s site policy does not allow this study: {'; '.join(violations)}."
@@ -164,16 +172,68 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
     n = hospital.ledger.public_size(plan.dataset, len(labels))
     _check_compute(hospital, plan, n=n)
     record = _register(hospital, plan, n=n)
+    if plan.secure:
+        releases = _releases(hospital, plan, record, (features, labels), test)
+        out = secure.answer(hospital, plan, signing_key, request, releases)
+        return _spent(hospital, plan, out)
     out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
     if round_ - 1 in plan.eval_rounds():
         model = _model(plan, weights)
         out["evaluation"] = _evaluate(hospital, plan, record, round_ - 1, (model, edges), test)
     if round_ <= plan.rounds:
         out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
+    return _spent(hospital, plan, out)
+
+
+def _spent(hospital: Hospital, plan: Plan, out: dict[str, Any]) -> dict[str, Any]:
+    """The reply with what the study and the dataset have spent here (public figures)."""
     out["epsilon_study"] = hospital.ledger.study_spent(plan.study_id)
     out["epsilon_total"] = hospital.ledger.spent(plan.dataset)
     out["epsilon_cap"] = hospital.ledger.cap(plan.dataset)
     return out
+
+
+def _signing_key(hospital: Hospital) -> bytes:
+    """The datasite's own Ed25519 signing key (its syft server key): a secure study's
+    adverts are signed with it, and partners verify them with its public verify key."""
+    identity = Identity.load_or_create(hospital.root / IDENTITY_FILE, hospital.name)
+    return bytes.fromhex(identity.signing_key)
+
+
+def verify_key_hex(signing_key: bytes) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    public = Ed25519PrivateKey.from_private_bytes(signing_key).public_key()
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def _partner_violations(hospital: Hospital, plan: Plan, signing_key: bytes) -> list[str]:
+    """A secure plan's partners against this hospital's registry (`datasites.site.partners`)."""
+    own = verify_key_hex(signing_key)
+    return partner_violations(plan.partners, load_partners(hospital.root), hospital.name, own)
+
+
+def _releases(
+    hospital: Hospital, plan: Plan, record: StudyRecord, train: tuple, test: Any
+) -> secure.Releases:
+    """The plain runtime's charged releases, for the secure phases to mask."""
+
+    def trained(round_: int, weights: dict) -> dict[str, Any]:
+        if not isinstance(weights, dict):
+            raise RequestError("weights must be a dict of parameter name to array.")
+        return _train(hospital, plan, record, round_, weights, *train)
+
+    def evaluated(after: int, weights: dict, edges: Any) -> dict[str, Any]:
+        scored = (_model(plan, weights), _edges(edges, plan))
+        released = _evaluate(hospital, plan, record, after, scored, test)
+        steps = round(released["loss_sum"] * LOSS_STEPS / LOSS_BOUND)
+        return {**released, "loss_steps": steps}
+
+    def layout(round_: int, edges: Any) -> Layout:
+        return round_layout(plan, round_, _edges(edges, plan))
+
+    return secure.Releases(trained, evaluated, layout)
 
 
 def _check_compute(hospital: Hospital, plan: Plan, n: int) -> None:

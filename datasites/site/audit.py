@@ -62,6 +62,7 @@ class Event(StrEnum):
     POLICY_DECISION = "policy_decision"  # the watcher applied the site policy
     ROUND_EXECUTED = "round_executed"  # trained weights left the hospital
     EVALUATION_RELEASED = "evaluation_released"  # noised evaluation counts left
+    SECURE_PHASE = "secure_phase"  # a secure study's phase answered (what left: its digest)
     REPEAT_SERVED = "repeat_served"  # a repeated call got the recorded release again
     REFUSED = "refused"  # a call, login or request refused at any layer
     INCIDENT = "incident"  # an unexpected error inside the runtime (details in the log)

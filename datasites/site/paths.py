@@ -7,11 +7,11 @@ user of the machine could read it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasites.contract.files import CREDENTIALS_FILE, FEDERATION_FILE
+from datasites.contract.plan import HOSPITAL_NAME
 
 __all__ = ["CREDENTIALS_FILE", "FEDERATION_FILE", "HospitalConfig", "LOOPBACK"]
 
@@ -34,7 +34,7 @@ LOCK_FILE = ".launch.lock"  # held by the running launcher
 LOOPBACK = "127.0.0.1"
 # Tells the runtime, inside a datasite process, which hospital folder it serves.
 HOSPITAL_ROOT_ENV = "FEDERATION_HOSPITAL_ROOT"
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_NAME = HOSPITAL_NAME
 
 
 @dataclass(frozen=True)

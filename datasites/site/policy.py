@@ -51,6 +51,11 @@ max_evaluations = 101
 # Parameters of the model: the largest zoo CNN (width 128) has 3.3 million. Every call moves
 # 4 bytes per parameter each way, 20 MB at this limit.
 max_model_parameters = 5000000
+# Secure aggregation: the scientist sees only sums over at least `threshold` hospitals.
+# Refuse every study that does not aggregate securely:
+require_secure_aggregation = false
+# The least threshold a secure study may name (0: a majority of its partners, the minimum).
+min_secure_threshold = 0
 
 [auto_approve]
 # `python -m datasites watch` (and launch.py --auto-approve) approves a request only when
@@ -107,8 +112,13 @@ class StudyPolicy:
     max_total_steps: int = 20_000
     max_evaluations: int = 101
     max_model_parameters: int = 5_000_000
+    require_secure_aggregation: bool = False
+    min_secure_threshold: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.require_secure_aggregation, bool):
+            raise PolicyError("study.require_secure_aggregation must be true or false.")
+        _limit("study.min_secure_threshold", self.min_secure_threshold, 0, int)
         object.__setattr__(
             self, "allowed_models", _strings("study.allowed_models", self.allowed_models)
         )
@@ -143,6 +153,14 @@ class StudyPolicy:
             out.append(
                 f"epsilon {shown(plan.get('epsilon'))} exceeds study.max_epsilon "
                 f"{self.max_epsilon:g}"
+            )
+        secure = plan.get("aggregation") == "secure"
+        if self.require_secure_aggregation and not secure:
+            out.append("the study does not aggregate securely (study.require_secure_aggregation)")
+        if secure and _num(plan, "threshold", math.inf) < self.min_secure_threshold:
+            out.append(
+                f"threshold {shown(plan.get('threshold'))} is below "
+                f"study.min_secure_threshold {self.min_secure_threshold}"
             )
         return out
 

@@ -1,0 +1,54 @@
+"""The hospitals this hospital federates with, and the key each signs its datasite with.
+
+A secure study's plan names its partners and their datasite verify keys. A scientist could
+name an invented "hospital" whose key it holds: its masks would be the scientist's own, and
+a real hospital's update could then be unmasked. So a hospital takes part only with the
+partners its operator registered here (`<hospital>/partners.json`, name -> verify key, hex),
+and refuses a plan naming a key that is not the registered one, at `approve` and again in
+the runtime on every call. The local federation (`launch.py`) registers its hospitals with
+each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from datasites.contract.files import write_json
+
+PARTNERS_FILE = "partners.json"
+
+
+def load_partners(root: Path) -> dict[str, str]:
+    """The registered partners (name -> verify key hex); empty when none are."""
+    path = Path(root) / PARTNERS_FILE
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ValueError(f"{path} must map hospital names to verify keys (hex strings).")
+    return data
+
+
+def write_partners(root: Path, partners: Mapping[str, str]) -> None:
+    write_json(Path(root) / PARTNERS_FILE, dict(sorted(partners.items())), mode=0o644)
+
+
+def partner_violations(
+    named: Mapping[str, str], registered: Mapping[str, str], own_name: str, own_key: str
+) -> list[str]:
+    """What is wrong with a plan's partners here; one short sentence each."""
+    out = []
+    if named.get(own_name) != own_key:
+        out.append(f"the plan does not name {own_name} with this datasite's own verify key")
+    for name, key in sorted(named.items()):
+        if name == own_name:
+            continue
+        if name not in registered:
+            out.append(f"{name} is not a registered partner of {own_name} (partners.json)")
+        elif registered[name] != key:
+            out.append(f"the plan names a key for {name} that is not its registered key")
+    return out
