@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="final model: moving average of the global weights",
     )
+    run.add_argument(
+        "--aggregation",
+        choices=("secure", "plain"),
+        default="secure",
+        help="secure: the scientist reads only sums over the hospitals (default)",
+    )
+    run.add_argument("--threshold", type=int, help="secure: least hospitals per sum (majority)")
     run.add_argument("--out", type=Path, help="output folder (default: <workdir>/<study>/report)")
     run.add_argument(
         "--wait-approval",
@@ -84,6 +91,8 @@ def round_line(entry: dict[str, Any]) -> str:
         parts.append(f"(noise sd {noise:.0f} per count)")
     if entry.get("epsilon") is not None:
         parts.append(f"epsilon {entry['epsilon']:.3f}")
+    if entry.get("dropped"):
+        parts.append("dropped: " + ", ".join(sorted(entry["dropped"])))
     return "  ".join(parts)
 
 
@@ -120,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         average_decay=args.average_decay,
         eval_every=args.eval_every,
         clip_quantile=args.clip_quantile,
+        aggregation=args.aggregation,
+        threshold=args.threshold,
         dp=DPConfig(
             epsilon=recipe(args.task)["epsilon"] if args.epsilon is None else args.epsilon,
             delta=args.delta,

@@ -16,6 +16,12 @@ from datasites.contract.zoo import build_model
 from scientist.recipes import recipe
 
 LABELS = EHR_LABELS
+AGGREGATIONS = ("secure", "plain")
+# Fixed point of a secure study's masked entries (each hospital's size-weighted update):
+# steps of 2^-20 (about 1e-6, divided by the federation's size in the average), entries up
+# to 2^24 in magnitude (a hospital of 100,000 patients moving a weight by 160).
+SECURE_SCALE = 2.0**20
+SECURE_CLIP = 2.0**24
 # Settings taken from the recipe as they are (the model, the round's length, eval_every and
 # the epsilon have rules of their own in `_fill_from_recipe`).
 _FROM_RECIPE = (
@@ -115,6 +121,8 @@ class StudyConfig:
     local_steps: int | None = None
     average_decay: float | None = None
     clip_quantile: float | None = None
+    aggregation: str = "secure"
+    threshold: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -138,6 +146,12 @@ class StudyConfig:
             _count("local_steps", self.local_steps)
             if self.local_epochs != 1:
                 raise ValueError("set local_steps or local_epochs, not both (keep local_epochs 1).")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {', '.join(AGGREGATIONS)}, found {self.aggregation!r}."
+            )
+        if self.threshold is not None:
+            _count("threshold", self.threshold, 2)
         if self.label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, found {self.label!r}.")
         self._check_plan()
@@ -177,12 +191,18 @@ class StudyConfig:
         from datasites.contract.plan import Plan, PlanError
 
         try:
-            Plan.from_dict(self.plan("plan-check", "scientist@example.org"))
+            partners = _check_partners(max(3, self.threshold or 0))
+            Plan.from_dict(self.plan("plan-check", "scientist@example.org", partners))
         except PlanError as error:
             raise ValueError(str(error)) from None
 
-    def plan(self, study_id: str, scientist: str) -> dict[str, Any]:
+    def plan(
+        self, study_id: str, scientist: str, partners: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """The literal plan the hospitals' runtime executes (and their operators read).
+
+        A secure study names its `partners` (hospital -> datasite verify key, from their
+        metadata) and its threshold (a majority of them unless set).
 
         `momentum` and `local_steps` appear only when set, so plans without them stay as they
         were; the
@@ -210,11 +230,32 @@ class StudyConfig:
             plan["local_steps"] = int(self.local_steps)
         if self.clip_quantile:
             plan["clip_quantile"] = float(self.clip_quantile)
+        if self.aggregation == "secure":
+            if partners is None or len(partners) < 2:
+                raise ValueError(
+                    "secure aggregation needs at least 2 hospitals; submit to more, or set "
+                    "aggregation='plain' for a one-hospital study."
+                )
+            plan["aggregation"] = "secure"
+            plan["partners"] = dict(sorted(partners.items()))
+            plan["threshold"] = self.threshold or len(partners) // 2 + 1
+            plan["secure_scale"] = SECURE_SCALE
+            plan["secure_clip"] = SECURE_CLIP
         return plan
+
+    @property
+    def secure(self) -> bool:
+        return self.aggregation == "secure"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
-        return cls(**{**data, "dp": DPConfig(**data["dp"])})
+        """A saved config; one saved before secure aggregation existed was a plain study."""
+        return cls(**{"aggregation": "plain", **data, "dp": DPConfig(**data["dp"])})
+
+
+def _check_partners(count: int) -> dict[str, str]:
+    """Stand-in partners for validating a secure config's plan before it names hospitals."""
+    return {f"check-{i}": f"{i:064x}" for i in range(1, count + 1)}

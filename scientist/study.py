@@ -30,6 +30,7 @@ from scientist.fedavg import fedavgm, weight_average
 from scientist.intervals import binary_intervals, multiclass_intervals
 from scientist.metrics import binary_metrics, multiclass_metrics
 from scientist.result import StudyResult, facts_html, names_text
+from scientist.secure_round import SecureOutcome, SecureRoundError, run_secure_round
 from scientist.study_code import function_name
 
 if TYPE_CHECKING:
@@ -87,12 +88,15 @@ class Study:
         config: StudyConfig,
         requests: dict[str, str],
         folder: Path,
+        partners: dict[str, str] | None = None,
     ) -> None:
         self.pool = pool
         self.id = study_id
         self.config = config
         self.requests = requests
         self.folder = folder
+        # A secure study's partners (hospital -> datasite verify key), as its plan names them.
+        self.partners = partners or {}
         self._endpoints: dict[str, tuple[Any, Any]] = {}
         self._scorer: MockScorer | None = None
 
@@ -176,12 +180,15 @@ class Study:
         state = Checkpoint.load(self.folder) or Checkpoint(1, initial_weights(self.config))
         last_call = self.config.rounds + 1
         bar = _progress(progress, last_call, state.next_round - 1, self.id)
-        due = Plan.from_dict(self.config.plan(self.id, "-")).eval_rounds()
+        due = self._plan().eval_rounds()
         while state.next_round <= last_call:
             weights = self._sent_weights(state, last_call)
             edges = self._edges(approved, weights) if state.next_round - 1 in due else None
-            replies = self._call(approved, state.next_round, weights, edges)
-            self._absorb(state, replies)
+            if self.config.secure:
+                self._absorb_secure(state, self._secure_round(state.next_round, weights, edges))
+            else:
+                replies = self._call(approved, state.next_round, weights, edges)
+                self._absorb(state, replies)
             complete_call(state, self.folder, on_round)
             _advance(bar, state.history)
         if bar is not None:
@@ -222,6 +229,61 @@ class Study:
                 + f" (the checkpoint is kept: fed.resume({self.id!r}) continues here)."
             )
         return {r["hospital"]: r for r in replies}
+
+    def _plan(self) -> Plan:
+        """The study's plan as the hospitals read it (with a placeholder scientist)."""
+        return Plan.from_dict(self.config.plan(self.id, "-", self.partners or None))
+
+    def _secure_round(self, round_: int, weights: dict, edges: list | None) -> SecureOutcome:
+        """One call of a secure study: its four phases over the plan's partners (a partner
+        that did not approve, or fails, drops out while the threshold holds)."""
+        plan = self._plan()
+
+        def call_all(requests: dict[str, dict]) -> dict[str, dict]:
+            names = list(requests)
+            replies = self.pool.map(lambda h, c: self._call_one(h, c, requests[h]), names)
+            return dict(zip(names, replies, strict=True))
+
+        try:
+            return run_secure_round(call_all, plan, round_, weights, edges)
+        except SecureRoundError as error:
+            raise StudyError(
+                f"{error} The checkpoint is kept: fed.resume({self.id!r}) continues here once "
+                "enough hospitals answer."
+            ) from None
+
+    def _absorb_secure(self, state: Checkpoint, outcome: SecureOutcome) -> None:
+        """The secure round's sums: one weighted average and one set of summed counts."""
+        round_ = state.next_round
+        if outcome.counts is not None:
+            released = {
+                "counts": outcome.counts,
+                "loss_sum": outcome.loss_sum,
+                "noise_std": outcome.noise_std,
+                "edges": outcome.edges,
+            }
+            metrics = _plain(summed_metrics(self.config.task, [released]))
+            entry = _entry(state.history, round_ - 1)
+            entry.update(metrics=metrics, loss=metrics["loss"], edges=_plain(outcome.edges))
+        if outcome.average is not None:
+            state.weights, state.momentum = fedavgm(
+                state.weights,
+                [(outcome.average, outcome.n)],
+                state.momentum,
+                server_lr=self.config.server_lr,
+                server_momentum=self.config.server_momentum,
+            )
+            if self.config.average_decay:
+                state.average = weight_average(
+                    state.average, state.weights, self.config.average_decay
+                )
+            entry = _entry(state.history, round_)
+            entry["hospitals"] = outcome.epsilon
+            entry["n"] = outcome.n
+        entry = _entry(state.history, min(round_, self.config.rounds))
+        entry["contributors"] = outcome.contributors
+        entry["dropped"] = outcome.dropped
+        entry["epsilon"] = max(e["epsilon_study"] for e in outcome.epsilon.values())
 
     def _endpoint(self, hospital: str, client: Any) -> tuple[Any, Any]:
         """The study's function and the hospital's assets, looked up once: fetching a

@@ -42,13 +42,26 @@ def _request(client: Any, plan: dict[str, Any]) -> str:
     return str(request.id)
 
 
+def partner_keys(pool: HospitalPool, hospitals: list[str]) -> dict[str, str]:
+    """Each hospital's datasite verify key, as its server states it: what a secure plan
+    names, and what every partner's operator checks against their own registry."""
+
+    def key(hospital: str, client: Any) -> str:
+        return str(client.metadata.verify_key)
+
+    return dict(zip(hospitals, pool.map(key, hospitals), strict=True))
+
+
 def submit_study(pool: HospitalPool, config: StudyConfig, hospitals: list[str]) -> Study:
     """Send the study to the hospitals; remember it locally for status, run and resume."""
     study_id = new_study_id(config.task)
+    partners = partner_keys(pool, hospitals) if config.secure else None
+    if config.secure:
+        config.plan(study_id, "check@example.org", partners)  # one clear error, before any
 
     def submit(hospital: str, client: Any) -> str | StudyError:
         try:
-            return _request(client, config.plan(study_id, pool.email(hospital)))
+            return _request(client, config.plan(study_id, pool.email(hospital), partners))
         except Exception as error:
             return StudyError(f"{hospital} did not accept the request: {error}")
 
@@ -64,10 +77,11 @@ def submit_study(pool: HospitalPool, config: StudyConfig, hospitals: list[str]) 
             "study_id": study_id,
             "config": config.to_dict(),
             "requests": requests,
+            "partners": partners or {},
             "submitted": datetime.now(UTC).isoformat(),
         },
     )
-    return Study(pool, study_id, config, requests, folder)
+    return Study(pool, study_id, config, requests, folder, partners)
 
 
 def reopen_study(pool: HospitalPool, study_id: str) -> Study:
@@ -80,4 +94,4 @@ def reopen_study(pool: HospitalPool, study_id: str) -> Study:
             "does not include; connect to the same hospitals."
         )
     config = StudyConfig.from_dict(record["config"])
-    return Study(pool, study_id, config, record["requests"], folder)
+    return Study(pool, study_id, config, record["requests"], folder, record.get("partners"))

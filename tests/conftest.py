@@ -236,3 +236,24 @@ def outside_address() -> str | None:
             if a.family == socket.AF_INET and not a.address.startswith("127."):
                 return a.address
     return None
+
+
+@pytest.fixture
+def secure_trio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Three in-process hospital folders registered with each other (tests/secure_harness)."""
+    from datasites.runtime.execute import current_hospital
+    from datasites.site.paths import HOSPITAL_ROOT_ENV
+    from tests.secure_harness import build_trio
+
+    trio = build_trio(tmp_path)
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(next(iter(trio["roots"].values()))))
+    yield trio
+    current_hospital.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def secure_tables() -> Any:
+    """Each in-process hospital's EHR table (tests/secure_harness)."""
+    from tests.secure_harness import build_tables
+
+    return build_tables()

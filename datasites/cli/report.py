@@ -20,6 +20,14 @@ from datasites.governance.statements import Budget
 from datasites.site.audit import AuditLog, format_entry
 
 
+def _plan_line(key: str, value: object) -> str:
+    """One plan field; a secure study's partners one per line, with the key they name."""
+    if key == "partners" and isinstance(value, dict):
+        rows = [f"  {'partners':<14} {len(value)} hospitals (name, datasite verify key)"]
+        return "\n".join(rows + [f"    {name:<20} {key}" for name, key in value.items()])
+    return f"  {key:<14} {value}"
+
+
 def review_text(r: Review) -> str:
     """What `show` prints, top to bottom in the order an operator decides."""
     v = r.view
@@ -43,7 +51,7 @@ def review_text(r: Review) -> str:
     if v.plan:
         lines.append("plan")
         shown = [k for k in plan_fields() if k in v.plan and k != "scientist"]  # see "from"
-        lines += [f"  {k:<14} {v.plan[k]}" for k in shown]
+        lines += [_plan_line(k, v.plan[k]) for k in shown]
     if v.verdict.plan_error:
         lines.append(f"plan error: {v.verdict.plan_error}")
     if r.projection:

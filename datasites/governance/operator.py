@@ -31,6 +31,7 @@ from datasites.governance.statements import (
 from datasites.governance.vetting import CUSTOM, Verdict, classify, code_diff
 from datasites.site.audit import AuditLog, Event
 from datasites.site.identity import Identity
+from datasites.site.partners import load_partners, partner_violations
 from datasites.site.paths import FEDERATION_FILE, IDENTITY_FILE, MANIFEST_FILE, HospitalConfig
 
 if TYPE_CHECKING:
@@ -339,6 +340,8 @@ class Operator:
                     f"policy: delta {plan.delta:g} differs from this hospital's {delta:g}"
                 )
             problems += self._reused_id(view, plan, approved)
+            if plan.secure:
+                problems += [f"partners: {p}" for p in self._partner_problems(plan)]
         if projection is not None:
             study = self.hospital.policy.study
             problems += [f"policy: {p}" for p in study.compute_violations(projection.compute)]
@@ -348,6 +351,15 @@ class Operator:
                 f"above its cap {projection.cap:g}"
             )
         return problems
+
+    def _partner_problems(self, plan: Plan) -> list[str]:
+        """A secure plan's partners against this hospital's registry: an invented partner
+        key is how a scientist would unmask a real hospital (`datasites.site.partners`)."""
+        identity = Identity.load_or_create(self.hospital.root / IDENTITY_FILE, self.hospital.name)
+        registered = load_partners(self.hospital.root)
+        return partner_violations(
+            plan.partners, registered, self.hospital.name, identity.verify_key
+        )
 
     def _reused_id(self, view: RequestView, plan: Plan, approved: list[RequestView]) -> list[str]:
         """A second request under an approved study id, with another plan, is how a

@@ -28,6 +28,7 @@ from datasites.local.seeding import DataPlan, load_real_inputs, plan_sources
 from datasites.server.provision import provision
 from datasites.server.sources import has_sources
 from datasites.site.identity import Identity, write_private_json
+from datasites.site.partners import write_partners
 from datasites.site.paths import (
     CREDENTIALS_FILE,
     FEDERATION_FILE,
@@ -245,8 +246,8 @@ class LocalFederation:
     def start(self) -> None:
         """Start every datasite in parallel and provision them; stop all on any failure."""
         try:
+            self.register_partners()
             for config in self.configs:
-                Identity.load_or_create(config.identity_path, config.name)
                 process = DatasiteProcess(config)
                 process.start()
                 self.processes.append(process)
@@ -260,6 +261,17 @@ class LocalFederation:
         except BaseException:
             self.stop()
             raise
+
+    def register_partners(self) -> None:
+        """Register the hospitals of this local federation with each other, each by its
+        datasite's verify key (`datasites.site.partners`): they may run secure studies
+        together, and with no one else."""
+        keys = {
+            c.name: Identity.load_or_create(c.identity_path, c.name).verify_key
+            for c in self.configs
+        }
+        for config in self.configs:
+            write_partners(config.root, keys)
 
     def _ready_and_provision(self, process: DatasiteProcess) -> dict[str, Any]:
         process.wait_ready()

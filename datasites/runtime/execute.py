@@ -159,9 +159,11 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
             "study's delta to that value."
         )
     violations = hospital.policy.study.violations(plan.to_dict())
-    signing_key = _signing_key(hospital) if plan.secure else b""
+    signing_key = b""
     if plan.secure:
-        violations += _partner_violations(hospital, plan, signing_key)
+        identity = _identity(hospital)
+        signing_key = bytes.fromhex(identity.signing_key)
+        violations += _partner_violations(hospital, plan, identity.verify_key)
     if violations:
         raise PolicyRefusal(
             f"{hospital.name}'s site policy does not allow this study: {'; '.join(violations)}."
@@ -193,25 +195,15 @@ def _spent(hospital: Hospital, plan: Plan, out: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _signing_key(hospital: Hospital) -> bytes:
-    """The datasite's own Ed25519 signing key (its syft server key): a secure study's
-    adverts are signed with it, and partners verify them with its public verify key."""
-    identity = Identity.load_or_create(hospital.root / IDENTITY_FILE, hospital.name)
-    return bytes.fromhex(identity.signing_key)
+def _identity(hospital: Hospital) -> Identity:
+    """The datasite's own identity: a secure study's adverts are signed with its signing key
+    (the syft server's), and partners verify them with its verify key."""
+    return Identity.load_or_create(hospital.root / IDENTITY_FILE, hospital.name)
 
 
-def verify_key_hex(signing_key: bytes) -> str:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    public = Ed25519PrivateKey.from_private_bytes(signing_key).public_key()
-    return public.public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-
-
-def _partner_violations(hospital: Hospital, plan: Plan, signing_key: bytes) -> list[str]:
+def _partner_violations(hospital: Hospital, plan: Plan, own_key: str) -> list[str]:
     """A secure plan's partners against this hospital's registry (`datasites.site.partners`)."""
-    own = verify_key_hex(signing_key)
-    return partner_violations(plan.partners, load_partners(hospital.root), hospital.name, own)
+    return partner_violations(plan.partners, load_partners(hospital.root), hospital.name, own_key)
 
 
 def _releases(

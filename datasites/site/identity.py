@@ -52,6 +52,16 @@ class Identity:
     split_key: str = ""
 
     @property
+    def verify_key(self) -> str:
+        """The datasite's Ed25519 verify key (hex): what syft's metadata shows, and what a
+        secure study's plan names for this hospital (`datasites.site.partners`)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(self.signing_key))
+        return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    @property
     def split_key_bytes(self) -> bytes:
         return bytes.fromhex(self.split_key)
 

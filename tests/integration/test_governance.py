@@ -22,6 +22,7 @@ from tests.conftest import REPO, Launch, start_launch
 
 STUDY = dict(
     task="ehr",
+    aggregation="plain",
     local_epochs=1,
     average_decay=0.0,
     model="ehr_logistic",

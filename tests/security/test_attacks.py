@@ -33,6 +33,7 @@ from tests.security.forge import quiet as attempt
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 TINY = dict(
     task="ehr",
+    aggregation="plain",
     local_epochs=1,
     average_decay=0.0,
     model="ehr_logistic",

@@ -37,6 +37,7 @@ ROUNDS = 4
 POLICY = "[budget]\nepsilon_cap = 40.0\n[study]\nmax_epsilon = 5.0\n"
 ATTACK = StudyConfig(
     task="ehr",
+    aggregation="plain",
     local_epochs=1,
     average_decay=0.0,
     model="ehr_mlp",

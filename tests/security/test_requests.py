@@ -41,6 +41,7 @@ Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 HOSPITAL = "hospital-a"
 TINY = dict(
     task="ehr",
+    aggregation="plain",
     local_epochs=1,
     average_decay=0.0,
     model="ehr_logistic",

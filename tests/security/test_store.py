@@ -46,6 +46,7 @@ URL = f"http://127.0.0.1:{BASE_PORT}"
 LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13")
 STUDY = dict(
     task="ehr",
+    aggregation="plain",
     local_epochs=1,
     average_decay=0.0,
     model="ehr_logistic",

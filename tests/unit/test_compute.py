@@ -28,7 +28,9 @@ HUGE = dict(
 
 
 def plan(**config: object) -> Plan:
-    return Plan.from_dict(StudyConfig(**config).plan("study-0001", EMAIL))
+    return Plan.from_dict(
+        StudyConfig(**{"aggregation": "plain", **config}).plan("study-0001", EMAIL)
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,7 +172,7 @@ def test_the_measured_recipes_are_allowed_by_default(name: str) -> None:
 
 
 def test_model_kwargs_are_checked_when_the_plan_is_read() -> None:
-    raw = StudyConfig(task="ehr", model="ehr_mlp").plan("study-0001", EMAIL)
+    raw = StudyConfig(aggregation="plain", task="ehr", model="ehr_mlp").plan("study-0001", EMAIL)
 
     with pytest.raises(PlanError, match="model_kwargs does not fit ehr_mlp: hidden must be"):
         Plan.from_dict({**raw, "model_kwargs": {"hidden": "64,32"}})

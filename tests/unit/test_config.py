@@ -29,6 +29,10 @@ BEYOND = [
 DP_FIELDS = {"epsilon", "delta", "max_grad_norm"}
 
 
+# Three partners, as `submit` names them from the hospitals' metadata (the default is secure).
+PARTNERS = {"hospital-a": "a" * 64, "hospital-b": "b" * 64, "hospital-c": "c" * 64}
+
+
 def config_with(field: str, value: Any) -> dict[str, Any]:
     if field in DP_FIELDS:
         return {"dp": DPConfig(**{field: value})}
@@ -36,7 +40,7 @@ def config_with(field: str, value: Any) -> dict[str, Any]:
 
 
 def runtime_refusal(field: str, value: Any) -> str:
-    plan = StudyConfig(task="ehr").plan("plan-check", "scientist@example.org")
+    plan = StudyConfig(task="ehr").plan("plan-check", "scientist@example.org", PARTNERS)
     plan[field] = value
     with pytest.raises(PlanError) as refused:
         Plan.from_dict(plan)
@@ -60,9 +64,16 @@ def test_study_config_refuses_what_the_runtime_refuses_in_the_same_sentence(
 def test_the_defaults_are_plans_the_runtime_accepts(task: str) -> None:
     config = StudyConfig(task=task)
 
-    plan = Plan.from_dict(config.plan("plan-check", "scientist@example.org"))
+    plan = Plan.from_dict(config.plan("plan-check", "scientist@example.org", PARTNERS))
 
     assert plan.rounds == config.rounds and plan.epsilon == config.dp.epsilon
+    # Secure by default: a majority threshold, the fixed point the operators approve.
+    assert plan.secure and plan.threshold == 2 and plan.partners == PARTNERS
+    assert plan.secure_scale == 2.0**20 and plan.secure_clip == 2.0**24
+    with pytest.raises(ValueError, match="secure aggregation needs at least 2 hospitals"):
+        config.plan("plan-check", "scientist@example.org", {"hospital-a": "a" * 64})
+    plain = StudyConfig(task=task, aggregation="plain").plan("p-0001", "s@example.org")
+    assert "aggregation" not in plain and "partners" not in plain
 
 
 # --- the recipes are the defaults (issue 14) ---------------------------------------------------
@@ -81,7 +92,8 @@ def test_the_shortest_call_is_the_validated_recipe(task: str) -> None:
         else:
             assert getattr(config, name) == value, name
     # Evaluated twice: before training and at the end, each with the whole test budget.
-    assert Plan.from_dict(config.plan("abc", "s@example.org")).eval_rounds() == [0, config.rounds]
+    plan = Plan.from_dict(config.plan("abc", "s@example.org", PARTNERS))
+    assert plan.eval_rounds() == [0, config.rounds]
 
 
 def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
@@ -120,7 +132,7 @@ def test_the_cli_without_training_flags_runs_the_recipe() -> None:
         + ["--clip-quantile", "0.9"]
     )
     config = config_from_args(args)
-    assert config.plan("abc", "s@example.org")["clip_quantile"] == 0.9
+    assert config.plan("abc", "s@example.org", PARTNERS)["clip_quantile"] == 0.9
     assert (config.rounds, config.dp.epsilon) == (3, 2.0)
     assert config.local_epochs == recipe("ehr")["local_epochs"] and config.eval_every == 3
 

@@ -160,7 +160,12 @@ def _replies(weights: dict[str, np.ndarray], seed: int) -> dict[str, dict]:
 def test_a_resumed_study_aggregates_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
     # Prepare: the same replies absorbed straight through, and with a save/load in between
     config = StudyConfig(
-        task="ehr", model="ehr_logistic", rounds=3, server_momentum=0.9, server_lr=1.2
+        aggregation="plain",
+        task="ehr",
+        model="ehr_logistic",
+        rounds=3,
+        server_momentum=0.9,
+        server_lr=1.2,
     )
     straight = Study(None, "fedavgm-0001", config, {}, tmp_path / "a")  # type: ignore[arg-type]
     resumed = Study(None, "fedavgm-0001", config, {}, tmp_path / "b")  # type: ignore[arg-type]
@@ -205,23 +210,26 @@ def test_study_config_validates_the_momentum_settings(
     field: str, value: object, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        StudyConfig(task="pathmnist", **{field: value})
+        StudyConfig(aggregation="plain", task="pathmnist", **{field: value})
 
 
 def test_study_config_round_trips_the_new_fields() -> None:
-    config = StudyConfig(task="ehr", momentum=0.5, server_lr=0.8, server_momentum=0.7)
+    config = StudyConfig(
+        aggregation="plain", task="ehr", momentum=0.5, server_lr=0.8, server_momentum=0.7
+    )
     assert StudyConfig.from_dict(config.to_dict()) == config
     old = {
         k: v
         for k, v in config.to_dict().items()
         if k not in ("momentum", "server_lr", "server_momentum")
     }
-    assert StudyConfig.from_dict(old) == StudyConfig(task="ehr")
+    assert StudyConfig.from_dict(old) == StudyConfig(aggregation="plain", task="ehr")
 
 
 def test_plan_without_momentum_is_unchanged_and_carries_no_server_settings() -> None:
     # Prepare
     config = StudyConfig(
+        aggregation="plain",
         task="pathmnist",
         model_kwargs={},
         rounds=3,
@@ -257,7 +265,7 @@ def test_plan_without_momentum_is_unchanged_and_carries_no_server_settings() -> 
 
 
 def test_plan_with_momentum_carries_it_and_the_hospital_validates_it() -> None:
-    config = StudyConfig(task="ehr", momentum=0.9, server_momentum=0.5)
+    config = StudyConfig(aggregation="plain", task="ehr", momentum=0.9, server_momentum=0.5)
     plan = config.plan("ehr-0001", "ana@research.org")
     assert plan["momentum"] == 0.9
     assert "server_momentum" not in plan and "server_lr" not in plan
@@ -272,20 +280,22 @@ def test_plan_with_momentum_carries_it_and_the_hospital_validates_it() -> None:
 
 
 def test_plan_with_local_steps_carries_them_and_the_hospital_validates_them() -> None:
-    config = StudyConfig(task="pathmnist", local_steps=20)
+    config = StudyConfig(aggregation="plain", task="pathmnist", local_steps=20)
     plan = config.plan("path-0002", "ana@research.org")
     assert plan["local_steps"] == 20 and plan["local_epochs"] == 1
     assert Plan.from_dict(plan).to_dict() == plan
-    without = StudyConfig(task="pathmnist").plan("path-0002", "ana@research.org")
+    without = StudyConfig(aggregation="plain", task="pathmnist").plan(
+        "path-0002", "ana@research.org"
+    )
     assert Plan.from_dict(without).digest() != Plan.from_dict(plan).digest()
     with pytest.raises(PlanError, match="local_steps and local_epochs exclude each other"):
         Plan.from_dict({**plan, "local_epochs": 2})
     with pytest.raises(PlanError, match="local_steps must be within"):
         Plan.from_dict({**plan, "local_steps": -1})
     with pytest.raises(ValueError, match="set local_steps or local_epochs, not both"):
-        StudyConfig(task="pathmnist", local_steps=20, local_epochs=2)
+        StudyConfig(aggregation="plain", task="pathmnist", local_steps=20, local_epochs=2)
     with pytest.raises(ValueError, match="local_steps must be an integer"):
-        StudyConfig(task="pathmnist", local_steps=2.5)
+        StudyConfig(aggregation="plain", task="pathmnist", local_steps=2.5)
 
 
 def test_the_weight_average_is_the_exponential_moving_average() -> None:

@@ -22,6 +22,7 @@ from synthetic.ehr import generate_ehr
 MARKER = "PATIENT-SECRET-4242"
 CONFIG = StudyConfig(
     task="ehr",
+    aggregation="plain",
     model="ehr_logistic",
     rounds=2,
     local_epochs=1,

@@ -1,113 +1,30 @@
 """Secure aggregation through the hospitals' own runtime, in-process: three real hospital
 folders (policy, identity, ledger, partner registry), real DP training, the scientist's
-relay; no syft (the live federation is in tests/integration)."""
+relay; no syft (the live secure_trio is in tests/integration)."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datasites.contract.plan import Plan
-from datasites.privacy.ledger import Ledger
-from datasites.runtime.execute import current_hospital, execute, verify_key_hex
-from datasites.server.assets import ehr_training_view
-from datasites.site.identity import Identity
-from datasites.site.partners import write_partners
-from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE, LEDGER_FILE
-from datasites.site.policy import Policy
-from scientist.config import DPConfig, StudyConfig
 from scientist.secure_round import SecureRoundError, run_secure_round
 from scientist.study import initial_weights
-from synthetic.ehr import generate_ehr
-
-NAMES = ("hospital-a", "hospital-b", "hospital-c")
-CONFIG = StudyConfig(
-    task="ehr",
-    model="ehr_logistic",
-    model_kwargs={},
-    rounds=2,
-    local_epochs=1,
-    batch_size=64,
-    lr=0.5,
-    average_decay=0.0,
-    dp=DPConfig(epsilon=2.0),
-)
-SCALE, CLIP = 2.0**20, 2.0**24
+from tests.secure_harness import CONFIG, NAMES, SCALE, recorded_update, relay, secure_plan
 
 
-@pytest.fixture
-def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    roots = {name: tmp_path / name for name in NAMES}
-    keys = {}
-    for name, root in roots.items():
-        Policy.write_default(root)
-        identity = Identity.load_or_create(root / IDENTITY_FILE, name)
-        keys[name] = verify_key_hex(bytes.fromhex(identity.signing_key))
-    for root in roots.values():
-        write_partners(root, keys)
-    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(roots[NAMES[0]]))
-    yield {"roots": roots, "keys": keys}
-    current_hospital.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def tables():
-    return {
-        name: ehr_training_view(generate_ehr(900, seed=20 + i, identifiers=False))
-        for i, name in enumerate(NAMES)
-    }
-
-
-def secure_plan(keys: dict[str, str], study_id: str = "secure-0001", **changes) -> dict:
-    plan = CONFIG.plan(study_id, "scientist@research.org")
-    plan.update(
-        aggregation="secure",
-        partners=dict(keys),
-        threshold=2,
-        secure_scale=SCALE,
-        secure_clip=CLIP,
-    )
-    plan.update(changes)
-    return plan
-
-
-def relay(federation, tables, plan: dict, down: set[str] = frozenset()):
-    """The transport: each request runs in its hospital's runtime (env switched per call)."""
-
-    def call_all(requests: dict[str, dict]) -> dict[str, dict]:
-        replies = {}
-        for name, request in requests.items():
-            if name in down:
-                replies[name] = {"hospital": name, "error": f"{name} is unreachable"}
-                continue
-            current_hospital.cache_clear()
-            import os
-
-            os.environ[HOSPITAL_ROOT_ENV] = str(federation["roots"][name])
-            replies[name] = execute(plan, train=tables[name], test=tables[name], request=request)
-        return replies
-
-    return call_all
-
-
-def recorded_update(root: Path, study: str, round_: int) -> tuple[dict, int]:
-    """A hospital's own recorded training release (its ledger), as the plain protocol sends."""
-    result = Ledger(root / LEDGER_FILE).result(study, "train", round_)
-    released = pickle.loads(result)
-    return released["weights"], released["n"]
-
-
-def test_the_secure_sum_equals_the_plain_weighted_average(federation, tables) -> None:
+def test_the_secure_sum_equals_the_plain_weighted_average(secure_trio, secure_tables) -> None:
     # Prepare
-    plan = secure_plan(federation["keys"])
+    plan = secure_plan(secure_trio["keys"])
     weights = initial_weights(CONFIG)
     # Execute
-    outcome = run_secure_round(relay(federation, tables, plan), Plan.from_dict(plan), 1, weights)
+    outcome = run_secure_round(
+        relay(secure_trio, secure_tables, plan), Plan.from_dict(plan), 1, weights
+    )
     # Assert: the "encrypted vs decrypted" check against each hospital's recorded update
-    updates = [recorded_update(federation["roots"][n], "secure-0001", 1) for n in NAMES]
+    updates = [recorded_update(secure_trio["roots"][n], "secure-0001", 1) for n in NAMES]
     total = sum(n for _, n in updates)
     assert outcome.contributors == list(NAMES) and outcome.n == total
     for key in weights:
@@ -118,12 +35,14 @@ def test_the_secure_sum_equals_the_plain_weighted_average(federation, tables) ->
     assert outcome.noise_std > 0 and outcome.loss_sum > 0
 
 
-def test_a_hospital_lost_after_the_keys_drops_out_and_the_rest_complete(federation, tables) -> None:
+def test_a_hospital_lost_after_the_keys_drops_out_and_the_rest_complete(
+    secure_trio, secure_tables
+) -> None:
     # Prepare: hospital-c answers the adverts and shares, then is gone for the mask phase
-    plan = secure_plan(federation["keys"])
+    plan = secure_plan(secure_trio["keys"])
     weights = initial_weights(CONFIG)
     lost = {"n": 0}
-    base = relay(federation, tables, plan)
+    base = relay(secure_trio, secure_tables, plan)
 
     def call_all(requests):
         if any(r.get("phase") == "mask" for r in requests.values()):
@@ -137,7 +56,7 @@ def test_a_hospital_lost_after_the_keys_drops_out_and_the_rest_complete(federati
     # Execute
     outcome = run_secure_round(call_all, Plan.from_dict(plan), 1, weights)
     # Assert: the sum is the survivors' plain FedAvg, exactly up to quantization
-    survivors = [recorded_update(federation["roots"][n], "secure-0001", 1) for n in NAMES[:2]]
+    survivors = [recorded_update(secure_trio["roots"][n], "secure-0001", 1) for n in NAMES[:2]]
     total = sum(n for _, n in survivors)
     assert outcome.contributors == list(NAMES[:2]) and "hospital-c" in outcome.dropped
     for key in weights:
@@ -145,17 +64,17 @@ def test_a_hospital_lost_after_the_keys_drops_out_and_the_rest_complete(federati
         np.testing.assert_allclose(outcome.average[key], plain, atol=1e-5)
 
 
-def test_below_the_threshold_nothing_is_unmasked(federation, tables) -> None:
-    plan = secure_plan(federation["keys"])
-    call_all = relay(federation, tables, plan, down={"hospital-b", "hospital-c"})
+def test_below_the_threshold_nothing_is_unmasked(secure_trio, secure_tables) -> None:
+    plan = secure_plan(secure_trio["keys"])
+    call_all = relay(secure_trio, secure_tables, plan, down={"hospital-b", "hospital-c"})
     with pytest.raises(SecureRoundError, match="fewer than its threshold 2; nothing was unmasked"):
         run_secure_round(call_all, Plan.from_dict(plan), 1, initial_weights(CONFIG))
 
 
-def test_a_survivor_answers_the_unmasking_once(federation, tables) -> None:
+def test_a_survivor_answers_the_unmasking_once(secure_trio, secure_tables) -> None:
     # Prepare: a complete round, then the relay asks again with hospital-b "dropped"
-    plan = secure_plan(federation["keys"])
-    call_all = relay(federation, tables, plan)
+    plan = secure_plan(secure_trio["keys"])
+    call_all = relay(secure_trio, secure_tables, plan)
     run_secure_round(call_all, Plan.from_dict(plan), 1, initial_weights(CONFIG))
     ids = Plan.from_dict(plan).party_ids()
     request = {
@@ -170,17 +89,19 @@ def test_a_survivor_answers_the_unmasking_once(federation, tables) -> None:
     assert reply["refused"] == "SecureRefusal" and "answers each phase once" in reply["error"]
 
 
-def test_a_plan_naming_an_invented_partner_key_is_refused(federation, tables) -> None:
-    keys = dict(federation["keys"], **{"hospital-c": "ab" * 32})
+def test_a_plan_naming_an_invented_partner_key_is_refused(secure_trio, secure_tables) -> None:
+    keys = dict(secure_trio["keys"], **{"hospital-c": "ab" * 32})
     plan = secure_plan(keys)
-    reply = relay(federation, tables, plan)({"hospital-a": {"round": 1, "phase": "advertise"}})
+    reply = relay(secure_trio, secure_tables, plan)(
+        {"hospital-a": {"round": 1, "phase": "advertise"}}
+    )
     assert reply["hospital-a"]["refused"] == "PolicyRefusal"
     assert "not its registered key" in reply["hospital-a"]["error"]
 
 
-def test_a_forged_advert_is_refused(federation, tables) -> None:
-    plan = secure_plan(federation["keys"])
-    call_all = relay(federation, tables, plan)
+def test_a_forged_advert_is_refused(secure_trio, secure_tables) -> None:
+    plan = secure_plan(secure_trio["keys"])
+    call_all = relay(secure_trio, secure_tables, plan)
     ids = Plan.from_dict(plan).party_ids()
     adverts = {
         ids[n]: r["advert"]
@@ -197,9 +118,9 @@ def test_a_forged_advert_is_refused(federation, tables) -> None:
     assert reply["refused"] == "SecureRefusal" and "invalid signature" in reply["error"]
 
 
-def test_a_plain_call_to_a_secure_study_is_refused(federation, tables) -> None:
-    plan = secure_plan(federation["keys"])
-    reply = relay(federation, tables, plan)(
+def test_a_plain_call_to_a_secure_study_is_refused(secure_trio, secure_tables) -> None:
+    plan = secure_plan(secure_trio["keys"])
+    reply = relay(secure_trio, secure_tables, plan)(
         {"hospital-a": {"round": 1, "weights": initial_weights(CONFIG)}}
     )["hospital-a"]
     assert reply["refused"] == "SecureRefusal" and "names a phase" in reply["error"]

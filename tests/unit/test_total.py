@@ -31,6 +31,7 @@ from scientist.config import DPConfig, StudyConfig
 FEATURE = 5  # the attacker's chosen condition: this feature is large
 PLAN = Plan.from_dict(
     StudyConfig(
+        aggregation="plain",
         task="ehr",
         model="ehr_logistic",
         rounds=2,
@@ -92,6 +93,7 @@ def test_a_non_finite_score_is_a_fixed_prediction_with_the_loss_bound() -> None:
 def test_a_multiclass_non_finite_row_is_scored_uniform() -> None:
     plan = Plan.from_dict(
         StudyConfig(
+            aggregation="plain",
             task="pathmnist",
             model="pathmnist_cnn",
             rounds=1,
@@ -194,6 +196,7 @@ def test_weights_beyond_the_bound_are_refused_without_echoing_them() -> None:
 
 HIDDEN = [8] * 6
 ATTACK = StudyConfig(
+    aggregation="plain",
     task="ehr",
     local_epochs=1,
     average_decay=0.0,
@@ -275,6 +278,7 @@ def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> Non
     with sqlite3.connect(hospital.root / "ledger.sqlite") as conn:
         conn.execute("INSERT INTO sizes VALUES ('ehr', ?, 50.0, 'now')", (released,))
     config = StudyConfig(
+        aggregation="plain",
         task="ehr",
         model="ehr_logistic",
         rounds=2,

@@ -25,7 +25,7 @@ from datasites.site.policy import AutoApprovePolicy, StudyPolicy
 from scientist.config import StudyConfig
 
 STUDY_ID = "ehr-hostile-01"
-BASE = StudyConfig(task="ehr").plan(STUDY_ID, "scientist@research.org")
+BASE = StudyConfig(aggregation="plain", task="ehr").plan(STUDY_ID, "scientist@research.org")
 NAME = function_name(STUDY_ID)
 
 
@@ -286,7 +286,9 @@ def test_a_hostile_round_is_refused_and_audited_not_a_crash(
     Policy.write_default(root)
     monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(root))
     current_hospital.cache_clear()
-    config = StudyConfig(task="ehr", model="ehr_logistic", rounds=2, batch_size=64)
+    config = StudyConfig(
+        aggregation="plain", task="ehr", model="ehr_logistic", rounds=2, batch_size=64
+    )
     table = ehr_training_view(generate_ehr(300, seed=1, identifiers=False))
     request = {"round": 10**5000, "weights": initial_weights(config)}
 
@@ -307,13 +309,22 @@ def test_show_lists_every_plan_field_the_runtime_reads() -> None:
     from datasites.contract.plan import Plan
     from datasites.governance.operator import Review
 
-    plan = {**BASE, "local_steps": 7, "momentum": 0.5, "clip_quantile": 0.9}
+    secure = {
+        "aggregation": "secure",
+        "partners": {"hospital-a": "ab" * 32, "hospital-b": "cd" * 32, "hospital-c": "ef" * 32},
+        "threshold": 2,
+        "secure_scale": 2.0**20,
+        "secure_clip": 2.0**24,
+    }
+    plan = {**BASE, "local_steps": 7, "momentum": 0.5, "clip_quantile": 0.9, **secure}
     source = TEMPLATE.format(name=NAME, plan=literal(plan))
     verdict = classify(source, NAME)
     text = review_text(Review(view_of(verdict, source), None, (), ""))
     table = text.split("\nplan\n", 1)[1].split("\napprove would be", 1)[0]
 
-    listed = {line.split()[0] for line in table.splitlines() if line.startswith("  ")}
+    rows = [line for line in table.splitlines() if line.startswith("  ") and line[2] != " "]
+    listed = {line.split()[0] for line in rows}
+    assert "    hospital-b           " + "cd" * 32 in table  # partners, one per line
     assert listed == {f.name for f in fields(Plan)} - {"scientist"}
     assert "  local_steps    7" in table
 

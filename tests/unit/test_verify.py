@@ -20,8 +20,9 @@ from scientist.study_code import study_function
 
 EMAIL = "scientist@research.org"
 CONFIGS = {
-    "ehr-default": StudyConfig(task="ehr"),
+    "ehr-default": StudyConfig(aggregation="plain", task="ehr"),
     "ehr-logistic": StudyConfig(
+        aggregation="plain",
         task="ehr",
         model="ehr_logistic",
         rounds=3,
@@ -30,14 +31,16 @@ CONFIGS = {
         dp=DPConfig(epsilon=2.5, delta=1e-6),
     ),
     "ehr-mlp-any": StudyConfig(
+        aggregation="plain",
         task="ehr",
         model="ehr_mlp",
         model_kwargs={"hidden": (32, 16), "dropout": 0.1},
         label="readmitted_any",
         eval_every=2,
     ),
-    "path-default": StudyConfig(task="pathmnist"),
+    "path-default": StudyConfig(aggregation="plain", task="pathmnist"),
     "path-wide": StudyConfig(
+        aggregation="plain",
         task="pathmnist",
         model_kwargs={"width": 32},
         rounds=20,
@@ -388,7 +391,9 @@ def test_code_diff_uses_the_given_labels() -> None:
 def test_the_request_line_shows_how_long_a_round_is(extra: dict, shown: str) -> None:
     from datasites.governance.operator import RequestView
 
-    config = StudyConfig(task="pathmnist", rounds=48, **({"local_epochs": 1} | extra))
+    config = StudyConfig(
+        aggregation="plain", task="pathmnist", rounds=48, **({"local_epochs": 1} | extra)
+    )
     plan = config.plan("path-0042", "ana@research.org")
     source = study_source(plan)
     name = function_name("path-0042")

@@ -1,0 +1,93 @@
+"""The in-process harness of secure-aggregation tests: three real hospital folders
+(policy, identity, ledger, partner registry) whose runtime is called directly, with the
+environment switched per call; no syft. Fixtures `secure_trio` and `secure_tables` are in
+tests/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+from datasites.privacy.ledger import Ledger
+from datasites.runtime.execute import current_hospital, execute
+from datasites.site.identity import Identity
+from datasites.site.partners import write_partners
+from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE, LEDGER_FILE
+from datasites.site.policy import Policy
+from scientist.config import DPConfig, StudyConfig
+
+NAMES = ("hospital-a", "hospital-b", "hospital-c")
+CONFIG = StudyConfig(
+    task="ehr",
+    aggregation="plain",
+    model="ehr_logistic",
+    model_kwargs={},
+    rounds=2,
+    local_epochs=1,
+    batch_size=64,
+    lr=0.5,
+    average_decay=0.0,
+    dp=DPConfig(epsilon=2.0),
+)
+SCALE, CLIP = 2.0**20, 2.0**24
+
+
+def build_trio(tmp_path: Path) -> dict[str, dict]:
+    """Three hospital folders registered with each other: {"roots": ..., "keys": ...}."""
+    roots = {name: tmp_path / name for name in NAMES}
+    keys = {}
+    for name, root in roots.items():
+        Policy.write_default(root)
+        identity = Identity.load_or_create(root / IDENTITY_FILE, name)
+        keys[name] = identity.verify_key
+    for root in roots.values():
+        write_partners(root, keys)
+    return {"roots": roots, "keys": keys}
+
+
+def build_tables() -> dict:
+    from datasites.server.assets import ehr_training_view
+    from synthetic.ehr import generate_ehr
+
+    return {
+        name: ehr_training_view(generate_ehr(900, seed=20 + i, identifiers=False))
+        for i, name in enumerate(NAMES)
+    }
+
+
+def secure_plan(keys: dict[str, str], study_id: str = "secure-0001", **changes) -> dict:
+    plan = CONFIG.plan(study_id, "scientist@research.org")
+    plan.update(
+        aggregation="secure",
+        partners=dict(keys),
+        threshold=2,
+        secure_scale=SCALE,
+        secure_clip=CLIP,
+    )
+    plan.update(changes)
+    return plan
+
+
+def relay(federation, tables, plan: dict, down: set[str] = frozenset()):
+    """The transport: each request runs in its hospital's runtime (env switched per call)."""
+
+    def call_all(requests: dict[str, dict]) -> dict[str, dict]:
+        replies = {}
+        for name, request in requests.items():
+            if name in down:
+                replies[name] = {"hospital": name, "error": f"{name} is unreachable"}
+                continue
+            current_hospital.cache_clear()
+            os.environ[HOSPITAL_ROOT_ENV] = str(federation["roots"][name])
+            replies[name] = execute(plan, train=tables[name], test=tables[name], request=request)
+        return replies
+
+    return call_all
+
+
+def recorded_update(root: Path, study: str, round_: int) -> tuple[dict, int]:
+    """A hospital's own recorded training release (its ledger), as the plain protocol sends."""
+    result = Ledger(root / LEDGER_FILE).result(study, "train", round_)
+    released = pickle.loads(result)
+    return released["weights"], released["n"]

@@ -1,0 +1,95 @@
+"""Attacks that secure aggregation opens, played by a scientist who controls the relay,
+against the hospitals' real runtime (in-process hospital folders; see
+tests/secure_harness.py)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from datasites.contract.plan import Plan
+from datasites.contract.release import LOSS_BOUND, LOSS_STEPS, default_edges
+from datasites.contract.secure_sum import (
+    Quantizer,
+    agree,
+    expand,
+    pair_context,
+    reconstruct,
+)
+from datasites.contract.secure_wire import masked_from_wire, reply_from_wire, round_layout
+from datasites.privacy.ledger import Ledger
+from datasites.runtime.secure import STORE_FILE
+from datasites.site.paths import LEDGER_FILE
+from datasites.site.secure_store import SecureStore
+from scientist.study import initial_weights
+from tests.secure_harness import CONFIG, NAMES, recorded_update, relay, secure_plan
+
+
+def _phases_until_mask(call_all, plan: Plan, weights):
+    ids = plan.party_ids()
+    adverts = {
+        ids[n]: r["advert"]
+        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in NAMES}).items()
+    }
+    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in NAMES})
+    masked = {}
+    for name in NAMES:
+        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
+        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": weights}
+        masked[name] = call_all({name: request})[name]
+    return ids, adverts, masked
+
+
+def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing(
+    secure_trio, secure_tables
+) -> None:
+    # Prepare: every hospital masks its update; the relay then calls hospital-a "dropped"
+    plan_dict = secure_plan(secure_trio["keys"])
+    plan = Plan.from_dict(plan_dict)
+    call_all = relay(secure_trio, secure_tables, plan_dict)
+    weights = initial_weights(CONFIG)
+    ids, adverts, masked = _phases_until_mask(call_all, plan, weights)
+    layout = round_layout(plan, 1, default_edges("binary"))
+    y_a = masked_from_wire(masked["hospital-a"]["masked"], layout.length)
+    a, others = ids["hospital-a"], [ids["hospital-b"], ids["hospital-c"]]
+    unmask = {"round": 1, "phase": "unmask", "survivors": others, "dropped": [a]}
+    replies = call_all({n: unmask for n in NAMES[1:]})
+    # Execute: the attacker rebuilds a's mask key from the survivors' shares and strips every
+    # pairwise mask from a's vector
+    shares = {ids[n]: reply_from_wire(r["reply"]).s_shares[a] for n, r in replies.items()}
+    s_private = reconstruct(shares, plan.threshold)
+    stripped = y_a.copy()
+    for peer in others:
+        seed = agree(
+            s_private, adverts[peer]["s_public"], pair_context("mask", plan.study_id, 1, a, peer)
+        )
+        mask = expand(seed, layout.length)
+        stripped = stripped - mask if peer > a else stripped + mask
+    # Assert: what remains is still hidden by a's self mask, which no one will reveal
+    truth = _true_vector(secure_trio, plan, layout, weights)
+    signed = stripped.view(np.int64).astype(float)
+    assert np.mean(stripped == truth) < 0.01
+    assert abs(np.corrcoef(signed, truth.view(np.int64).astype(float))[0, 1]) < 0.3
+    # Positive control: with a's self-mask seed (read from its own store, which only the
+    # hospital holds) the stripped vector is exactly its update: the attack needs b_a.
+    _, seed = SecureStore(secure_trio["roots"]["hospital-a"] / STORE_FILE).get(
+        plan.study_id, 1, "keys"
+    )
+    np.testing.assert_array_equal(stripped - expand(seed, layout.length), truth)
+    # Nor will a survivor now reveal a's self-mask share: it answered the unmasking once.
+    again = {"round": 1, "phase": "unmask", "survivors": [a, *others], "dropped": []}
+    refused = call_all({"hospital-b": again})["hospital-b"]
+    assert refused["refused"] == "SecureRefusal" and "answers each phase once" in refused["error"]
+
+
+def _true_vector(secure_trio, plan: Plan, layout, weights) -> np.ndarray:
+    """hospital-a's round-1 vector in the ring, from its own ledger records."""
+    root = secure_trio["roots"]["hospital-a"]
+    trained, n = recorded_update(root, plan.study_id, 1)
+    ledger = Ledger(root / LEDGER_FILE)
+    evaluation = pickle.loads(ledger.result(plan.study_id, "eval", 0))
+    update = {k: n * (trained[k] - weights[k].astype(np.float64)) for k, _ in layout.weights}
+    steps = round(evaluation["loss_sum"] * LOSS_STEPS / LOSS_BOUND)
+    quantizer = Quantizer(plan.secure_scale, plan.secure_clip)
+    return layout.pack(quantizer, update, n, {"histogram": evaluation["counts"]}, steps)
