@@ -21,7 +21,7 @@ import pickle
 import secrets
 import time
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,26 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
         secure.check_request(request, plan)
     else:
         round_, weights, edges = _parse_request(request, plan)
+    signing_key = _check_policy(hospital, plan)
+    if plan.secure:
+        # Only the mask phase reads private rows; the others answer from keys and shares.
+        prepare = cache(lambda: _prepare(hospital, plan, train))  # once per call, if at all
+        releases = _releases(hospital, plan, prepare, test)
+        out = secure.answer(hospital, plan, signing_key, request, releases)
+        return _spent(hospital, plan, out) if out["phase"] == "mask" else out
+    record, features, labels = _prepare(hospital, plan, train)
+    out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
+    if round_ - 1 in plan.eval_rounds():
+        model = _model(plan, weights)
+        out["evaluation"] = _evaluate(hospital, plan, record, round_ - 1, (model, edges), test)
+    if round_ <= plan.rounds:
+        out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
+    return _spent(hospital, plan, out)
+
+
+def _check_policy(hospital: Hospital, plan: Plan) -> bytes:
+    """Refuse a study outside this hospital's policy (or, secure, its partner registry);
+    a secure study's signing key (the datasite's own), else b""."""
     if plan.delta != hospital.policy.budget.delta:
         raise RequestError(
             f"{hospital.name} accounts at delta {hospital.policy.budget.delta:g}; set the "
@@ -168,23 +188,17 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
         raise PolicyRefusal(
             f"{hospital.name}'s site policy does not allow this study: {'; '.join(violations)}."
         )
+    return signing_key
+
+
+def _prepare(hospital: Hospital, plan: Plan, train: Any) -> tuple[StudyRecord, Any, Any]:
+    """The study's record (noise calibrated from the released size) and encoded rows."""
     features, labels = _encode(plan, train)
     # Everything that depends on the size (the compute limits, the sampling rate, the steps,
     # the noise calibration, the reply) uses its released DP count, never len(labels).
     n = hospital.ledger.public_size(plan.dataset, len(labels))
     _check_compute(hospital, plan, n=n)
-    record = _register(hospital, plan, n=n)
-    if plan.secure:
-        releases = _releases(hospital, plan, record, (features, labels), test)
-        out = secure.answer(hospital, plan, signing_key, request, releases)
-        return _spent(hospital, plan, out)
-    out: dict[str, Any] = {"hospital": hospital.name, "round": round_}
-    if round_ - 1 in plan.eval_rounds():
-        model = _model(plan, weights)
-        out["evaluation"] = _evaluate(hospital, plan, record, round_ - 1, (model, edges), test)
-    if round_ <= plan.rounds:
-        out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
-    return _spent(hospital, plan, out)
+    return _register(hospital, plan, n=n), features, labels
 
 
 def _spent(hospital: Hospital, plan: Plan, out: dict[str, Any]) -> dict[str, Any]:
@@ -207,16 +221,19 @@ def _partner_violations(hospital: Hospital, plan: Plan, own_key: str) -> list[st
 
 
 def _releases(
-    hospital: Hospital, plan: Plan, record: StudyRecord, train: tuple, test: Any
+    hospital: Hospital, plan: Plan, prepare: Callable[[], tuple], test: Any
 ) -> secure.Releases:
-    """The plain runtime's charged releases, for the secure phases to mask."""
+    """The plain runtime's charged releases, for the secure mask phase to mask; the rows
+    are encoded and the study registered only when a release is asked for."""
 
     def trained(round_: int, weights: dict) -> dict[str, Any]:
         if not isinstance(weights, dict):
             raise RequestError("weights must be a dict of parameter name to array.")
-        return _train(hospital, plan, record, round_, weights, *train)
+        record, features, labels = prepare()
+        return _train(hospital, plan, record, round_, weights, features, labels)
 
     def evaluated(after: int, weights: dict, edges: Any) -> dict[str, Any]:
+        record = prepare()[0]
         scored = (_model(plan, weights), _edges(edges, plan))
         released = _evaluate(hospital, plan, record, after, scored, test)
         steps = round(released["loss_sum"] * LOSS_STEPS / LOSS_BOUND)

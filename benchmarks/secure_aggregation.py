@@ -1,0 +1,162 @@
+"""What secure aggregation costs a round, against plain FedAvg, measured in one run.
+
+`python benchmarks/secure_aggregation.py [--hospitals 5] [--rounds 4] [--widths 16,72]`
+
+For each `pathmnist_cnn` width (16: about 57,000 parameters; 72: about 1 million), one
+launch.py federation serves a plain study and then the same study aggregated securely, one
+after the other under the same load. Per mode: the median wall time of the steady-state
+calls (the first calibrates and warms up, the last only evaluates), the bytes each hospital
+sends per call (syft's own serialization of every reply: the plain call's weights, or the
+secure call's advert, shares, masked vector and unmasking shares), and, for the secure
+study, the largest difference between its round-1 global model and the plain weighted
+average of the updates the hospitals recorded (the quantization error). Prints one JSON
+line per width; the issue's targets are time ratio <= 1.25 and bytes ratio <= 2.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import round_overhead
+
+
+def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: str) -> dict:
+    import syft as sy
+
+    from datasites.governance.operator import Operator
+    from scientist import DPConfig, Federation, StudyConfig
+    from scientist.checkpoint import Checkpoint
+    from scientist.study import Study
+
+    fed = Federation.connect(data_dir, workdir=data_dir / f"bench-{aggregation}-{width}")
+    config = StudyConfig(
+        task="pathmnist",
+        model_kwargs={"width": width},
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        lr=0.2,
+        momentum=0.9,
+        average_decay=0.0,
+        eval_every=args.rounds,
+        aggregation=aggregation,
+        dp=DPConfig(epsilon=3.0),
+    )
+    study = fed.submit(config)
+    for hospital, request_id in study.requests.items():
+        Operator.open(data_dir, hospital).approve(request_id)
+    sent: dict[int, dict[str, int]] = {}
+    call_one = Study._call_one
+    current = {"call": 1}
+
+    def measured(self: Study, hospital: str, client: Any, payload: dict) -> dict:
+        value = call_one(self, hospital, client, payload)
+        size = len(sy.serialize(value, to_bytes=True))
+        per = sent.setdefault(current["call"], {})
+        per[hospital] = per.get(hospital, 0) + size
+        return value
+
+    Study._call_one = measured  # type: ignore[method-assign]
+    stamps = [time.perf_counter()]
+    first: dict[str, np.ndarray] = {}
+
+    def on_round(entry: dict) -> None:
+        stamps.append(time.perf_counter())
+        if current["call"] == 1:
+            first.update(Checkpoint.load(study.folder).weights)
+        current["call"] += 1
+
+    try:
+        study.run(progress=False, on_round=on_round)
+    finally:
+        Study._call_one = call_one  # type: ignore[method-assign]
+    calls = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:-1]
+    steady = [sent[c] for c in range(2, args.rounds + 1)]
+    per_hospital = statistics.mean(v for call in steady for v in call.values())
+    out = {"round_s": statistics.median(calls), "bytes_per_hospital": per_hospital}
+    out["quantization_error"] = _error(data_dir, study, config, first)
+    return out
+
+
+def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
+    """Largest |round-1 global - plain weighted average of the recorded updates|."""
+    from datasites.privacy.ledger import Ledger
+    from scientist.study import initial_weights
+
+    start = initial_weights(config)
+    releases = [
+        pickle.loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 1))
+        for h in sorted(study.requests)
+    ]
+    total = sum(r["n"] for r in releases)
+    worst = 0.0
+    for key, value in start.items():
+        plain = value + sum(r["n"] * (r["weights"][key] - value) for r in releases) / total
+        worst = max(worst, float(np.abs(first[key] - plain).max()))
+    return worst
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hospitals", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--local-steps", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--widths", default="16,72")
+    p.add_argument("--base-port", type=int, default=8181)
+    args = p.parse_args()
+    launch_args = argparse.Namespace(
+        hospitals=args.hospitals, base_port=args.base_port, scale="small"
+    )
+    for width in (int(w) for w in args.widths.split(",")):
+        with tempfile.TemporaryDirectory(prefix="secure-aggregation-") as tmp:
+            data_dir = Path(tmp) / "datasites"
+            proc = round_overhead.launch(launch_args, data_dir)
+            try:
+                plain = run_mode(args, data_dir, width, "plain")
+                secure = run_mode(args, data_dir, width, "secure")
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(120)
+        time_ratio = secure["round_s"] / plain["round_s"]
+        bytes_ratio = secure["bytes_per_hospital"] / plain["bytes_per_hospital"]
+        print(
+            json.dumps(
+                {
+                    "benchmark": "secure_aggregation",
+                    "width": width,
+                    "parameters": _parameters(width),
+                    "hospitals": args.hospitals,
+                    "plain_round_s": round(plain["round_s"], 2),
+                    "secure_round_s": round(secure["round_s"], 2),
+                    "time_ratio": round(time_ratio, 3),
+                    "plain_bytes_per_hospital": round(plain["bytes_per_hospital"]),
+                    "secure_bytes_per_hospital": round(secure["bytes_per_hospital"]),
+                    "bytes_ratio": round(bytes_ratio, 3),
+                    "secure_quantization_error": secure["quantization_error"],
+                    "plain_error": plain["quantization_error"],
+                    "met": time_ratio <= 1.25 and bytes_ratio <= 2.5,
+                }
+            ),
+            flush=True,
+        )
+    return 0
+
+
+def _parameters(width: int) -> int:
+    from datasites.contract.zoo import count_parameters
+
+    return count_parameters("pathmnist_cnn", {"width": width})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
