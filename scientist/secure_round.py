@@ -60,13 +60,16 @@ def run_secure_round(
     round_: int,
     weights: dict[str, np.ndarray],
     edges: list | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> SecureOutcome:
-    """Drive the four phases of call `round_` over the plan's partners."""
+    """Drive the four phases of call `round_` over the plan's partners; `on_phase(name)`
+    is told as each begins (a progress bar shows it)."""
     ids = plan.party_ids()
-    names = {party: name for name, party in ids.items()}
     dropped: dict[str, str] = {}
 
     def phase(requests: dict[str, dict]) -> dict[str, dict]:
+        if on_phase is not None and requests:
+            on_phase(next(iter(requests.values()))["phase"])
         replies = call_all(requests) if requests else {}
         for name, reply in replies.items():
             if "error" in reply:
@@ -113,7 +116,6 @@ def run_secure_round(
         n: {k: r[k] for k in ("epsilon_study", "epsilon_total") if k in r}
         for n, r in masked.items()
     }
-    del names
     _fill(outcome, parts, weights, masked)
     return outcome
 

@@ -185,7 +185,8 @@ class Study:
             weights = self._sent_weights(state, last_call)
             edges = self._edges(approved, weights) if state.next_round - 1 in due else None
             if self.config.secure:
-                self._absorb_secure(state, self._secure_round(state.next_round, weights, edges))
+                outcome = self._secure_round(state.next_round, weights, edges, bar)
+                self._absorb_secure(state, outcome)
             else:
                 replies = self._call(approved, state.next_round, weights, edges)
                 self._absorb(state, replies)
@@ -234,7 +235,9 @@ class Study:
         """The study's plan as the hospitals read it (with a placeholder scientist)."""
         return Plan.from_dict(self.config.plan(self.id, "-", self.partners or None))
 
-    def _secure_round(self, round_: int, weights: dict, edges: list | None) -> SecureOutcome:
+    def _secure_round(
+        self, round_: int, weights: dict, edges: list | None, bar: Any = None
+    ) -> SecureOutcome:
         """One call of a secure study: its four phases over the plan's partners (a partner
         that did not approve, or fails, drops out while the threshold holds)."""
         plan = self._plan()
@@ -245,7 +248,7 @@ class Study:
             return dict(zip(names, replies, strict=True))
 
         try:
-            return run_secure_round(call_all, plan, round_, weights, edges)
+            return run_secure_round(call_all, plan, round_, weights, edges, _phase_shown(bar))
         except SecureRoundError as error:
             raise StudyError(
                 f"{error} The checkpoint is kept: fed.resume({self.id!r}) continues here once "
@@ -393,6 +396,13 @@ def _progress(enabled: bool, total: int, done: int, study_id: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, desc=study_id, unit="call")
+
+
+def _phase_shown(bar: Any) -> Callable[[str], None] | None:
+    """Show a secure call's current phase (advertise, share, mask, unmask) on the bar."""
+    if bar is None:
+        return None
+    return lambda phase: bar.set_description_str(f"{bar.desc.split(' [')[0]} [{phase}]")
 
 
 def _advance(bar: Any, history: list[dict[str, Any]]) -> None:

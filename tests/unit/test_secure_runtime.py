@@ -172,3 +172,16 @@ def test_the_site_policy_can_require_secure_aggregation_and_a_threshold_floor(
     assert any("require_secure_aggregation" in v for v in policy.violations(plain))
     assert any("min_secure_threshold 3" in v for v in policy.violations(secure_plan(keys)))
     assert policy.violations(secure_plan(keys, threshold=3)) == []
+
+
+def test_the_relay_announces_each_phase_as_it_begins(secure_trio, secure_tables) -> None:
+    plan = secure_plan(secure_trio["keys"])
+    phases: list[str] = []
+    run_secure_round(
+        relay(secure_trio, secure_tables, plan),
+        Plan.from_dict(plan),
+        1,
+        initial_weights(CONFIG),
+        on_phase=phases.append,
+    )
+    assert phases == ["advertise", "share", "mask", "unmask"]
