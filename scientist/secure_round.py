@@ -62,62 +62,171 @@ def run_secure_round(
     edges: list | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> SecureOutcome:
-    """Drive the four phases of call `round_` over the plan's partners; `on_phase(name)`
-    is told as each begins (a progress bar shows it)."""
-    ids = plan.party_ids()
-    dropped: dict[str, str] = {}
+    """One call `round_` on its own: its four phases over the plan's partners."""
+    return SecureRelay(call_all, plan, last_call=round_, on_phase=on_phase).call(
+        round_, weights, edges
+    )
 
-    def phase(requests: dict[str, dict]) -> dict[str, dict]:
-        if on_phase is not None and requests:
-            on_phase(next(iter(requests.values()))["phase"])
-        replies = call_all(requests) if requests else {}
-        for name, reply in replies.items():
-            if "error" in reply:
-                dropped.setdefault(name, str(reply["error"]))
-        ok = {n: r for n, r in replies.items() if "error" not in r}
-        if len(ok) < plan.threshold:
+
+class SecureRelay:
+    """A secure study's calls, pipelined: two syft calls per hospital and round.
+
+    A call's four phases need three round trips at least (adverts before shares, shares
+    before masks, masks before unmasking), and the next round's masks need this round's
+    sum. So the next round's phases ride along (`{"batch": [...]}`): the mask call carries
+    the shares of round r + 1, the unmasking call the adverts of round r + 2. A relay that
+    starts (or resumes) at a round without them asks for them first; every hospital gives
+    the same answers again, since it answers each phase once.
+    `on_phase(name)` is told as each phase begins (a progress bar shows it).
+    """
+
+    def __init__(
+        self,
+        call_all: CallAll,
+        plan: Plan,
+        last_call: int,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> None:
+        self.call_all, self.plan, self.last = call_all, plan, last_call
+        self.on_phase = on_phase
+        self.ids = plan.party_ids()
+        self.adverts: dict[int, dict[str, Any]] = {}  # round -> hospital -> wire advert
+        self.shares: dict[int, dict[str, Any]] = {}  # round -> hospital -> its outbox
+
+    def call(
+        self, round_: int, weights: dict[str, np.ndarray], edges: list | None
+    ) -> SecureOutcome:
+        dropped: dict[str, str] = {}
+        if round_ not in self.shares:
+            self._prepare(round_, dropped)
+        masked = self._mask(round_, weights, edges, dropped)
+        replies = self._unmask(round_, masked, dropped)
+        return self._sum(round_, weights, edges, masked, replies, dropped)
+
+    # -- the phases ------------------------------------------------------------------------
+
+    def _prepare(self, round_: int, dropped: dict[str, str]) -> None:
+        """Adverts and shares of `round_` when no earlier call brought them."""
+        if round_ not in self.adverts:
+            batch = [self._advertise(round_)]
+            if round_ + 1 <= self.last and round_ + 1 not in self.adverts:
+                batch.append(self._advertise(round_ + 1))  # for the next call's shares
+            self._phase("advertise", {n: list(batch) for n in self.ids}, dropped)
+        self._phase("share", {n: [self._share(round_)] for n in self.adverts[round_]}, dropped)
+
+    def _mask(self, round_: int, weights: dict, edges: list | None, dropped: dict) -> dict:
+        shared = self.shares[round_]
+        ahead = round_ + 1 in self.adverts and round_ + 1 <= self.last
+        requests: dict[str, list[dict]] = {}
+        for name in shared:
+            inbox = {self.ids[s]: out[self.ids[name]] for s, out in shared.items() if s != name}
+            mask = {"round": round_, "phase": "mask", "shares": inbox, "weights": weights}
+            if edges is not None:
+                mask["edges"] = edges
+            requests[name] = [mask]
+        if ahead:  # round r + 1's shares ride along, from every hospital that advertised
+            for name in self.adverts[round_ + 1]:
+                requests.setdefault(name, []).append(self._share(round_ + 1))
+        return self._phase("mask", requests, dropped, first_only=set(shared))
+
+    def _unmask(self, round_: int, masked: dict, dropped: dict) -> dict:
+        survivors = sorted(self.ids[n] for n in masked)
+        gone = sorted(self.ids[n] for n in self.shares[round_] if n not in masked)
+        unmask = {"round": round_, "phase": "unmask", "survivors": survivors, "dropped": gone}
+        requests: dict[str, list[dict]] = {n: [unmask] for n in masked}
+        if round_ + 2 <= self.last:  # every partner may advertise again, also one that dropped
+            for name in self.ids:
+                requests.setdefault(name, []).append(self._advertise(round_ + 2))
+        return self._phase("unmask", requests, dropped, first_only=set(masked))
+
+    def _advertise(self, round_: int) -> dict:
+        return {"round": round_, "phase": "advertise"}
+
+    def _share(self, round_: int) -> dict:
+        wire = {self.ids[n]: a for n, a in self.adverts[round_].items()}
+        return {"round": round_, "phase": "share", "adverts": wire}
+
+    def _phase(
+        self,
+        name: str,
+        requests: dict[str, list[dict]],
+        dropped: dict[str, str],
+        first_only: set[str] | None = None,
+    ) -> dict[str, dict]:
+        """Send each hospital its batch; file every reply by its own round and phase; return
+        the replies to the phase `name` (checked against the threshold)."""
+        if self.on_phase is not None:
+            self.on_phase(name)
+        wire = {n: {"batch": batch} for n, batch in requests.items()}
+        answers = self.call_all(wire) if wire else {}
+        main: dict[str, dict] = {}
+        for hospital, answer in answers.items():
+            replies = answer.get("batch") if isinstance(answer, dict) else None
+            if not isinstance(replies, list) or len(replies) != len(requests[hospital]):
+                replies = [answer] * len(requests[hospital])  # the whole call failed
+            for request, reply in zip(requests[hospital], replies, strict=True):
+                if "error" in reply:
+                    if request["phase"] == name:
+                        dropped.setdefault(hospital, str(reply["error"]))
+                    continue
+                self._file(hospital, request, reply, main, name)
+        candidates = first_only if first_only is not None else set(requests)
+        main = {h: r for h, r in main.items() if h in candidates}
+        if len(main) < self.plan.threshold:
             raise SecureRoundError(
-                f"round {round_} of study {plan.study_id}: only {len(ok)} hospitals answered, "
-                f"fewer than its threshold {plan.threshold}; nothing was unmasked ("
-                + "; ".join(f"{n}: {why}" for n, why in dropped.items())
+                f"round {next(iter(requests.values()))[0]['round']} of study "
+                f"{self.plan.study_id}: only {len(main)} hospitals answered, fewer than its "
+                f"threshold {self.plan.threshold}; nothing was unmasked ("
+                + "; ".join(f"{h}: {why}" for h, why in dropped.items())
                 + ")."
             )
-        return ok
+        return main
 
-    base = {"round": round_}
-    adverts = phase({n: {**base, "phase": "advertise"} for n in ids})
-    wire = {ids[n]: r["advert"] for n, r in adverts.items()}
-    shared = phase({n: {**base, "phase": "share", "adverts": wire} for n in adverts})
-    mask_requests = {}
-    for name in shared:
-        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
-        mask_requests[name] = {**base, "phase": "mask", "shares": inbox, "weights": weights}
-        if edges is not None:
-            mask_requests[name]["edges"] = edges
-    masked = phase(mask_requests)
-    survivors = sorted(ids[n] for n in masked)
-    gone = sorted(ids[n] for n in shared if n not in masked)
-    unmask = {"phase": "unmask", "survivors": survivors, "dropped": gone}
-    replies = phase({n: {**base, **unmask} for n in masked})
-    edges_array = _edges(plan, edges)
-    layout = round_layout(plan, round_, edges_array)
-    total = recover_sum(
-        plan.study_id,
-        round_,
-        {party: advert_from_wire(a) for party, a in wire.items()},
-        {ids[n]: masked_from_wire(r["masked"], layout.length) for n, r in masked.items()},
-        set(gone),
-        {ids[n]: reply_from_wire(r["reply"]) for n, r in replies.items()},
-        plan.threshold,
-    )
-    parts = layout.unpack(Quantizer(scale=plan.secure_scale, clip=plan.secure_clip), total)
-    outcome = SecureOutcome(sorted(masked), {n: why for n, why in dropped.items()})
-    outcome.epsilon = {
-        n: {k: r[k] for k in ("epsilon_study", "epsilon_total") if k in r}
-        for n, r in masked.items()
-    }
-    _fill(outcome, parts, weights, masked)
-    return outcome
+    def _file(self, hospital: str, request: dict, reply: dict, main: dict, name: str) -> None:
+        phase, round_ = request["phase"], request["round"]
+        if phase == "advertise":
+            self.adverts.setdefault(round_, {})[hospital] = reply["advert"]
+        elif phase == "share":
+            self.shares.setdefault(round_, {})[hospital] = reply["shares"]
+        if phase == name:
+            main[hospital] = reply
+
+    # -- the sum ---------------------------------------------------------------------------
+
+    def _sum(
+        self,
+        round_: int,
+        weights: dict,
+        edges: list | None,
+        masked: dict[str, dict],
+        replies: dict[str, dict],
+        dropped: dict[str, str],
+    ) -> SecureOutcome:
+        plan, ids = self.plan, self.ids
+        layout = round_layout(plan, round_, _edges(plan, edges))
+        gone = {ids[n] for n in self.shares[round_] if n not in masked}
+        wire = {ids[n]: a for n, a in self.adverts[round_].items()}
+        total = recover_sum(
+            plan.study_id,
+            round_,
+            {party: advert_from_wire(a) for party, a in wire.items()},
+            {ids[n]: masked_from_wire(r["masked"], layout.length) for n, r in masked.items()},
+            gone,
+            {ids[n]: reply_from_wire(r["reply"]) for n, r in replies.items()},
+            plan.threshold,
+        )
+        parts = layout.unpack(Quantizer(scale=plan.secure_scale, clip=plan.secure_clip), total)
+        outcome = SecureOutcome(sorted(masked), dict(dropped))
+        outcome.epsilon = {
+            n: {k: r[k] for k in ("epsilon_study", "epsilon_total") if k in r}
+            for n, r in masked.items()
+        }
+        _fill(outcome, parts, weights, masked)
+        # What this round needed is spent; keep only what later calls use.
+        for store in (self.adverts, self.shares):
+            for old in [r for r in store if r <= round_]:
+                del store[old]
+        return outcome
 
 
 def _fill(

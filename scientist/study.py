@@ -30,7 +30,7 @@ from scientist.fedavg import fedavgm, weight_average
 from scientist.intervals import binary_intervals, multiclass_intervals
 from scientist.metrics import binary_metrics, multiclass_metrics
 from scientist.result import StudyResult, facts_html, names_text
-from scientist.secure_round import SecureOutcome, SecureRoundError, run_secure_round
+from scientist.secure_round import SecureOutcome, SecureRelay, SecureRoundError
 from scientist.study_code import function_name
 
 if TYPE_CHECKING:
@@ -181,12 +181,12 @@ class Study:
         last_call = self.config.rounds + 1
         bar = _progress(progress, last_call, state.next_round - 1, self.id)
         due = self._plan().eval_rounds()
+        relay = self._relay(last_call, bar) if self.config.secure else None
         while state.next_round <= last_call:
             weights = self._sent_weights(state, last_call)
             edges = self._edges(approved, weights) if state.next_round - 1 in due else None
-            if self.config.secure:
-                outcome = self._secure_round(state.next_round, weights, edges, bar)
-                self._absorb_secure(state, outcome)
+            if relay is not None:
+                self._absorb_secure(state, self._secure_call(relay, state, weights, edges))
             else:
                 replies = self._call(approved, state.next_round, weights, edges)
                 self._absorb(state, replies)
@@ -235,20 +235,22 @@ class Study:
         """The study's plan as the hospitals read it (with a placeholder scientist)."""
         return Plan.from_dict(self.config.plan(self.id, "-", self.partners or None))
 
-    def _secure_round(
-        self, round_: int, weights: dict, edges: list | None, bar: Any = None
-    ) -> SecureOutcome:
-        """One call of a secure study: its four phases over the plan's partners (a partner
-        that did not approve, or fails, drops out while the threshold holds)."""
-        plan = self._plan()
+    def _relay(self, last_call: int, bar: Any) -> SecureRelay:
+        """The relay of this run's secure calls (a partner that did not approve, or fails,
+        drops out of a round while the threshold holds)."""
 
         def call_all(requests: dict[str, dict]) -> dict[str, dict]:
             names = list(requests)
             replies = self.pool.map(lambda h, c: self._call_one(h, c, requests[h]), names)
             return dict(zip(names, replies, strict=True))
 
+        return SecureRelay(call_all, self._plan(), last_call, _phase_shown(bar))
+
+    def _secure_call(
+        self, relay: SecureRelay, state: Checkpoint, weights: dict, edges: list | None
+    ) -> SecureOutcome:
         try:
-            return run_secure_round(call_all, plan, round_, weights, edges, _phase_shown(bar))
+            return relay.call(state.next_round, weights, edges)
         except SecureRoundError as error:
             raise StudyError(
                 f"{error} The checkpoint is kept: fed.resume({self.id!r}) continues here once "

@@ -45,7 +45,7 @@ def test_a_hospital_lost_after_the_keys_drops_out_and_the_rest_complete(
     base = relay(secure_trio, secure_tables, plan)
 
     def call_all(requests):
-        if any(r.get("phase") == "mask" for r in requests.values()):
+        if any(sub.get("phase") == "mask" for r in requests.values() for sub in r["batch"]):
             lost["n"] += 1
             requests = {n: r for n, r in requests.items() if n != "hospital-c"}
             replies = base(requests)
@@ -185,3 +185,40 @@ def test_the_relay_announces_each_phase_as_it_begins(secure_trio, secure_tables)
         on_phase=phases.append,
     )
     assert phases == ["advertise", "share", "mask", "unmask"]
+
+
+def test_the_relay_takes_two_syft_calls_a_round_once_it_runs(secure_trio, secure_tables) -> None:
+    # Prepare: a 2-round study (3 calls), the transport counting syft calls per hospital
+    from scientist.secure_round import SecureRelay
+
+    plan = secure_plan(secure_trio["keys"])
+    base = relay(secure_trio, secure_tables, plan)
+    calls: list[dict] = []
+
+    def counting(requests: dict) -> dict:
+        calls.append(requests)
+        return base(requests)
+
+    relay_ = SecureRelay(counting, Plan.from_dict(plan), last_call=3)
+    weights = initial_weights(CONFIG)
+    # Execute
+    for round_ in (1, 2, 3):
+        outcome = relay_.call(round_, weights, None)
+        weights = outcome.average if outcome.average is not None else weights
+    # Assert: two calls to start, then two per call (the next rounds' phases ride along)
+    assert len(calls) == 2 + 2 * 3
+    assert outcome.counts is not None and outcome.contributors == list(NAMES)
+    batched = [sub["phase"] for sub in calls[2]["hospital-a"]["batch"]]
+    assert batched == ["mask", "share"]
+
+
+def test_a_batch_is_answered_call_by_call(secure_trio, secure_tables) -> None:
+    plan = secure_plan(secure_trio["keys"])
+    call_all = relay(secure_trio, secure_tables, plan)
+    batch = [{"round": 1, "phase": "advertise"}, {"round": 99, "phase": "advertise"}]
+    reply = call_all({"hospital-a": {"batch": batch}})["hospital-a"]
+    assert "advert" in reply["batch"][0] and reply["batch"][1]["refused"] == "SecureRefusal"
+    nested = call_all({"hospital-a": {"batch": [{"batch": []}]}})["hospital-a"]
+    assert nested["refused"] == "RequestError" and "none of them a batch" in nested["error"]
+    too_many = call_all({"hospital-a": {"batch": batch * 2}})["hospital-a"]
+    assert too_many["refused"] == "RequestError"
