@@ -385,8 +385,10 @@ def _once(
     round_: int,
     event: Any,
     compute: Callable[[], dict[str, Any]],
+    masked: bool = False,
 ) -> dict[str, Any]:
     """Make a release at most once: a repeat returns the recorded result and spends nothing.
+    `masked`: the release leaves only inside a secure study's masked vector (audited so).
 
     The release is charged before it is computed (`Ledger.claim`), so a computation that
     fails, whatever made it fail, has spent its epsilon: a failure is never a free query.
@@ -408,7 +410,7 @@ def _once(
         return _claimed_elsewhere(hospital, study_id, kind, round_)
     result = compute()
     ledger.complete(study_id, kind, round_, pickle.dumps(result))
-    _audit_release(hospital, study_id, kind, round_, result)
+    _audit_release(hospital, study_id, kind, round_, result, masked)
     return result
 
 
@@ -425,10 +427,18 @@ def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int
 
 
 def _audit_release(
-    hospital: Hospital, study_id: str, kind: str, round_: int, result: dict[str, Any]
+    hospital: Hospital,
+    study_id: str,
+    kind: str,
+    round_: int,
+    result: dict[str, Any],
+    masked: bool = False,
 ) -> None:
-    """What left the hospital: sample count and weights digest, or the evaluation's noise."""
+    """What left the hospital: sample count and weights digest, or the evaluation's noise;
+    for a secure study, that it left masked (the `secure_phase` entry has what was sent)."""
     spent = {"epsilon_study": hospital.ledger.study_spent(study_id)}
+    if masked:
+        spent["released"] = "masked (secure aggregation): only sums are readable"
     if kind == "train":
         digest = weights_digest(result["weights"])
         hospital.audit.append(
@@ -476,7 +486,8 @@ def _train(
         # released: progress is shown by the noised test loss of each evaluation instead.
         return {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
 
-    return _once(hospital, plan.study_id, "train", round_, record.budget().train, compute)
+    event = record.budget().train
+    return _once(hospital, plan.study_id, "train", round_, event, compute, plan.secure)
 
 
 def _evaluate(
@@ -492,7 +503,8 @@ def _evaluate(
         # self-describing, also when a repeated call returns the recorded one.
         return {**released, "edges": scored[1].tolist(), "after_round": after}
 
-    return _once(hospital, plan.study_id, "eval", after, record.budget().evaluation, compute)
+    event = record.budget().evaluation
+    return _once(hospital, plan.study_id, "eval", after, event, compute, plan.secure)
 
 
 def _release(counts: Any, losses: np.ndarray, sigma: float) -> dict[str, Any]:

@@ -222,3 +222,17 @@ def test_a_batch_is_answered_call_by_call(secure_trio, secure_tables) -> None:
     assert nested["refused"] == "RequestError" and "none of them a batch" in nested["error"]
     too_many = call_all({"hospital-a": {"batch": batch * 2}})["hospital-a"]
     assert too_many["refused"] == "RequestError"
+
+
+def test_the_audit_says_a_secure_release_left_masked(secure_trio, secure_tables) -> None:
+    from datasites.site.audit import AuditLog
+
+    plan = secure_plan(secure_trio["keys"])
+    run_secure_round(
+        relay(secure_trio, secure_tables, plan), Plan.from_dict(plan), 1, initial_weights(CONFIG)
+    )
+    entries = list(AuditLog.open(secure_trio["roots"]["hospital-a"]).entries())
+    rounds = [e for e in entries if e["event"] == "round_executed"]
+    phases = [e["phase"] for e in entries if e["event"] == "secure_phase"]
+    assert rounds and rounds[0]["released"].startswith("masked")
+    assert phases == ["advertise", "share", "mask", "unmask"]
