@@ -412,6 +412,13 @@ def test_round_sum_is_exact_in_the_ring(dropped):
     assert np.array_equal(result.total, ring_sum(inputs[u] for u in survivors))
 
 
+@pytest.mark.parametrize("parties", [2, 3, 7, 20])
+def test_masks_cancel_exactly_for_2_to_20_parties(parties):
+    inputs = {u: random_ring(64) for u in range(1, parties + 1)}
+    result = run_round(inputs, parties // 2 + 1, set(), study_id="cancel", round_=1)
+    assert np.array_equal(result.total, ring_sum(inputs.values()))
+
+
 def test_round_survives_a_silent_survivor():
     inputs = {u: random_ring(50) for u in range(1, 6)}
     result = run_round(inputs, 3, {2}, drop_before_unmasking={5})
