@@ -271,17 +271,7 @@ class Study:
             entry = _entry(state.history, round_ - 1)
             entry.update(metrics=metrics, loss=metrics["loss"], edges=_plain(outcome.edges))
         if outcome.average is not None:
-            state.weights, state.momentum = fedavgm(
-                state.weights,
-                [(outcome.average, outcome.n)],
-                state.momentum,
-                server_lr=self.config.server_lr,
-                server_momentum=self.config.server_momentum,
-            )
-            if self.config.average_decay:
-                state.average = weight_average(
-                    state.average, state.weights, self.config.average_decay
-                )
+            self._aggregate(state, [(outcome.average, outcome.n)])
             entry = _entry(state.history, round_)
             entry["hospitals"] = outcome.epsilon
             entry["n"] = outcome.n
@@ -312,6 +302,18 @@ class Study:
         value.setdefault("hospital", hospital)
         return value
 
+    def _aggregate(self, state: Checkpoint, updates: list[tuple[dict, int]]) -> None:
+        """The server step: FedAvg(M) of (weights, n) updates, then the running average."""
+        state.weights, state.momentum = fedavgm(
+            state.weights,
+            updates,
+            state.momentum,
+            server_lr=self.config.server_lr,
+            server_momentum=self.config.server_momentum,
+        )
+        if self.config.average_decay:
+            state.average = weight_average(state.average, state.weights, self.config.average_decay)
+
     def _absorb(self, state: Checkpoint, replies: dict[str, dict]) -> None:
         round_ = state.next_round
         released = [r["evaluation"] for r in replies.values() if "evaluation" in r]
@@ -323,17 +325,7 @@ class Study:
             entry["edges"] = _plain(released[0].get("edges"))
         trained = {h: r["train"] for h, r in replies.items() if "train" in r}
         if trained:
-            state.weights, state.momentum = fedavgm(
-                state.weights,
-                [(t["weights"], t["n"]) for t in trained.values()],
-                state.momentum,
-                server_lr=self.config.server_lr,
-                server_momentum=self.config.server_momentum,
-            )
-            if self.config.average_decay:
-                state.average = weight_average(
-                    state.average, state.weights, self.config.average_decay
-                )
+            self._aggregate(state, [(t["weights"], t["n"]) for t in trained.values()])
             n = sum(t["n"] for t in trained.values())
             entry = _entry(state.history, round_)
             entry["hospitals"] = {

@@ -35,12 +35,6 @@ SECURE_EHR = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def operators(federation: Launch) -> dict[str, Operator]:
-    names = [h["name"] for h in federation.credentials()["hospitals"]]
-    return {name: Operator.open(federation.data_dir, name) for name in names}
-
-
 def approve_all(study: Study, operators: dict[str, Operator]) -> None:
     for hospital, request_id in study.requests.items():
         operators[hospital].approve(request_id)

@@ -34,12 +34,6 @@ SMALL_EHR = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def operators(federation: Launch) -> dict[str, Operator]:
-    names = [h["name"] for h in federation.credentials()["hospitals"]]
-    return {name: Operator.open(federation.data_dir, name) for name in names}
-
-
 def decide(
     study: Study, operators: dict[str, Operator], deny: dict[str, str] | None = None
 ) -> None:
