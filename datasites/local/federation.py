@@ -246,8 +246,8 @@ class LocalFederation:
     def start(self) -> None:
         """Start every datasite in parallel and provision them; stop all on any failure."""
         try:
-            self.register_partners()
             for config in self.configs:
+                Identity.load_or_create(config.identity_path, config.name)
                 process = DatasiteProcess(config)
                 process.start()
                 self.processes.append(process)
@@ -257,6 +257,8 @@ class LocalFederation:
             with quiet(), ThreadPoolExecutor(max_workers=len(self.configs)) as pool:
                 results = list(pool.map(self._ready_and_provision, self.processes))
             self.manifests = dict(zip([c.name for c in self.configs], results, strict=True))
+            # Once every datasite started with its identity (a bad one fails there, named).
+            self.register_partners()
             self.write_federation_files()
         except BaseException:
             self.stop()
