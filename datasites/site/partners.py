@@ -34,7 +34,8 @@ def load_partners(root: Path) -> dict[str, str]:
 
 
 def write_partners(root: Path, partners: Mapping[str, str]) -> None:
-    write_json(Path(root) / PARTNERS_FILE, dict(sorted(partners.items())), mode=0o644)
+    # Owner-only like everything in the hospital folder (the store check flags the rest).
+    write_json(Path(root) / PARTNERS_FILE, dict(sorted(partners.items())), mode=0o600)
 
 
 def partner_violations(
