@@ -75,17 +75,37 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# Times a datasite that dies on its own is started again before it ends the launch.
+MAX_RESTARTS = 3
+
+
 def serve(federation: LocalFederation) -> int:
-    """Wait for SIGINT/SIGTERM; a datasite that dies on its own ends the launch."""
+    """Wait for SIGINT/SIGTERM, restarting a datasite that dies on its own.
+
+    Its state is on disk (accounts, ledger, audit, pending requests, a secure study's
+    answers), so it comes back as it was, and the others keep serving meanwhile: a secure
+    study's round completes without it while its threshold holds, and it rejoins a later
+    round. Past MAX_RESTARTS for one hospital, the launch ends.
+    """
+    restarts: dict[str, int] = {}
     while True:
-        failed = federation.failed()
-        if failed:
-            names = ", ".join(p.config.name for p in failed)
+        for process in federation.failed():
+            name = process.config.name
+            restarts[name] = restarts.get(name, 0) + 1
+            if restarts[name] > MAX_RESTARTS:
+                print(
+                    f"error: {name} stopped unexpectedly {MAX_RESTARTS + 1} times; see "
+                    f"{process.config.log_path}.",
+                    file=sys.stderr,
+                )
+                return 1
             print(
-                f"error: {names} stopped unexpectedly; see {failed[0].config.log_path}.",
+                f"warning: {name} stopped unexpectedly; restarting it ({restarts[name]} of "
+                f"{MAX_RESTARTS}); see {process.config.log_path}.",
                 file=sys.stderr,
+                flush=True,
             )
-            return 1
+            process.start()
         time.sleep(0.5)
 
 
