@@ -250,8 +250,9 @@ def _releases(
     are encoded and the study registered only when a release is asked for."""
 
     def trained(round_: int, weights: dict) -> dict[str, Any]:
-        if not isinstance(weights, dict):
-            raise RequestError("weights must be a dict of parameter name to array.")
+        # Checked on every call, also a repeat that returns the recorded release: the
+        # masked update is taken against these weights.
+        _model(plan, weights)
         record, features, labels = prepare()
         return _train(hospital, plan, record, round_, weights, features, labels)
 

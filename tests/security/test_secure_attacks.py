@@ -141,3 +141,28 @@ def test_a_forged_advert_is_refused(secure_trio, secure_tables) -> None:
     request = {"round": 1, "phase": "share", "adverts": {**adverts, ids["hospital-c"]: old}}
     reply = call_all({"hospital-a": request})["hospital-a"]
     assert reply["refused"] == "SecureRefusal" and "invalid signature" in reply["error"]
+
+
+def test_hostile_weights_in_a_repeated_mask_call_are_refused_by_name(
+    secure_trio, secure_tables
+) -> None:
+    # Prepare: a completed round; the relay then repeats hospital-a's mask call (whose
+    # training is recorded) with weights of the wrong shape and of absurd size
+    plan_dict = secure_plan(secure_trio["keys"])
+    call_all = relay(secure_trio, secure_tables, plan_dict)
+    weights = initial_weights(CONFIG)
+    ids, adverts, _ = _phases_until_mask(call_all, Plan.from_dict(plan_dict), weights)
+    share = {"round": 1, "phase": "share", "adverts": adverts}
+    shared = call_all({n: share for n in NAMES})  # the stored answers, given again
+    inbox = {ids[s]: r["shares"][ids["hospital-a"]] for s, r in shared.items() if s != "hospital-a"}
+    name = next(iter(weights))
+    for hostile in (
+        {**weights, name: np.full((3, 3), 1234.5, np.float32)},
+        {**weights, name: np.full(weights[name].shape, 1e30, np.float32)},
+        "not weights",
+    ):
+        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": hostile}
+        reply = call_all({"hospital-a": request})["hospital-a"]
+        # Assert: refused in the scientist's own terms, no value echoed, no incident
+        assert reply["refused"] == "SecureRefusal" and "weight" in reply["error"], reply
+        assert "1234" not in reply["error"] and "incident" not in reply["error"]
