@@ -1,6 +1,6 @@
 """What secure aggregation costs a round, against plain FedAvg, measured in one run.
 
-`python benchmarks/secure_aggregation.py [--hospitals 5] [--rounds 4] [--widths 16,72]`
+`python benchmarks/secure_aggregation.py [--hospitals 5] [--rounds 10] [--widths 16,72]`
 
 For each `pathmnist_cnn` width (16: about 57,000 parameters; 72: about 1 million), one
 launch.py federation serves a plain study and then the same study aggregated securely, one
@@ -108,7 +108,7 @@ def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hospitals", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--widths", default="16,72")

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SESSION_BASE_PORT = 18181
+# Overridable so that two test runs on one machine (helpers, CI) do not fight over ports.
+SESSION_BASE_PORT = int(os.environ.get("FEDERATION_TEST_BASE_PORT", "18181"))
 SESSION_HOSPITALS = 3
 # Many studies share the session's datasites; a roomy cap keeps them from exhausting each
 # other's budget (tests of the cap itself ask for more than this).

@@ -164,6 +164,14 @@ def epsilon(events: Iterable[DpEvent], delta: float) -> float:
         return 0.0
     if any(steps > MAX_COMPOSED_STEPS for _, _, steps in history):
         return math.inf
+    return _composed_epsilon(tuple(history), delta)
+
+
+@lru_cache(maxsize=1024)
+def _composed_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """The PLD figure of one canonical history. A ledger recomposes the same history on
+    every check of a call (FFT compositions, most of the accounting's time); the figure is a
+    pure function of the history and delta, so it is kept."""
     composed = None
     for sigma, q, steps in history:
         one = _pld_per_step(sigma, q)

@@ -160,8 +160,28 @@ def cache_blob_reads(cache: BlobCache | None = None) -> BlobCache:
     return cache
 
 
+# What a datasite's array reprs show: a few edge values, never the whole array.
+ARRAY_REPR_THRESHOLD = 16
+ARRAY_REPR_EDGE_ITEMS = 2
+
+
+def summarize_array_reprs() -> None:
+    """Make numpy summarize every array it formats in the datasite process.
+
+    syft formats the data of each `ActionObject` whenever one is built, including every read
+    from its store (`ActionObject.__check_action_data` computes `repr` and `str` of the data,
+    then keeps 100 characters), and formats each API call for a log line that is not
+    written. A study's weights are a dict of arrays each below numpy's 1,000-element
+    summary threshold, so every value was printed in full: about a sixth of a datasite's
+    CPU per study call (benchmarks/README.md, secure_aggregation). Nothing in the datasite
+    shows an array to a person, and syft keeps only the first characters anyway.
+    """
+    np.set_printoptions(threshold=ARRAY_REPR_THRESHOLD, edgeitems=ARRAY_REPR_EDGE_ITEMS)
+
+
 def apply_all() -> None:
     """Every fix, in the order the datasite needs them (before its tables exist)."""
     store_uuids_as_text()
     skip_walking_bytes()
     cache_blob_reads()
+    summarize_array_reprs()

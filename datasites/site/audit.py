@@ -67,9 +67,14 @@ class Event(StrEnum):
     REFUSED = "refused"  # a call, login or request refused at any layer
     INCIDENT = "incident"  # an unexpected error inside the runtime (details in the log)
     ACCOUNT_REGISTERED = "account_registered"
+    ACCOUNT_ADDED = "account_added"  # `scientists add` (the email, never the password)
+    ACCOUNT_REMOVED = "account_removed"  # `scientists remove`: login and every call refused
+    PASSWORD_RESET = "password_reset"  # `scientists reset-password`: the old password refused
     KEYS_ROTATED = "keys_rotated"  # new keys written, applied at the next start
     KEYS_APPLIED = "keys_applied"
     STORE_PERMISSIONS_FIXED = "store_permissions_fixed"  # a widened folder was made private
+    PARTNER_ADDED = "partner_added"  # a hospital registered for secure studies (partners.json)
+    PARTNER_REMOVED = "partner_removed"
 
 
 RESERVED = ("seq", "time", "event", "prev", "hash")

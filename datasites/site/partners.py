@@ -12,12 +12,20 @@ each other.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from datasites.contract.files import write_json
+from datasites.contract.plan import HOSPITAL_NAME
+from datasites.site.audit import AuditLog, Event
 
 PARTNERS_FILE = "partners.json"
+_VERIFY_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PartnerError(ValueError):
+    """A partner change that cannot be made; one sentence says why."""
 
 
 def load_partners(root: Path) -> dict[str, str]:
@@ -53,3 +61,47 @@ def partner_violations(
         elif registered[name] != key:
             out.append(f"the plan names a key for {name} that is not its registered key")
     return out
+
+
+def register_partner(root: Path, own_name: str, name: str, key: str) -> bool:
+    """Register (or re-key) partner `name`; audited. False if it was already so registered.
+
+    The key is what the partner's operator read from `python -m datasites init` (or
+    `partners list` there), handed over out of band like an invitation.
+    """
+    if not isinstance(name, str) or not HOSPITAL_NAME.match(name):
+        raise PartnerError(
+            "a partner's name is lowercase letters, digits and dashes, starting with a letter."
+        )
+    if name == own_name:
+        raise PartnerError(f"{own_name} cannot register itself as its own partner.")
+    key = key.strip().lower() if isinstance(key, str) else ""
+    if not _VERIFY_KEY.match(key):
+        raise PartnerError(
+            "a verify key is 64 hex digits; copy it from the partner's `datasites init` output."
+        )
+    partners = load_partners(root)
+    if partners.get(name) == key:
+        return False
+    used_by = [other for other, k in partners.items() if k == key and other != name]
+    if used_by:
+        raise PartnerError(
+            f"that key is already registered for {used_by[0]}; each hospital has its own key."
+        )
+    previous = partners.get(name)
+    write_partners(root, partners | {name: key})
+    AuditLog.open(root).append(
+        Event.PARTNER_ADDED, partner=name, verify_key=key, replaced=previous is not None
+    )
+    return True
+
+
+def remove_partner(root: Path, name: str) -> bool:
+    """Forget partner `name`; audited. Its studies are refused from the next call on."""
+    partners = load_partners(root)
+    if name not in partners:
+        return False
+    key = partners.pop(name)
+    write_partners(root, partners)
+    AuditLog.open(root).append(Event.PARTNER_REMOVED, partner=name, verify_key=key)
+    return True
