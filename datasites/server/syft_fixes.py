@@ -160,23 +160,28 @@ def cache_blob_reads(cache: BlobCache | None = None) -> BlobCache:
     return cache
 
 
-# What a datasite's array reprs show: a few edge values, never the whole array.
-ARRAY_REPR_THRESHOLD = 16
-ARRAY_REPR_EDGE_ITEMS = 2
+def _shape_only(array: np.ndarray) -> str:
+    return f"array(shape={array.shape}, dtype={array.dtype})"
 
 
 def summarize_array_reprs() -> None:
-    """Make numpy summarize every array it formats in the datasite process.
+    """Make every array's repr and str in the datasite process its shape and dtype only.
 
     syft formats the data of each `ActionObject` whenever one is built, including every read
     from its store (`ActionObject.__check_action_data` computes `repr` and `str` of the data,
     then keeps 100 characters), and formats each API call for a log line that is not
     written. A study's weights are a dict of arrays each below numpy's 1,000-element
-    summary threshold, so every value was printed in full: about a sixth of a datasite's
-    CPU per study call (benchmarks/README.md, secure_aggregation). Nothing in the datasite
-    shows an array to a person, and syft keeps only the first characters anyway.
+    summary threshold, so every value was printed in full, several times per call: about a
+    sixth of a datasite's CPU per study call (benchmarks/README.md, secure_aggregation);
+    numpy's summarized format still cost half of that. Nothing in the datasite shows an
+    array to a person, and a repr that carries no values cannot leak private ones into a
+    log line or an error message either.
     """
-    np.set_printoptions(threshold=ARRAY_REPR_THRESHOLD, edgeitems=ARRAY_REPR_EDGE_ITEMS)
+    if hasattr(np, "set_string_function"):  # numpy 1.x (pinned); removed in numpy 2
+        np.set_string_function(_shape_only, repr=True)
+        np.set_string_function(_shape_only, repr=False)
+    else:  # pragma: no cover - numpy 2: formatting still happens, but summarized
+        np.set_printoptions(threshold=16, edgeitems=1)
 
 
 def apply_all() -> None:
