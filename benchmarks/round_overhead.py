@@ -61,6 +61,7 @@ def federated_rounds(args: argparse.Namespace, data_dir: Path) -> tuple[Any, lis
         batch_size=args.batch_size,
         lr=args.lr,
         eval_every=args.rounds,
+        aggregation=args.aggregation,
         dp=DPConfig(epsilon=args.epsilon),
     )
     study = fed.submit(config)
@@ -131,6 +132,12 @@ def main() -> int:
         help="torch threads of the sequential run (1, as in each datasite)",
     )
     p.add_argument("--base-port", type=int, default=8181)
+    p.add_argument(
+        "--aggregation",
+        choices=("plain", "secure"),
+        default="plain",
+        help="plain (default: the figures in benchmarks/README.md) or secure",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="round-overhead-") as tmp:
         data_dir = Path(tmp) / "datasites"
@@ -150,6 +157,7 @@ def main() -> int:
                 "scale": args.scale,
                 "hospitals": args.hospitals,
                 "local_epochs": args.local_epochs,
+                "aggregation": args.aggregation,
                 "federated_round_s": round(federated, 2),
                 "federated_rounds_s": [round(r, 2) for r in rounds],
                 "sequential_round_s": round(sequential, 2),
