@@ -171,13 +171,27 @@ def _html_table(rows: dict[str, str]) -> str:
 
 
 def _url(data_dir: Path, hospital: str) -> str:
+    """The hospital's URL: from the local federation's file, else from the hospital's own
+    `site.json` (written by `init` and `serve` for a hospital that runs on its own)."""
+    from datasites.site.paths import SITE_FILE, SiteSettings
+
     path = data_dir / FEDERATION_FILE
-    if not path.exists():
-        raise OperatorError(f"{path} does not exist; start the datasites with python launch.py.")
-    for entry in json.loads(path.read_text())["hospitals"]:
-        if entry["name"] == hospital:
-            return entry["url"]
-    raise OperatorError(f"{hospital} is not in {path}; check --hospital.")
+    if path.exists():
+        for entry in json.loads(path.read_text())["hospitals"]:
+            if entry["name"] == hospital:
+                return entry["url"]
+    try:
+        site = SiteSettings.read_root(data_dir / hospital)
+    except ValueError as error:
+        raise OperatorError(str(error)) from None
+    if site is not None:
+        return site.url
+    if path.exists():
+        raise OperatorError(f"{hospital} is not in {path}; check --hospital.")
+    raise OperatorError(
+        f"{path} does not exist and {hospital} has no {SITE_FILE}; start it with python "
+        "launch.py or python -m datasites serve."
+    )
 
 
 class Operator:
@@ -194,6 +208,13 @@ class Operator:
         self._rows: dict[str, int] = {}
         self._read: dict[str, _Read] = {}
         self._users: dict[str, tuple[str, str]] = {}
+        self._url = ""  # set by `open`, which read it from the federation file
+
+    @property
+    def url(self) -> str:
+        """The datasite's URL as its federation file lists it ("" when the operator was not
+        made by `open`): what an invitation tells a scientist to connect to."""
+        return self._url
 
     @cached_property
     def site(self) -> Site:
@@ -240,9 +261,29 @@ class Operator:
         root = data_dir / hospital
         if not (root / IDENTITY_FILE).exists():
             raise OperatorError(f"{root} holds no datasite; check --data-dir and --hospital.")
+        from urllib.parse import urlsplit
+
+        from datasites.site.paths import SiteSettings
+
         url = _url(data_dir, hospital)
-        port = int(url.rsplit(":", 1)[1])
-        config = HospitalConfig(name=hospital, port=port, data_dir=data_dir)
+        parts = urlsplit(url)
+        try:  # https: the operator trusts exactly the certificate in the hospital's folder
+            site = SiteSettings.read_root(root)
+            if site is not None and site.url == url:
+                # Reached at the address it serves on: its public DNS name (the URL that
+                # invitations carry) need not resolve on the hospital's own machine.
+                host, port, tls = site.host, site.port, site.tls
+            else:
+                host, port = parts.hostname or "", int(parts.port or 0)
+                tls = parts.scheme == "https"
+            config = HospitalConfig(hospital, port, data_dir, host=host, tls=tls)
+        except ValueError as error:
+            raise OperatorError(f"{hospital}'s URL {url!r} cannot be used: {error}") from None
+        if config.tls and not config.tls_cert_path.exists():
+            raise OperatorError(
+                f"{hospital} is served over TLS but {config.tls_cert_path} is missing; "
+                "restore it from the hospital's backup."
+            )
         identity = Identity.load_or_create(config.identity_path, hospital)
         from datasites.server.admin_key import admin_client
 
@@ -251,9 +292,12 @@ class Operator:
                 client = admin_client(config, identity)
         except Exception:
             raise OperatorError(
-                f"{hospital} does not answer at {url}; start it with python launch.py."
+                f"{hospital} does not answer at {url}; start it with python launch.py or "
+                "python -m datasites serve."
             ) from None
-        return cls(root, client, name)
+        operator = cls(root, client, name)
+        operator._url = url
+        return operator
 
     # -- requests ----------------------------------------------------------------------
 

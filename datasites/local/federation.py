@@ -25,7 +25,15 @@ from datasites.contract.syft_io import quiet
 from datasites.contract.untrusted import shown
 from datasites.local.process import DatasiteProcess
 from datasites.local.seeding import DataPlan, load_real_inputs, plan_sources
-from datasites.server.provision import provision
+from datasites.local.setup import (
+    SCALES,
+    SetupError,
+    check_writable,
+    ready_and_provision,
+    secure_store,
+    start_datasite,
+    write_policy_defaults,
+)
 from datasites.server.sources import has_sources
 from datasites.site.identity import Identity, write_private_json
 from datasites.site.partners import write_partners
@@ -38,21 +46,15 @@ from datasites.site.paths import (
     SETTINGS_FILE,
     HospitalConfig,
 )
-from datasites.site.permissions import (
-    StoreError,
-    record_widened,
-    rotate_advice,
-    secure_hospital_folder,
-)
-from datasites.site.policy import Policy
 from synthetic.populations import POPULATIONS
 
-SCALES = ("small", "full")
+__all__ = ["SCALES", "LaunchError", "LaunchSettings", "LocalFederation", "check_writable"]
+
 MAX_HOSPITALS = 26 * 27
 
-
-class LaunchError(RuntimeError):
-    """Bad input or a failed start; the message is one sentence for the operator."""
+# Bad input or a failed start, one sentence for the operator: the launcher and `init` share
+# their per-hospital steps (`datasites.local.setup`), and so the error they raise.
+LaunchError = SetupError
 
 
 def hospital_name(index: int) -> str:
@@ -117,18 +119,6 @@ class LaunchSettings:
             "ehr_csv": str(self.ehr_csv) if self.ehr_csv else None,
             "pathmnist_npz": str(self.pathmnist_npz) if self.pathmnist_npz else None,
         } | ({"population": self.population} if self.population != "default" else {})
-
-
-def check_writable(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise LaunchError(
-            f"cannot write to data dir {data_dir} ({error.strerror}); choose another --data-dir."
-        ) from None
 
 
 def check_ports_free(configs: list[HospitalConfig]) -> None:
@@ -198,7 +188,7 @@ class LocalFederation:
         check_same_data(self.settings)
         self.secure_stores(warn=True)
         for config in self.configs:
-            Policy.write_default(config.root)
+            write_policy_defaults(config)
         missing = [c for c in self.configs if not has_sources(c)]
         if missing:
             plan = DataPlan(
@@ -213,22 +203,9 @@ class LocalFederation:
         self.secure_stores(warn=False)
 
     def secure_stores(self, *, warn: bool) -> None:
-        """Make every hospital folder owner-only (see `datasites.site.permissions`).
-
-        With `warn`, a hospital that already had keys (an identity) and whose folder was
-        readable by others gets a warning line and an audit entry: its keys may have been
-        copied. Without, what this launch just created is narrowed silently.
-        """
+        """Make every hospital folder owner-only (`datasites.local.setup.secure_store`)."""
         for config in self.configs:
-            had_keys = config.identity_path.exists()
-            config.root.mkdir(mode=0o700, exist_ok=True)
-            try:
-                widened = secure_hospital_folder(config.root)
-            except StoreError as error:
-                raise LaunchError(f"{config.name}: {error}") from None
-            if warn and widened and had_keys:
-                self.log(rotate_advice(config.name, self.settings.data_dir, widened))
-                record_widened(config.root, widened)
+            secure_store(config, warn=warn, log=self.log)
 
     def _take_lock(self) -> None:
         """One launcher per data dir: two would fight over the same databases."""
@@ -247,15 +224,12 @@ class LocalFederation:
         """Start every datasite in parallel and provision them; stop all on any failure."""
         try:
             for config in self.configs:
-                Identity.load_or_create(config.identity_path, config.name)
-                process = DatasiteProcess(config)
-                process.start()
-                self.processes.append(process)
+                self.processes.append(start_datasite(config))
             self.log(f"starting {len(self.configs)} datasites on {LOOPBACK} ...")
             # syft prints banners and upload bars from every thread; silence them once here
             # (swapping stdout inside worker threads would race).
             with quiet(), ThreadPoolExecutor(max_workers=len(self.configs)) as pool:
-                results = list(pool.map(self._ready_and_provision, self.processes))
+                results = list(pool.map(ready_and_provision, self.processes))
             self.manifests = dict(zip([c.name for c in self.configs], results, strict=True))
             # Once every datasite started with its identity (a bad one fails there, named).
             self.register_partners()
@@ -274,12 +248,6 @@ class LocalFederation:
         }
         for config in self.configs:
             write_partners(config.root, keys)
-
-    def _ready_and_provision(self, process: DatasiteProcess) -> dict[str, Any]:
-        process.wait_ready()
-        config = process.config
-        identity = Identity.load_or_create(config.identity_path, config.name)
-        return provision(config, identity)
 
     def write_federation_files(self) -> None:
         hospitals = [{"name": c.name, "url": c.url} for c in self.configs]

@@ -8,6 +8,7 @@ the same kinds of heterogeneity.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,24 @@ class DataPlan:
 
     def sizes(self, key: str) -> np.ndarray:
         return hospital_sizes(self.totals()[key], self.hospitals, self.seed)
+
+
+def hospital_seed(seed: int, hospital: str) -> int:
+    """The seed of one hospital set up on its own (`python -m datasites init`).
+
+    A federation draws all its hospitals from one seed, each by its index; a hospital set
+    up alone is always index 0 of a federation of one, so its seed also depends on its
+    name: two hospitals initialised with the same --seed get different data, and the same
+    name and seed always the same data. Kept below 10**6 so the generators' derived seeds
+    stay within numpy's 32-bit legacy range.
+    """
+    digest = hashlib.sha256(f"{seed}/{hospital}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 1_000_000
+
+
+def single_hospital_plan(hospital: str, scale: str, seed: int, alpha: float) -> DataPlan:
+    """The data plan of one hospital set up on its own: a federation of one."""
+    return DataPlan(1, scale, hospital_seed(seed, hospital), alpha)
 
 
 @dataclass(frozen=True)

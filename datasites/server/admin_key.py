@@ -16,9 +16,12 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datasites.contract.invitation import certificate_fingerprint
 from datasites.contract.syft_io import quiet
+from datasites.server.syft_client import guest_client
 
 if TYPE_CHECKING:
+    import requests
     from syft.server.datasite import Datasite
 
     from datasites.site.identity import Identity
@@ -53,15 +56,27 @@ def compact(database: Path) -> None:
 
 
 def admin_client(config: HospitalConfig, identity: Identity) -> Any:
-    """A syft client of the hospital's admin, signing with the key from identity.json."""
-    import syft as sy
+    """A syft client of the hospital's admin, signing with the key from identity.json.
+
+    Over TLS it trusts exactly the certificate in the hospital's own folder (pinned, no
+    CA); on loopback it is plain HTTP, with the same timeouts and retries.
+    """
     from syft.server.credentials import SyftSigningKey
 
-    host, port = config.url.rsplit(":", 1)
     with quiet():
-        guest = sy.login_as_guest(url=host, port=int(port))
+        guest = guest_client(config.url, hospital_session(config))
     return type(guest)(
         connection=guest.connection,
         metadata=guest.metadata,
         credentials=SyftSigningKey.from_string(identity.signing_key),
     )
+
+
+def hospital_session(config: HospitalConfig) -> requests.Session:
+    """The session the operator's tools reach their own datasite through."""
+    from datasites.contract.pinned_tls import pinned_session
+
+    if not config.tls:
+        return pinned_session(None, None)
+    pem = config.tls_cert_path.read_text()
+    return pinned_session(pem, certificate_fingerprint(pem))

@@ -15,7 +15,9 @@ before syft's dispatcher sees the call, and every refusal is an audit entry:
 - a request by anyone but the admin is applied only if it holds exactly one change, the
   approval of its own code; permission and role changes are the admin's alone;
 - every request and code submission is recorded with its requester, the number and kinds
-  of its changes and the SHA-256 of each code it carries.
+  of its changes and the SHA-256 of each code it carries;
+- one scientist never reads another's execution history (`OWN_OUTPUT_PATHS`); syft keeps
+  their requests, codes, jobs and results apart itself (tests/integration/test_accounts.py).
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ SCIENTIST_PATHS = frozenset(
         "migration._get_object",
     }
 )
+# syft answers these with the datasite's own key, not the caller's: any scientist who knows
+# another's code (or output policy) id would read its execution history (who ran it, when,
+# the ids of its inputs, results and jobs). A scientist keeps only their own executions.
+OWN_OUTPUT_PATHS = frozenset({"output.get_by_user_code_id", "output.get_by_output_policy_id"})
 CODE_PATHS = frozenset({"code.request_code_execution", "code.submit"})
 SUBMISSION_PATHS = CODE_PATHS | {"request.submit"}
 MESSAGE_CHARS = 200
@@ -168,7 +174,7 @@ class Guard:
                 return SyftError(message=f"refused by this hospital: {refusal}.")
             result = original(api_call, *args, **kwargs)
             self._record_submission(api_call, result)
-            return result
+            return self._own_outputs(api_call, result)
 
         self.worker.handle_api_call_with_unsigned_result = handle
         self._guard_apply()
@@ -186,6 +192,18 @@ class Guard:
         except Exception:
             log.exception("could not check an API call; refused")
             return "the call could not be checked"
+
+    def _own_outputs(self, api_call: Any, result: Any) -> Any:
+        """For `OWN_OUTPUT_PATHS` called by a scientist, only the caller's executions (syft
+        wraps the list in a `SyftSuccess`)."""
+        value = getattr(result, "value", None)
+        if str(api_call.message.path) not in OWN_OUTPUT_PATHS or not isinstance(value, list):
+            return result
+        if is_admin(_role(self.worker, api_call.credentials)):
+            return result
+        key = api_call.credentials
+        own = [o for o in value if getattr(o, "executing_user_verify_key", None) == key]
+        return result.model_copy(update={"value": own})
 
     def _who(self, credentials: Any) -> str:
         return caller(self.worker, credentials, unknown="guest")[0]

@@ -1,10 +1,13 @@
-"""Serve one hospital datasite in this process, on loopback only.
+"""Serve one hospital datasite in this process: on loopback, or over TLS on its address.
 
 syft's own `orchestra.launch` listens on 0.0.0.0 by default, forks a second process, keeps
 state in /tmp, and in non-dev mode gives the server a new random identity on every start
 (so nothing survives a restart). Here the hospital builds its `Datasite` itself: a fixed
 uid and signing key from `identity.json`, state under the hospital's own folder, the root
-login from the hospital's secrets, and uvicorn bound to 127.0.0.1.
+login from the hospital's secrets, and uvicorn bound to the config's host (127.0.0.1 for
+the local federation). A config with TLS is served with the certificate and key in the
+hospital's folder; `HospitalConfig` refuses a non-loopback host without TLS, so plain HTTP
+never leaves the machine.
 """
 
 from __future__ import annotations
@@ -116,7 +119,18 @@ def serve(config: HospitalConfig) -> None:
         port=config.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        **tls_options(config),
     )
+
+
+def tls_options(config: HospitalConfig) -> dict[str, str]:
+    """uvicorn's TLS arguments: the hospital's own certificate and key, or none on loopback.
+
+    Python's default server context already refuses anything older than TLS 1.2.
+    """
+    if not config.tls:
+        return {}
+    return {"ssl_certfile": str(config.tls_cert_path), "ssl_keyfile": str(config.tls_key_path)}
 
 
 def secure_store(config: HospitalConfig) -> None:
