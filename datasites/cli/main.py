@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _init_parser(command("init", "set up one hospital from its own files, with its TLS files"))
     serve = command("serve", "run one hospital datasite (loopback, or TLS on any address)")
-    serve.add_argument("--host", default=LOOPBACK, help="address to serve on (127.0.0.1)")
-    serve.add_argument("--port", type=int, required=True)
+    where = "(default: what init recorded in site.json, else 127.0.0.1)"
+    serve.add_argument("--host", help=f"address to serve on {where}")
+    serve.add_argument("--port", type=int, help="port (default: what init recorded)")
     _tls_arguments(serve)
     command("requests", "list code requests with their verdicts and plans")
     show = command("show", "everything about one request: verdict, plan, cost, code, diff")
@@ -146,10 +147,35 @@ def _init_lines(result: InitResult) -> list[str]:
     ]
 
 
+def _recorded_address(args: argparse.Namespace) -> str | None:
+    """Fill `--host`/`--port` left out from the hospital's site.json (written by init);
+    an error sentence if the port is still unknown."""
+    from datasites.site.paths import HospitalConfig, SiteSettings
+
+    recorded = None
+    if args.host is None or args.port is None:
+        try:
+            probe = HospitalConfig(name=args.hospital, port=1, data_dir=args.data_dir)
+            recorded = SiteSettings.read(probe)
+        except ValueError:
+            recorded = None
+    if args.host is None:
+        args.host = recorded.host if recorded else LOOPBACK
+    if args.port is None:
+        if recorded is None:
+            return "--port is needed: this hospital has no site.json from init to take it from."
+        args.port = recorded.port
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from datasites.site.paths import SiteSettings
     from datasites.site.tls import install_pair, serving_config
 
+    missing = _recorded_address(args)
+    if missing:
+        say(f"error: {missing}", file=sys.stderr)
+        return 2
     try:
         config, given = serving_config(
             args.hospital, args.data_dir, args.host, args.port, args.tls_cert, args.tls_key
