@@ -13,9 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from datasites.contract.health import is_up
+from datasites.contract.pinned_tls import NetworkPolicy
 from scientist.config import StudyConfig
-from scientist.connect import FederationError, HospitalLogin, Password, resolve_logins
+from scientist.connect import (
+    FederationError,
+    Password,
+    login_client,
+    prober,
+    resolve_logins,
+)
 from scientist.pool import HospitalPool, parallel
 from scientist.result import facts_html, names_text
 from scientist.study import Study
@@ -27,18 +33,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _login(login: HospitalLogin, timeout: float) -> Any:
-    import syft as sy
-
-    if not is_up(login.url, timeout):
-        raise FederationError(f"{login.label} is unreachable")
-    host, port = login.url.rsplit(":", 1)
-    try:
-        return sy.login(url=host, port=int(port), email=login.email, password=login.password)
-    except Exception:
-        raise FederationError(f"{login.label} refused the login for {login.email}") from None
-
-
 class Federation:
     """Connected hospitals, by name, each a syft client logged in as the scientist.
 
@@ -46,8 +40,16 @@ class Federation:
     connected through a local data dir, else `./studies`).
     """
 
-    def __init__(self, clients: dict[str, Any], emails: dict[str, str], workdir: Path) -> None:
-        self.pool = HospitalPool(clients, emails, Path(workdir))
+    def __init__(
+        self,
+        clients: dict[str, Any],
+        emails: dict[str, str],
+        workdir: Path,
+        network: NetworkPolicy | None = None,
+        probes: dict[str, Callable[[], None]] | None = None,
+    ) -> None:
+        network = network or NetworkPolicy()
+        self.pool = HospitalPool(clients, emails, Path(workdir), network, probes or {})
 
     @property
     def workdir(self) -> Path:
@@ -70,26 +72,38 @@ class Federation:
     @classmethod
     def connect(
         cls,
-        source: str | Path | Sequence[str] = ".datasites",
+        source: str | Path | Sequence[str | Path] = ".datasites",
         *,
         email: str | None = None,
         password: Password = None,
         timeout: float = 10.0,
         workdir: str | Path | None = None,
+        network: NetworkPolicy | None = None,
     ) -> Federation:
-        """Log in to every hospital in parallel; name every one that fails, in one error."""
+        """Log in to every hospital in parallel; name every one that fails, in one error.
+
+        `source` is a list of invitation files (or a folder of them), a local data dir or
+        federation file, or URLs (see `scientist.connect`). `timeout` bounds the first
+        probe of each hospital; `network` (`datasites.contract.pinned_tls.NetworkPolicy`)
+        sets every later call's connect and read timeouts and its retries: a hospital that
+        does not answer a study's call within `network.read_timeout` drops out of that round.
+        """
+        network = network or NetworkPolicy()
         logins = resolve_logins(source, email=email, password=password)
-        outcomes = parallel(lambda login: _try(_login, login, timeout), logins)
+        outcomes = parallel(lambda login: _try(login_client, login, network, timeout), logins)
         failures = [str(o) for o in outcomes if isinstance(o, FederationError)]
         if failures:
             raise FederationError(
                 f"could not connect to {len(failures)} of {len(logins)} hospitals: "
                 + "; ".join(failures)
-                + ". Check that their datasites are running (python launch.py) and the logins."
+                + ". Check that their datasites are running, their certificates and the logins."
             )
         clients = {client.name: client for client in outcomes}
-        emails = {client.name: login.email for client, login in zip(outcomes, logins, strict=True)}
-        return cls(clients, emails, Path(workdir) if workdir else _default_workdir(source))
+        pairs = list(zip(outcomes, logins, strict=True))
+        emails = {client.name: login.email for client, login in pairs}
+        probes = {client.name: prober(login, network) for client, login in pairs}
+        folder = Path(workdir) if workdir else _default_workdir(source)
+        return cls(clients, emails, folder, network, probes)
 
     @property
     def hospitals(self) -> list[str]:

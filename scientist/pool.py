@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from datasites.contract.pinned_tls import NetworkPolicy
 from datasites.contract.syft_io import quiet
-from scientist.connect import FederationError
+from scientist.connect import FederationError, network_reason
 
 T = TypeVar("T")
 
@@ -22,11 +23,14 @@ T = TypeVar("T")
 @dataclass
 class HospitalPool:
     """Each hospital's syft client and the scientist's email there; studies keep their
-    checkpoints under `workdir`."""
+    checkpoints under `workdir`; `network` is what every client's session was built with."""
 
     clients: dict[str, Any]
     emails: dict[str, str]
     workdir: Path
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    probes: dict[str, Callable[[], None]] = field(default_factory=dict)
+    """hospital -> one quick request that raises if it does not answer (`connect.prober`)."""
 
     @property
     def hospitals(self) -> list[str]:
@@ -39,6 +43,20 @@ class HospitalPool:
 
     def email(self, hospital: str) -> str:
         return self.emails[hospital]
+
+    def unanswered(self, hospital: str) -> str | None:
+        """Why the hospital does not answer now (None: it does, or it cannot be probed),
+        from one quick request to its public metadata route, pinned like every other and
+        bounded by the connect timeout: a hospital that went silent costs seconds, not a
+        whole read timeout, in each round it misses."""
+        check = self.probes.get(hospital)
+        if check is None:
+            return None
+        try:
+            check()
+        except Exception as error:
+            return network_reason(error, self.network) or "does not answer"
+        return None
 
     def map(self, fn: Callable[[str, Any], T], names: list[str] | None = None) -> list[T]:
         """fn(name, client) for the named hospitals (default: all) in parallel, in order."""

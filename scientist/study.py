@@ -7,11 +7,19 @@ FedAvgM with the config's server momentum) and sums the counts into metrics. Cal
 rounds + 1 only evaluates the final model. A checkpoint is written after every call, so
 `Federation.resume` continues at the next call and redoes nothing: a hospital asked again
 for a round it completed returns its recorded result.
+
+A hospital that stops answering (connection refused or reset, or no answer within the
+federation's read timeout) drops out of the call: it is named in a `HospitalDropped`
+warning and in the round's `dropped`, and the round completes without it while at least
+`min_hospitals` answered (a secure round: its threshold). Each later call first probes it
+quickly and calls it again once it answers, so it rejoins. A hospital's own refusal (an
+error it returns) is a decision, not a fault, and stops the study as before.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +33,7 @@ from datasites.contract.zoo import build_model, model_weights
 from scientist.bins import MockScorer
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
-from scientist.connect import FederationError
+from scientist.connect import FederationError, network_reason
 from scientist.fedavg import fedavgm, weight_average
 from scientist.intervals import binary_intervals, multiclass_intervals
 from scientist.metrics import binary_metrics, multiclass_metrics
@@ -39,6 +47,17 @@ if TYPE_CHECKING:
 
 class StudyError(FederationError):
     """A study could not go on; the message names the hospital and the reason."""
+
+
+class HospitalDropped(UserWarning):
+    """A hospital did not answer a call; the round went on without it."""
+
+
+UNREACHABLE = "unreachable"  # a reply's mark: the hospital did not answer
+BUSY = "busy"  # a reply's mark: it answered that an earlier call is computing this release
+# How a hospital's runtime says that a release is being computed by an earlier call (one
+# the scientist gave up waiting for): not a refusal, the next round asks again.
+CALL_AGAIN = "call again later"
 
 
 def initial_weights(config: StudyConfig) -> dict[str, np.ndarray]:
@@ -99,6 +118,9 @@ class Study:
         self.partners = partners or {}
         self._endpoints: dict[str, tuple[Any, Any]] = {}
         self._scorer: MockScorer | None = None
+        # Hospitals whose last call failed on the network: probed before the next one.
+        self._silent: set[str] = set()
+        self._reported: set[tuple[int, str]] = set()
 
     @property
     def function(self) -> str:
@@ -129,7 +151,18 @@ class Study:
         return pd.DataFrame(rows, columns=["hospital", "status", "reason"])
 
     def _status_of(self, hospital: str, client: Any) -> dict[str, str]:
-        for request in client.requests:
+        """One hospital's decision; `unreachable` (with why) when it does not answer: a
+        quick probe first, so a silent hospital costs seconds, not a read timeout."""
+        reason = self.pool.unanswered(hospital)
+        try:
+            requests = list(client.requests) if reason is None else []
+        except Exception as error:
+            reason = network_reason(error, self.pool.network)
+            if reason is None:
+                raise
+        if reason is not None:
+            return {"hospital": hospital, "status": UNREACHABLE, "reason": reason}
+        for request in requests:
             if str(request.id) == self.requests[hospital]:
                 status = request_status(request)
                 reason = request.deny_reason if status == DENIED else ""
@@ -157,6 +190,8 @@ class Study:
             for r in table.itertuples()
             if r.status != APPROVED
         }
+        # One that did not answer is probed, not waited for, until it does (`_rejoin`).
+        self._silent.update(h for h, why in excluded.items() if why.startswith(UNREACHABLE))
         if len(approved) < self.config.min_hospitals:
             detail = "; ".join(f"{h} {why}" for h, why in excluded.items())
             raise StudyError(
@@ -183,13 +218,15 @@ class Study:
         due = self._plan().eval_rounds()
         relay = self._relay(last_call, bar) if self.config.secure else None
         while state.next_round <= last_call:
+            self._rejoin(approved, excluded)
             weights = self._sent_weights(state, last_call)
             edges = self._edges(approved, weights) if state.next_round - 1 in due else None
             if relay is not None:
                 self._absorb_secure(state, self._secure_call(relay, state, weights, edges))
             else:
-                replies = self._call(approved, state.next_round, weights, edges)
-                self._absorb(state, replies)
+                replies, dropped = self._call(approved, state.next_round, weights, edges)
+                self._absorb(state, replies, dropped)
+            self._report_dropped(state, bar)
             complete_call(state, self.folder, on_round)
             _advance(bar, state.history)
         if bar is not None:
@@ -204,12 +241,26 @@ class Study:
             return state.average
         return state.weights
 
+    def _rejoin(self, approved: list[str], excluded: dict[str, str]) -> None:
+        """Take back a hospital that was unreachable when the run began, once it answers
+        and its operator has approved: it joins from this call on."""
+        waiting = [h for h, why in excluded.items() if why.startswith(UNREACHABLE)]
+        for hospital in waiting:
+            row = self._status_of(hospital, self.pool.client(hospital))
+            if row["status"] == APPROVED:
+                del excluded[hospital]
+                approved.append(hospital)
+                approved.sort(key=list(self.requests).index)
+            elif row["status"] != UNREACHABLE:
+                excluded[hospital] = f"{row['status']}: {row['reason']}".rstrip(": ")
+
     def _edges(self, hospitals: list[str], weights: dict) -> list | None:
         """Bin edges for evaluating `weights`: quantiles of its predictions on the mocks
         (public, so free); None leaves the hospitals' fixed default bins."""
         if self._scorer is None:
+            answering = [h for h in hospitals if h not in self._silent]
             try:
-                mocks = self.pool.mock(self.config.task, "test", hospitals=hospitals)
+                mocks = self.pool.mock(self.config.task, "test", hospitals=answering)
             except FederationError:
                 mocks = {}
             self._scorer = MockScorer(self.config, mocks)
@@ -217,19 +268,52 @@ class Study:
 
     def _call(
         self, hospitals: list[str], round_: int, weights: dict, edges: list | None = None
-    ) -> dict[str, dict]:
+    ) -> tuple[dict[str, dict], dict[str, str]]:
+        """Call `round_` at every hospital: the replies of those that answered, and why
+        each one that did not answer dropped out (a refusal stops the study instead)."""
         payload: dict[str, Any] = {"round": round_, "weights": weights}
         if edges is not None:
             payload["edges"] = edges
-        replies = self.pool.map(lambda h, c: self._call_one(h, c, payload), hospitals)
-        failed = [r for r in replies if "error" in r]
+        replies = self._call_hospitals({h: payload for h in hospitals})
+        failed = [r for r in replies.values() if "error" in r and not _dropped(r)]
         if failed:
             raise StudyError(
                 f"round {round_} of study {self.id} failed at "
                 + "; ".join(f"{r['hospital']}: {r['error']}" for r in failed)
                 + f" (the checkpoint is kept: fed.resume({self.id!r}) continues here)."
             )
-        return {r["hospital"]: r for r in replies}
+        dropped = {h: r["error"] for h, r in replies.items() if "error" in r}
+        answered = {h: r for h, r in replies.items() if "error" not in r}
+        if len(answered) < self.config.min_hospitals:
+            raise StudyError(
+                f"round {round_} of study {self.id} has {len(answered)} answering hospitals, "
+                f"fewer than min_hospitals={self.config.min_hospitals} ("
+                + "; ".join(f"{h} {why}" for h, why in dropped.items())
+                + f"); the checkpoint is kept: fed.resume({self.id!r}) continues here once "
+                "they answer."
+            )
+        return answered, dropped
+
+    def _call_hospitals(self, requests: dict[str, dict]) -> dict[str, dict]:
+        """Each hospital's reply to its request, in parallel. One that failed on the
+        network last time is probed first and, while it does not answer, skipped at once
+        (a reply with `error` and `unreachable`) rather than waited for."""
+
+        def one(hospital: str, client: Any) -> dict[str, Any]:
+            if hospital in self._silent:
+                reason = self.pool.unanswered(hospital)
+                if reason is not None:
+                    return {"hospital": hospital, "error": reason, UNREACHABLE: True}
+            return self._call_one(hospital, client, requests[hospital])
+
+        names = list(requests)
+        replies = dict(zip(names, self.pool.map(one, names), strict=True))
+        for hospital, reply in replies.items():
+            if reply.get(UNREACHABLE):
+                self._silent.add(hospital)
+            elif "error" not in reply:
+                self._silent.discard(hospital)
+        return replies
 
     def _plan(self) -> Plan:
         """The study's plan as the hospitals read it (with a placeholder scientist)."""
@@ -239,12 +323,7 @@ class Study:
         """The relay of this run's secure calls (a partner that did not approve, or fails,
         drops out of a round while the threshold holds)."""
 
-        def call_all(requests: dict[str, dict]) -> dict[str, dict]:
-            names = list(requests)
-            replies = self.pool.map(lambda h, c: self._call_one(h, c, requests[h]), names)
-            return dict(zip(names, replies, strict=True))
-
-        return SecureRelay(call_all, self._plan(), last_call, _phase_shown(bar))
+        return SecureRelay(self._call_hospitals, self._plan(), last_call, _phase_shown(bar))
 
     def _secure_call(
         self, relay: SecureRelay, state: Checkpoint, weights: dict, edges: list | None
@@ -276,9 +355,8 @@ class Study:
             entry["hospitals"] = outcome.epsilon
             entry["n"] = outcome.n
         entry = _entry(state.history, min(round_, self.config.rounds))
-        entry["contributors"] = outcome.contributors
-        entry["dropped"] = outcome.dropped
         entry["epsilon"] = max(e["epsilon_study"] for e in outcome.epsilon.values())
+        _record_who(entry, outcome.contributors, outcome.average is not None, outcome.dropped)
 
     def _endpoint(self, hospital: str, client: Any) -> tuple[Any, Any]:
         """The study's function and the hospital's assets, looked up once: fetching a
@@ -289,16 +367,21 @@ class Study:
         return self._endpoints[hospital]
 
     def _call_one(self, hospital: str, client: Any, payload: dict) -> dict[str, Any]:
+        """One syft call; a failure is a reply with `error` (and `unreachable` when the
+        hospital did not answer, rather than refused)."""
         try:
             function, assets = self._endpoint(hospital, client)
             result = function(
                 train=assets["train"], test=assets["test"], weights=payload, blocking=True
             )
             value = result.get() if hasattr(result, "get") else result
-        except Exception as error:  # syft's own refusals (not approved, unreachable)
-            return {"hospital": hospital, "error": _syft_message(error)}
+        except Exception as error:  # syft's own refusals (not approved), or the network
+            reason = network_reason(error, self.pool.network)
+            if reason is not None:
+                return {"hospital": hospital, "error": reason, UNREACHABLE: True}
+            return _failure(hospital, _syft_message(error))
         if not isinstance(value, dict):
-            return {"hospital": hospital, "error": _syft_message(value)}
+            return _failure(hospital, _syft_message(value))
         value.setdefault("hospital", hospital)
         return value
 
@@ -314,7 +397,9 @@ class Study:
         if self.config.average_decay:
             state.average = weight_average(state.average, state.weights, self.config.average_decay)
 
-    def _absorb(self, state: Checkpoint, replies: dict[str, dict]) -> None:
+    def _absorb(
+        self, state: Checkpoint, replies: dict[str, dict], dropped: dict[str, str] | None = None
+    ) -> None:
         round_ = state.next_round
         released = [r["evaluation"] for r in replies.values() if "evaluation" in r]
         if released:
@@ -338,7 +423,30 @@ class Study:
             }
             entry["n"] = n
         spent = max(r["epsilon_study"] for r in replies.values())
-        _entry(state.history, min(round_, self.config.rounds))["epsilon"] = spent
+        entry = _entry(state.history, min(round_, self.config.rounds))
+        entry["epsilon"] = spent
+        who = (
+            sorted(trained) if trained else sorted(h for h in replies if "evaluation" in replies[h])
+        )
+        _record_who(entry, who, bool(trained), dropped or {})
+
+    def _report_dropped(self, state: Checkpoint, bar: Any) -> None:
+        """Name, once per call, every hospital that dropped out of it: a warning (a
+        notebook shows it under the cell) and the progress line."""
+        round_ = min(state.next_round, self.config.rounds)
+        dropped = _entry(state.history, round_).get("dropped") or {}
+        fresh = {h: why for h, why in dropped.items() if (round_, h) not in self._reported}
+        for hospital, why in fresh.items():
+            self._reported.add((round_, hospital))
+            warnings.warn(
+                f"round {round_} of study {self.id}: {hospital} {why}; the round "
+                "went on without it, and it is asked again next round.",
+                HospitalDropped,
+                stacklevel=3,
+            )
+        if bar is not None:
+            shown = f" [without {', '.join(sorted(dropped))}]" if dropped else ""
+            bar.set_description_str(f"{self.id}{shown}")
 
 
 def complete_call(
@@ -379,6 +487,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _failure(hospital: str, message: str) -> dict[str, Any]:
+    """A failed call's reply; marked busy when the hospital is still computing this release
+    for an earlier call that timed out here."""
+    if CALL_AGAIN in message:
+        return {"hospital": hospital, "error": f"is still computing it ({message})", BUSY: True}
+    return {"hospital": hospital, "error": message}
+
+
+def _dropped(reply: dict[str, Any]) -> bool:
+    """A failure that drops the hospital from this round rather than stopping the study."""
+    return bool(reply.get(UNREACHABLE) or reply.get(BUSY))
+
+
 def _syft_message(error: Any) -> str:
     text = str(getattr(error, "public_message", None) or getattr(error, "message", None) or error)
     return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
@@ -409,3 +530,12 @@ def _advance(bar: Any, history: list[dict[str, Any]]) -> None:
         shown["eps"] = f"{history[-1]['epsilon']:.2f}"
     bar.set_postfix(shown)
     bar.update(1)
+
+
+def _record_who(entry: dict, hospitals: list[str], trained: bool, dropped: dict) -> None:
+    """Who a call heard from: a training call's `contributors` are the round's; the final,
+    evaluation-only call goes in `evaluated_by` so it never overwrites who trained the last
+    round. Hospitals that dropped out of either call are merged into `dropped`."""
+    entry["contributors" if trained else "evaluated_by"] = hospitals
+    if dropped or "dropped" in entry:
+        entry["dropped"] = {**entry.get("dropped", {}), **dropped}

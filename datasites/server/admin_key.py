@@ -16,9 +16,9 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datasites.client.connection import guest_client
 from datasites.contract.invitation import certificate_fingerprint
 from datasites.contract.syft_io import quiet
-from datasites.server.syft_client import guest_client
 
 if TYPE_CHECKING:
     import requests

@@ -125,8 +125,8 @@ def test_a_hospital_killed_mid_round_drops_out_and_rejoins(
         np.testing.assert_allclose(after[2][key], plain, atol=1e-5)
     assert "restarting it" in launch.output
     # The restarted hospital takes part again: in the final call's evaluation.
-    assert rounds[3]["contributors"] == ["hospital-a", "hospital-b"]
-    assert VICTIM in rounds[4]["contributors"]
+    assert rounds[3]["contributors"] == rounds[4]["contributors"] == ["hospital-a", "hospital-b"]
+    assert VICTIM in rounds[4]["evaluated_by"]
 
 
 def test_below_the_threshold_nothing_is_unmasked_and_resume_goes_on(

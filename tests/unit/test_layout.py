@@ -83,12 +83,17 @@ VIOLATIONS = {
     "the scientist imports the ledger": (
         "scientist/result.py",
         "from datasites.privacy.ledger import Ledger",
-        "the scientist imports only the contract of datasites",
+        "the scientist imports only the contract and the client of datasites",
     ),
     "the contract imports a room": (
         "datasites/contract/plan.py",
         "from datasites.site.policy import Policy",
         "the contract imports no other room",
+    ),
+    "the client imports the site": (
+        "datasites/client/connection.py",
+        "from datasites.site.paths import HospitalConfig",
+        "the client imports only the contract of datasites",
     ),
     "a lower room imports a higher one": (
         "datasites/privacy/ledger.py",
