@@ -41,6 +41,9 @@ class Site:
     net: netns.Network
     root: Path
     invitations: dict[str, Path]
+    cut: bool = False  # hospital-c's cable was cut
+    restored: bool = False  # ... and plugged back in
+    killed: bool = False  # the scientist's first session was killed
 
     def data_dir(self, hospital: str) -> Path:
         return self.root / hospital
@@ -175,19 +178,16 @@ def test_invitations_are_owner_only_and_the_scientist_connects_from_them(site: S
 def test_a_secure_study_across_hosts_is_correct_and_survives_a_cut_cable(site: Site) -> None:
     """Round 1 equals the plain weighted average of the hospitals' recorded updates; then
     hospital-c's cable is cut: it is named, rounds complete with the other two (the
-    majority threshold), and once plugged back in it contributes again."""
+    majority threshold), and once plugged back in it contributes again. Last, the
+    scientist's session is killed in the middle of a round: `resume` finishes the study
+    and no hospital trains any round twice."""
     submitted = site.scientist("submit", json.dumps(STUDY))[0]
     assert set(submitted["requests"]) == set(HOSPITALS), submitted
     for hospital, request in submitted["requests"].items():
         site.datasites(hospital, "approve", request)
-    driver = subprocess.Popen(
-        site.net.command("scientist", [PYTHON, "-m", "tests.multihost_scientist", "run",
-                         str(site.root / "scientist"), submitted["study"],
-                         *map(str, site.invitations.values())]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    site.net.processes.append(driver)  # torn down with the network if the test fails
-    entries = _follow(site, driver)
+    killed = _follow(site, _driver(site, submitted["study"]))
+    assert not killed[-1].get("done") and killed[-1]["round"] == KILL_AFTER, killed
+    entries = _follow(site, _driver(site, submitted["study"]))  # fed.resume(id).run()
     assert entries[-1].get("done"), entries
     history = {e["round"]: e for e in entries[-1]["history"]}
     assert sorted(history) == list(range(9))
@@ -201,27 +201,56 @@ def test_a_secure_study_across_hosts_is_correct_and_survives_a_cut_cable(site: S
     assert all(history[r]["n"] < full for r in without)
     back = [r for r in range(max(without) + 1, 9) if history[r]["n"] == full]
     assert back and "hospital-c" in history[back[0]]["contributors"], history
+    for hospital in HOSPITALS:
+        ledger = Ledger(site.data_dir(hospital) / hospital / "ledger.sqlite")
+        trained = [r for _, kind, r, _ in ledger.events(study_id=submitted["study"])
+                   if kind == "train"]  # fmt: skip
+        assert len(trained) == len(set(trained)), (hospital, trained)
+        assert hospital == "hospital-c" or sorted(trained) == list(range(1, 9)), trained
+
+
+# The scientist's first session is killed once this round is complete, as the next begins.
+KILL_AFTER = 5
+
+
+def _driver(site: Site, study: str) -> subprocess.Popen:
+    """`run` on the scientist's host: a fresh session that resumes the study from disk."""
+    driver = subprocess.Popen(
+        site.net.command("scientist", [PYTHON, "-m", "tests.multihost_scientist", "run",
+                         str(site.root / "scientist"), study,
+                         *map(str, site.invitations.values())]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    site.net.processes.append(driver)  # torn down with the network if the test fails
+    return driver
 
 
 def _follow(site: Site, driver: subprocess.Popen) -> list[dict]:
-    """Read the driver's lines; cut hospital-c after round 1, plug it back after a round
-    completed without it."""
-    entries, cut, restored = [], False, False
+    """Read the driver's lines. Cut hospital-c's cable after round 1, plug it back once a
+    round went on without it; SIGKILL the driver once round KILL_AFTER is reported, as the
+    next call goes out (the first session only). Returns the lines read."""
+    entries: list[dict] = []
     assert driver.stdout is not None
     for line in driver.stdout:
         if not line.startswith("{"):
             continue
         entry = json.loads(line)
         entries.append(entry)
-        if entry.get("round") == 1 and not cut:
+        if entry.get("round") == 1 and entry.get("contributors") and not site.cut:
             site.net.link("hospital-c", up=False)
-            cut = True
-        elif cut and not restored and "hospital-c" in entry.get("dropped", {}):
+            site.cut = True
+        elif site.cut and not site.restored and "hospital-c" in (entry.get("dropped") or {}):
             site.net.link("hospital-c", up=True)
-            restored = True
+            site.restored = True
+        elif entry.get("round") == KILL_AFTER and not site.killed:
+            if not site.restored:  # the drop must still be seen, in the resumed session
+                site.net.link("hospital-c", up=True)
+            site.killed = True
+            driver.kill()
+            break
     driver.wait(timeout=60)
-    if not entries or not entries[-1].get("done"):
-        raise AssertionError(f"the study did not finish: {entries} {driver.stderr.read()}")
+    if not entries:
+        raise AssertionError(f"the scientist printed nothing: {driver.stderr.read()}")
     return entries
 
 
