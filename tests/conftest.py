@@ -85,6 +85,25 @@ def load_benchmark(name: str) -> Any:
     return importlib.import_module(name)
 
 
+def one_round_ehr(epsilon: float) -> dict[str, Any]:
+    """The smallest real study (one plain round of ehr_logistic) as StudyConfig keywords:
+    what governance, account and attack tests submit when the training itself is not the
+    point."""
+    from scientist import DPConfig
+
+    return dict(
+        task="ehr",
+        aggregation="plain",
+        local_epochs=1,
+        average_decay=0.0,
+        model="ehr_logistic",
+        rounds=1,
+        batch_size=128,
+        lr=0.5,
+        dp=DPConfig(epsilon=epsilon, delta=1e-5, max_grad_norm=1.0),
+    )
+
+
 def launch_command(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "launch.py"), *args]
 

@@ -27,22 +27,12 @@ from datasites.governance.operator import Operator
 from datasites.governance.watch import decide
 from datasites.site.audit import AuditLog
 from datasites.site.policy import AutoApprovePolicy
-from scientist import DPConfig, Federation, StudyConfig
+from scientist import Federation, StudyConfig
 from scientist.study import StudyError
-from tests.conftest import Launch, login
+from tests.conftest import Launch, login, one_round_ehr
 
 HOSPITAL = "hospital-b"
-STUDY = dict(
-    task="ehr",
-    aggregation="plain",
-    local_epochs=1,
-    average_decay=0.0,
-    model="ehr_logistic",
-    rounds=1,
-    batch_size=128,
-    lr=0.5,
-    dp=DPConfig(epsilon=0.5, delta=1e-5, max_grad_norm=1.0),
-)
+STUDY = one_round_ehr(epsilon=0.5)
 
 
 def new_email(who: str) -> str:

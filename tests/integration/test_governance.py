@@ -18,19 +18,9 @@ from datasites.privacy.ledger import Ledger
 from datasites.site.audit import AuditLog, weights_digest
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import initial_weights
-from tests.conftest import REPO, Launch, start_launch
+from tests.conftest import REPO, Launch, one_round_ehr, start_launch
 
-STUDY = dict(
-    task="ehr",
-    aggregation="plain",
-    local_epochs=1,
-    average_decay=0.0,
-    model="ehr_logistic",
-    rounds=1,
-    batch_size=128,
-    lr=0.5,
-    dp=DPConfig(epsilon=2.0, delta=1e-5, max_grad_norm=1.0),
-)
+STUDY = one_round_ehr(epsilon=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -26,22 +26,12 @@ from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import Study, StudyError, initial_weights
 from scientist.submit import _request
-from tests.conftest import REPO, Launch, listening_addresses, login, outside_address
+from tests.conftest import REPO, Launch, listening_addresses, login, one_round_ehr, outside_address
 from tests.security.conftest import GUARDED_BASE_PORT, GUARDED_CAP, HOSPITALS
 from tests.security.forge import quiet as attempt
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
-TINY = dict(
-    task="ehr",
-    aggregation="plain",
-    local_epochs=1,
-    average_decay=0.0,
-    model="ehr_logistic",
-    rounds=1,
-    batch_size=128,
-    lr=0.5,
-    dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0),
-)
+TINY = one_round_ehr(epsilon=0.3)
 
 
 def refused(entries: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:

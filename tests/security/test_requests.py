@@ -25,8 +25,8 @@ import pytest
 from datasites.governance.changes import output_policy_problem
 from datasites.governance.operator import Operator, OperatorError
 from datasites.governance.watch import watch_once
-from scientist import DPConfig, Federation, StudyConfig
-from tests.conftest import REPO, Launch, login
+from scientist import Federation, StudyConfig
+from tests.conftest import REPO, Launch, login, one_round_ehr
 from tests.security.conftest import POLICY
 from tests.security.forge import (
     admin_role,
@@ -39,17 +39,7 @@ from tests.security.forge import (
 
 Since = Callable[[str], Callable[[], list[dict[str, Any]]]]
 HOSPITAL = "hospital-a"
-TINY = dict(
-    task="ehr",
-    aggregation="plain",
-    local_epochs=1,
-    average_decay=0.0,
-    model="ehr_logistic",
-    rounds=1,
-    batch_size=128,
-    lr=0.5,
-    dp=DPConfig(epsilon=0.3, delta=1e-5, max_grad_norm=1.0),
-)
+TINY = one_round_ehr(epsilon=0.3)
 
 
 def custom_function(body: str = "return train") -> Callable[..., Any]:

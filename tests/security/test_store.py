@@ -36,25 +36,15 @@ from datasites.site.audit import AuditLog
 from datasites.site.identity import Identity
 from datasites.site.paths import HospitalConfig
 from datasites.site.permissions import StoreError, secure_hospital_folder
-from scientist import DPConfig, Federation, StudyConfig
-from tests.conftest import REPO, Launch, login, start_launch
+from scientist import Federation, StudyConfig
+from tests.conftest import REPO, Launch, login, one_round_ehr, start_launch
 from tests.security.forge import quiet as attempt
 
 BASE_PORT = 18581
 HOSPITAL = "hospital-a"
 URL = f"http://127.0.0.1:{BASE_PORT}"
 LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13")
-STUDY = dict(
-    task="ehr",
-    aggregation="plain",
-    local_epochs=1,
-    average_decay=0.0,
-    model="ehr_logistic",
-    rounds=1,
-    batch_size=128,
-    lr=0.5,
-    dp=DPConfig(epsilon=0.5, delta=1e-5, max_grad_norm=1.0),
-)
+STUDY = one_round_ehr(epsilon=0.5)
 
 
 @dataclass
