@@ -169,7 +169,6 @@ def _recorded_address(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from datasites.site.paths import SiteSettings
     from datasites.site.tls import install_pair, serving_config
 
     missing = _recorded_address(args)
@@ -186,12 +185,6 @@ def _serve(args: argparse.Namespace) -> int:
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private from the start
     if given is not None:
         install_pair(config, given)
-    try:
-        previous = SiteSettings.read(config)
-    except ValueError:  # damaged: rewritten below from what is served now
-        previous = None
-    dns_names = previous.dns_names if previous else ()
-    SiteSettings(config.host, config.port, config.tls, dns_names).write(config)
 
     from datasites.server.serve import serve
 

@@ -24,7 +24,7 @@ from datasites.server.rotate import apply_pending_rotation
 from datasites.server.syft_fixes import apply_all as apply_syft_fixes
 from datasites.site.audit import AuditLog
 from datasites.site.identity import Identity
-from datasites.site.paths import HOSPITAL_ROOT_ENV, HospitalConfig
+from datasites.site.paths import HOSPITAL_ROOT_ENV, HospitalConfig, SiteSettings
 from datasites.site.permissions import PRIVATE_UMASK, record_widened, secure_hospital_folder
 
 if TYPE_CHECKING:
@@ -102,7 +102,8 @@ def serve(config: HospitalConfig) -> None:
     # Everything syft writes later (database, WAL, blobs) is owner-only from the start.
     os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    secure_store(config)
+    secure_store(config)  # before anything is written: it counts what was readable
+    record_settings(config)
     identity = Identity.load_or_create(config.identity_path, config.name)
     os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
     if apply_pending_rotation(config, identity, database_path(config, identity)):
@@ -145,3 +146,14 @@ def secure_store(config: HospitalConfig) -> None:
             config.name,
         )
         record_widened(config.root, widened)
+
+
+def record_settings(config: HospitalConfig) -> None:
+    """Write how the hospital is served now to site.json (the operator's commands and
+    invitations read it), keeping the DNS names init recorded."""
+    try:
+        previous = SiteSettings.read(config)
+    except ValueError:  # damaged: rewritten from what is served now
+        previous = None
+    dns_names = previous.dns_names if previous else ()
+    SiteSettings(config.host, config.port, config.tls, dns_names).write(config)

@@ -161,31 +161,46 @@ def test_a_plan_naming_an_invented_partner_key_is_refused(
     assert reply["refused"] == "PolicyRefusal" and "not its registered key" in reply["error"]
 
 
-def test_a_secure_study_learns_as_well_as_a_plain_one(
-    fed: Federation, operators: dict[str, Operator], admin_clients: dict[str, Any]
+def test_a_secure_study_learns_exactly_as_its_plain_sum_would(
+    fed: Federation,
+    operators: dict[str, Operator],
+    federation: Launch,
+    admin_clients: dict[str, Any],
 ) -> None:
-    """The same study twice, summed in the clear and under masks: both learn, and their
-    exact AUROCs (on the union of the private test sets) differ by no more than DP noise.
+    """A secure study learns, and every round's global model is the plain weighted average
+    of the updates the hospitals recorded (within the quantization bound), so its accuracy
+    is that of a plain study with the same DP noise draws.
 
-    In the in-process replica this config's gain over the untrained model spread over
-    0.034-0.052 across six noise draws (tests/integration/test_study.py); quantization adds
-    about 1e-7 per weight. A masked sum that lost or garbled updates would not learn, or
-    would land far from the plain run."""
+    Comparing with a second, plain study measures DP noise instead: at epsilon 4 on these
+    small hospitals one CI run gave exact AUROCs of 0.602 (plain) and 0.551 (secure) for the
+    same config, and the local run before it 0.03 apart the other way. Holding the noise
+    fixed (the same recorded updates, summed in the clear) leaves only the aggregation."""
     from datasites.contract.zoo import build_model, load_weights
     from tests.integration.test_study import exact_auroc
 
-    config = dict(SECURE_EHR, rounds=4, local_epochs=3, eval_every=4)
+    config = StudyConfig(**dict(SECURE_EHR, rounds=4, local_epochs=3, eval_every=4))
+    study = fed.submit(config)
+    approve_all(study, operators)
+    after: dict[int, dict[str, np.ndarray]] = {0: initial_weights(config)}
+
+    def snapshot(entry: dict) -> None:
+        state = Checkpoint.load(study.folder)
+        after[state.next_round - 1] = dict(state.weights)
+
+    result = study.run(progress=False, on_round=snapshot)
+    for round_ in range(1, 5):
+        releases = [recorded(federation, h, study.id, round_) for h in sorted(study.requests)]
+        total = sum(r["n"] for r in releases)
+        for key, start in after[round_ - 1].items():
+            plain = start + sum(r["n"] * (r["weights"][key] - start) for r in releases) / total
+            np.testing.assert_allclose(after[round_][key], plain, atol=1e-5)
     tests = [c.datasets["ehr"].assets["test"].data for c in admin_clients.values()]
-    first = StudyConfig(**config)
-    initial = build_model(first.model, **first.model_kwargs)
-    load_weights(initial, initial_weights(first))
-    start = exact_auroc(initial.eval(), tests)
-    reached = {}
-    for aggregation in ("plain", "secure"):
-        study = fed.submit(StudyConfig(**config, aggregation=aggregation))
-        approve_all(study, operators)
-        result = study.run(progress=False)
-        assert result.rounds[-1]["round"] == 4
-        reached[aggregation] = exact_auroc(result.model, tests)
-    assert reached["plain"] > start + 0.02 and reached["secure"] > start + 0.02, (start, reached)
-    assert abs(reached["secure"] - reached["plain"]) <= 0.03, reached
+
+    def auroc(weights: dict[str, np.ndarray]) -> float:
+        model = build_model(config.model, **config.model_kwargs)
+        load_weights(model, weights)
+        return exact_auroc(model.eval(), tests)
+
+    reached, untrained = exact_auroc(result.model, tests), auroc(after[0])
+    assert abs(reached - auroc(after[4])) < 1e-6
+    assert reached > untrained + 0.02, (untrained, reached)
