@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
     p.add_argument("--base-port", type=int, default=8081, help="first port (default 8081)")
     p.add_argument("--data-dir", type=Path, default=Path(".datasites"), help="state folder")
     p.add_argument("--reset", action="store_true", help="delete previous state first")
-    p.add_argument("--scale", default="small", help="small (default) or full")
+    p.add_argument("--scale", help="small (default), medium (default with --demo) or full")
     p.add_argument("--ehr-csv", type=Path, help="real diabetic_data.csv to partition")
     p.add_argument("--pathmnist-npz", type=Path, help="real pathmnist.npz to partition")
     p.add_argument("--seed", type=int, default=0, help="seed for data and splits")
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchSettings, bool, bool]:
         base_port=a.base_port,
         data_dir=a.data_dir,
         reset=a.reset,
-        scale=a.scale,
+        scale=a.scale or ("medium" if a.demo else "small"),
         ehr_csv=a.ehr_csv,
         pathmnist_npz=a.pathmnist_npz,
         seed=a.seed,

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from scoring import auroc
 
-from datasites.contract.encoding import encode_ehr
+from datasites.contract.ehr_reference import load as load_reference
+from datasites.contract.encoding import FEATURE_NAMES, encode_ehr
 from datasites.contract.plan import Plan
 from datasites.contract.zoo import build_model, load_weights
 from datasites.privacy.budget import study_budget
@@ -160,6 +161,7 @@ _BASE = StudyConfig(
     average_decay=0.0,
     clip_quantile=0.0,
     dp=DPConfig(epsilon=EPSILON),
+    aggregation="plain",  # the replica sums in the clear; secure sums are equal (issue 15)
 )
 # Candidates, named. `current` is the README recipe that lost 0.07 on the real extract.
 RECIPES: dict[str, StudyConfig] = {
@@ -192,7 +194,81 @@ RECIPES: dict[str, StudyConfig] = {
     "r20_l5_lr1_avg8": replace(
         _BASE, rounds=20, local_epochs=5, batch_size=512, lr=1.0, average_decay=0.8
     ),
+    # What `StudyConfig(task="ehr")` runs (scientist.recipes), summed in the clear.
+    "recipe": StudyConfig(task="ehr", aggregation="plain"),
 }
+
+
+def rare_factor(floor: float) -> np.ndarray:
+    """`+f<floor>`: each standardized feature times scale / max(scale, floor), with the
+    public reference's scales: a rare one-hot is inflated to at most 1 / floor instead of
+    1 / SCALE_FLOOR (a public rule; 0 leaves the features as they are)."""
+    scales = load_reference(FEATURE_NAMES).scale
+    return scales / np.maximum(scales, floor) if floor else np.ones_like(scales)
+
+
+# `+r<rounds>`, `+e<local epochs>`, `+b<batch>`, `+lr<rate>`, `+a<average decay>`: one
+# setting of the base recipe changed.
+_OVERRIDES = {
+    "lr": ("lr", float),
+    "r": ("rounds", int),
+    "e": ("local_epochs", int),
+    "b": ("batch_size", int),
+    "a": ("average_decay", float),
+}
+
+
+def overrides(extras: list[str]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    for extra in extras:
+        for prefix, (field, kind) in _OVERRIDES.items():
+            if extra.startswith(prefix) and extra[len(prefix) :][:1].isdigit():
+                out[field] = kind(extra[len(prefix) :])
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One named recipe with its extras applied: what `federated` runs and `score` reads."""
+
+    config: StudyConfig
+    sites: list[Hospital]
+    test: tuple[np.ndarray, np.ndarray]
+    prior: float | None
+    quantile: float
+    noise: bool
+
+
+def variant(recipe: str, sites: list[Hospital], test: tuple[np.ndarray, np.ndarray]) -> Variant:
+    """`base+extra+...`: a RECIPES entry, then each extra (see the module's README section)."""
+    base, *extras = recipe.split("+")
+
+    def number(prefix: str) -> float:
+        return next((float(e[len(prefix) :]) for e in extras if e.startswith(prefix)), 0.0)
+
+    # `+centred` is an oracle: the exact pooled train mean, which no release gives.
+    train = pooled(sites, "train")[0]
+    centre = train.mean(axis=0) if "centred" in extras else np.zeros(train.shape[1], np.float32)
+    factor = rare_factor(number("f"))
+
+    def moved(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return (part[0] - centre) * factor, part[1]
+
+    config = replace(RECIPES[base], **overrides(extras))
+    kwargs = dict(config.model_kwargs)
+    if number("k"):  # `+k<scale>`: the logistic model's intercept input
+        kwargs["intercept_scale"] = number("k")
+    if number("u"):  # `+u<norm>`: the logistic model scales every row to this L2 norm
+        kwargs["row_norm"] = number("u")
+    return Variant(
+        config=replace(config, model_kwargs=kwargs),
+        sites=[Hospital(s.name, moved(s.train), moved(s.test)) for s in sites],
+        test=moved(test),
+        prior=PRIOR if "prior" in extras else None,
+        quantile=number("q"),
+        noise="nonoise" not in extras,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,23 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         central = ehr_difficulty.centralized_auroc(train, test)
         for recipe in args.recipes.split(","):
             draws, start = [], time.perf_counter()
-            base, *extras = recipe.split("+")
-            centred = "centred" in extras  # an oracle: the exact pooled train mean, no release
-            centre = train[0].mean(axis=0) if centred else np.zeros(train[0].shape[1], np.float32)
-            shifted = [
-                Hospital(s.name, (s.train[0] - centre, s.train[1]), (s.test[0] - centre, s.test[1]))
-                for s in sites
-            ]
-            shifted_test = (test[0] - centre, test[1])
-            prior = PRIOR if "prior" in extras else None
-            quantile = next((float(e[1:]) for e in extras if e.startswith("q")), 0.0)
-            config = RECIPES[base]
-            scale = next((float(e[1:]) for e in extras if e.startswith("k")), 0.0)
-            if scale:  # `+k<scale>`: the logistic model's intercept input
-                config = replace(config, model_kwargs={"intercept_scale": scale})
+            run = variant(recipe, sites, test)
             for _ in range(args.draws):
-                model = federated(config, shifted, prior, quantile, "nonoise" not in extras)
-                draws.append(score(model, shifted_test))
+                model = federated(run.config, run.sites, run.prior, run.quantile, run.noise)
+                draws.append(score(model, run.test))
             seconds = (time.perf_counter() - start) / args.draws
             gap = central - float(np.mean(draws))
             shown = " ".join(f"{d:.3f}" for d in draws)

@@ -204,6 +204,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--hospitals and --threads must be positive.")
     a.data_dir = a.data_dir.resolve()
     a.federated, a.centralized = _settings(a)
+    # At full scale a task with no federated flag runs `StudyConfig(task=...)` as it is: the
+    # default a user gets is what this benchmark measures.
+    a.default_study = {
+        task: a.scale == "full" and a.federated[task] == FEDERATED["full"][task]
+        for task in ("ehr", "pathmnist")
+    }
     return a
 
 
@@ -236,8 +242,9 @@ def model_kwargs(task: str, settings: dict[str, Any]) -> dict[str, Any]:
 def federated_model(task: str, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The federated study's zoo model: the baseline's architecture unless `model` says."""
     name = settings.get("model") or ("ehr_mlp" if task == "ehr" else "pathmnist_cnn")
-    if name == "ehr_logistic":
-        return name, {}
+    if name == "ehr_logistic":  # the recipe's arguments when it trains this model
+        r = recipe(task)
+        return name, dict(r["model_kwargs"]) if r["model"] == name else {}
     return name, model_kwargs(task, settings)
 
 
@@ -519,30 +526,14 @@ def federated(
     epsilon: float,
     data_dir: Path,
     seed: int,
+    default: bool = False,
 ) -> dict[str, Any]:
-    """Submit, approve at every hospital, run; the result and what each hospital charged."""
+    """Submit, approve at every hospital, run; the result and what each hospital charged.
+    `default`: submit `StudyConfig(task=task)` itself (the validated recipe) instead of
+    `settings`."""
     from datasites.privacy.ledger import Ledger
-    from scientist import DPConfig, StudyConfig
 
-    model, kwargs = federated_model(task, settings)
-    config = StudyConfig(
-        task=task,
-        model=model,
-        model_kwargs=kwargs,
-        rounds=settings["rounds"],
-        local_epochs=settings["local_epochs"],
-        batch_size=settings["batch_size"],
-        lr=settings["lr"],
-        dp=DPConfig(epsilon=epsilon, max_grad_norm=settings["max_grad_norm"]),
-        eval_every=settings["rounds"],  # evaluate the initial and the final model only
-        seed=seed,
-        momentum=settings["momentum"],
-        server_lr=settings["server_lr"],
-        server_momentum=settings["server_momentum"],
-        local_steps=settings.get("local_steps", 0),
-        average_decay=settings.get("average_decay", 0.0),
-        clip_quantile=settings.get("clip_quantile", 0.0),
-    )
+    config = default_config(task, seed) if default else study_config(task, settings, epsilon, seed)
     study = fed.submit(config)
     for hospital, request_id in study.requests.items():
         operators[hospital].approve(request_id)
@@ -571,7 +562,39 @@ def federated(
         "seconds": seconds,
         "noise_multipliers": sigmas,
         "epsilon_spent": max(h.get("epsilon", 0.0) for h in result.rounds),
+        "study_config": config.to_dict(),
     }
+
+
+def default_config(task: str, seed: int) -> Any:
+    from scientist import StudyConfig
+
+    return StudyConfig(task=task, seed=seed)
+
+
+def study_config(task: str, settings: dict[str, Any], epsilon: float, seed: int) -> Any:
+    """The study of `settings` (a scale's defaults and the command line's flags)."""
+    from scientist import DPConfig, StudyConfig
+
+    model, kwargs = federated_model(task, settings)
+    return StudyConfig(
+        task=task,
+        model=model,
+        model_kwargs=kwargs,
+        rounds=settings["rounds"],
+        local_epochs=settings["local_epochs"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
+        dp=DPConfig(epsilon=epsilon, max_grad_norm=settings["max_grad_norm"]),
+        eval_every=settings["rounds"],  # evaluate the initial and the final model only
+        seed=seed,
+        momentum=settings["momentum"],
+        server_lr=settings["server_lr"],
+        server_momentum=settings["server_momentum"],
+        local_steps=settings.get("local_steps", 0),
+        average_decay=settings.get("average_decay", 0.0),
+        clip_quantile=settings.get("clip_quantile", 0.0),
+    )
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -631,7 +654,14 @@ def run(args: argparse.Namespace, seconds: dict[str, float]) -> dict[str, Any]:
             epsilon = EHR_EPSILON if task == "ehr" else PATH_EPSILON
             log(f"federated {task}: {args.federated[task]}, epsilon {epsilon}")
             outcome = federated(
-                fed, operators, task, args.federated[task], epsilon, args.data_dir, args.seed
+                fed,
+                operators,
+                task,
+                args.federated[task],
+                epsilon,
+                args.data_dir,
+                args.seed,
+                default=args.default_study[task],
             )
             seconds[f"federated_{task}"] = outcome["seconds"]
             exact = exact_metric(task, outcome["result"].model, tests[task])
@@ -669,6 +699,8 @@ def task_report(
         "train_rows": n_train,
         "test_rows": n_test,
         "federated_hyperparameters": args.federated[task],
+        "default_study_config": bool(args.default_study[task]),
+        "study_config": outcome["study_config"],
         "centralized_hyperparameters": {
             **args.centralized[task],
             "optimizer": "adam",

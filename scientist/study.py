@@ -30,7 +30,7 @@ import pandas as pd
 from datasites.contract.plan import Plan
 from datasites.contract.syft_io import APPROVED, DENIED, PENDING, request_status
 from datasites.contract.zoo import build_model, model_weights
-from scientist.bins import MockScorer
+from scientist.bins import MockScorer, bins_for
 from scientist.checkpoint import Checkpoint
 from scientist.config import StudyConfig
 from scientist.connect import FederationError, network_reason
@@ -220,7 +220,8 @@ class Study:
         while state.next_round <= last_call:
             self._rejoin(approved, excluded)
             weights = self._sent_weights(state, last_call)
-            edges = self._edges(approved, weights) if state.next_round - 1 in due else None
+            due_now = state.next_round - 1 in due
+            edges = self._edges(approved, weights, state.history) if due_now else None
             if relay is not None:
                 self._absorb_secure(state, self._secure_call(relay, state, weights, edges))
             else:
@@ -254,9 +255,10 @@ class Study:
             elif row["status"] != UNREACHABLE:
                 excluded[hospital] = f"{row['status']}: {row['reason']}".rstrip(": ")
 
-    def _edges(self, hospitals: list[str], weights: dict) -> list | None:
+    def _edges(self, hospitals: list[str], weights: dict, history: list[dict]) -> list | None:
         """Bin edges for evaluating `weights`: quantiles of its predictions on the mocks
-        (public, so free); None leaves the hospitals' fixed default bins."""
+        (public, so free), as many as the last evaluation's noised positives and noise sd
+        make readable (`bins_for`); None leaves the hospitals' fixed default bins."""
         if self._scorer is None:
             answering = [h for h in hospitals if h not in self._silent]
             try:
@@ -264,7 +266,7 @@ class Study:
             except FederationError:
                 mocks = {}
             self._scorer = MockScorer(self.config, mocks)
-        return self._scorer.edges(weights)
+        return self._scorer.edges(weights, _readable_bins(history))
 
     def _call(
         self, hospitals: list[str], round_: int, weights: dict, edges: list | None = None
@@ -465,6 +467,16 @@ def complete_call(
     if on_round is not None:
         on_round(completed)
     return completed
+
+
+def _readable_bins(history: list[dict[str, Any]]) -> int | None:
+    """The bins for the next binary evaluation, from the latest one's noised positives and
+    count noise sd (`bins_for`); None (the scorer's default) before any evaluation."""
+    for entry in reversed(history):
+        metrics = entry.get("metrics") or {}
+        if "positives" in metrics and "count_noise_std" in metrics:
+            return bins_for(float(metrics["positives"]), float(metrics["count_noise_std"]))
+    return None
 
 
 def _entry(history: list[dict[str, Any]], round_: int) -> dict[str, Any]:

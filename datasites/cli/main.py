@@ -89,7 +89,7 @@ def _init_parser(init: argparse.ArgumentParser) -> None:
         dest="dns_names",
         help="a DNS name it is reached at (repeatable; the first is its URL's host)",
     )
-    init.add_argument("--scale", default="small", help="generated data: small or full")
+    init.add_argument("--scale", default="small", help="generated data: small, medium or full")
     init.add_argument("--seed", type=int, default=0, help="seed of generated data and splits")
     init.add_argument("--alpha", type=float, default=0.5, help=argparse.SUPPRESS)
 

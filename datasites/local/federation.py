@@ -87,7 +87,9 @@ class LaunchSettings:
         if self.hospitals > MAX_HOSPITALS:
             raise LaunchError(f"--hospitals must be at most {MAX_HOSPITALS}.")
         if self.scale not in SCALES:
-            raise LaunchError(f"--scale must be small or full, found {self.scale!r}.")
+            raise LaunchError(
+                f"--scale must be one of {', '.join(SCALES)}, found {shown(repr(self.scale))}."
+            )
         if self.population not in POPULATIONS:
             raise LaunchError(
                 f"--population must be one of {', '.join(POPULATIONS)}, found "

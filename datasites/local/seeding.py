@@ -25,8 +25,11 @@ from synthetic.populations import POPULATIONS
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
-# Per hospital at --scale small; --scale full spreads the real datasets' sizes instead.
+# Per hospital at --scale small (the tests' federations) and medium (the demo's: EHR test
+# sets large enough that an AUROC at epsilon 1 reads clear of chance, about 750 positives in
+# all); --scale full spreads the real datasets' sizes instead.
 SMALL = {"encounters": 4_000, "train_images": 2_000, "test_images": 500}
+MEDIUM = SMALL | {"encounters": 12_000}
 FULL = {"encounters": 101_766, "train_images": 89_996 + 10_004, "test_images": 7_180}
 
 
@@ -43,7 +46,8 @@ class DataPlan:
     def totals(self) -> dict[str, int]:
         if self.scale == "full":
             return dict(FULL) | {"encounters": POPULATIONS[self.population].encounters}
-        return {k: v * self.hospitals for k, v in SMALL.items()}
+        per_hospital = MEDIUM if self.scale == "medium" else SMALL
+        return {k: v * self.hospitals for k, v in per_hospital.items()}
 
     def sizes(self, key: str) -> np.ndarray:
         return hospital_sizes(self.totals()[key], self.hospitals, self.seed)

@@ -49,7 +49,7 @@ from datasites.site.permissions import (
 from datasites.site.policy import Policy
 from datasites.site.tls import TLSError, TLSPair, create_pair, load_pair, write_pair
 
-SCALES = ("small", "full")
+SCALES = ("small", "medium", "full")
 INIT_LOCK_FILE = ".init.lock"  # in the hospital's folder, held while `init` runs
 
 
@@ -141,7 +141,9 @@ class InitSettings:
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
-            raise SetupError(f"--scale must be small or full, found {shown(repr(self.scale))}.")
+            raise SetupError(
+                f"--scale must be one of {', '.join(SCALES)}, found {shown(repr(self.scale))}."
+            )
         if not isinstance(self.port, int) or not 1024 <= self.port <= 65535:
             raise SetupError(f"--port {shown(self.port)} is outside 1024-65535; choose another.")
         if (self.tls_cert is None) != (self.tls_key is None):

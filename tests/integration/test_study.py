@@ -16,7 +16,7 @@ from datasites.contract.zoo import build_model, load_weights
 from datasites.governance.operator import Operator, OperatorError
 from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
-from scientist.bins import MockScorer
+from scientist.bins import MockScorer, bins_for
 from scientist.checkpoint import Checkpoint
 from scientist.study import Study, StudyError, initial_weights
 from tests.conftest import REPO, Launch
@@ -117,9 +117,12 @@ def test_study_learns_and_stays_within_its_budget(
     assert {r for r, h in rounds.items() if "metrics" in h} == {0, 2, 4}
     assert all(rounds[r]["n"] > 0 and "loss" not in rounds[r] for r in (1, 3))
     assert all(np.isfinite(rounds[r]["loss"]) for r in (0, 2, 4))
-    # Each evaluation was binned at quantiles of that model's predictions on the mocks.
+    # Each evaluation was binned at quantiles of that model's predictions on the mocks: the
+    # first into the default bins, later ones into as many as the last release makes
+    # readable (its noised positives against its noise sd).
     scorer = MockScorer(config, fed.mock("ehr", "test"))
-    assert rounds[4]["edges"] == scorer.edges(result.weights)
+    readable = bins_for(rounds[2]["metrics"]["positives"], rounds[2]["metrics"]["count_noise_std"])
+    assert rounds[4]["edges"] == scorer.edges(result.weights, readable)
     assert rounds[0]["edges"] == scorer.edges(initial_weights(config)) != rounds[4]["edges"]
     tests = [c.datasets["ehr"].assets["test"].data for c in admin_clients.values()]
     initial = build_model(config.model, **config.model_kwargs)
@@ -293,7 +296,9 @@ def test_short_rounds_and_the_weight_average_end_to_end(
     assert not all(np.allclose(result.weights[k], globals_after[3][k]) for k in expected)
     scorer = MockScorer(config, fed.mock("ehr", "test"))
     final = next(h for h in result.rounds if h["round"] == config.rounds)
-    assert final["edges"] == scorer.edges(result.weights)
+    first = next(h for h in result.rounds if h["round"] == 0)["metrics"]
+    readable = bins_for(first["positives"], first["count_noise_std"])
+    assert final["edges"] == scorer.edges(result.weights, readable)
     for name in fed.hospitals:
         record = ledger(federation, name).study(study.id)
         assert record.steps_per_round == 4 and record.budget().train.steps == 4

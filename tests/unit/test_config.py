@@ -112,7 +112,10 @@ def test_the_recipe_fills_only_what_the_scientist_left_out() -> None:
     assert StudyConfig(task="pathmnist", rounds=400).average_decay == 0.95
     assert StudyConfig(task="ehr", rounds=6, average_decay=0.7).average_decay == 0.7
     # Naming the recipe's own model keeps its arguments; another model starts from its own.
-    assert StudyConfig(task="ehr", model="ehr_logistic").model_kwargs == {"intercept_scale": 8.0}
+    assert StudyConfig(task="ehr", model="ehr_logistic").model_kwargs == {
+        "intercept_scale": 1.2,
+        "row_norm": 2.0,
+    }
     with pytest.raises(ValueError, match="rounds"):
         StudyConfig(task="ehr", rounds=0)
     explicit = StudyConfig(task="ehr", dp=DPConfig(epsilon=0.25), eval_every=2)

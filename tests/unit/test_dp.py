@@ -153,10 +153,12 @@ def test_clipped_sum_equals_microbatch_reference(name: str) -> None:
     assert loss_sum == pytest.approx(16 * _loss(model(x), y, task).item(), rel=1e-5)
 
 
-def test_the_intercept_input_is_clipped_with_the_rest_of_each_example() -> None:
-    # Prepare: a scaled intercept; the reference is one example at a time, clipped by hand
+@pytest.mark.parametrize("row_norm", [0.0, 1.0])
+def test_the_intercept_input_is_clipped_with_the_rest_of_each_example(row_norm: float) -> None:
+    # Prepare: a scaled intercept (rows as encoded, or each scaled to norm 1); the reference
+    # is one example at a time, clipped by hand
     torch.manual_seed(0)
-    model = build_model("ehr_logistic", intercept_scale=5.0)
+    model = build_model("ehr_logistic", intercept_scale=5.0, row_norm=row_norm)
     x, y = (torch.from_numpy(a) for a in _data("ehr_logistic", 16, seed=5))
     _, norms = _microbatch_reference(model, x, y, "ehr", bound=1e9)
     bound = float(np.median(norms))
@@ -169,8 +171,12 @@ def test_the_intercept_input_is_clipped_with_the_rest_of_each_example() -> None:
         torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-6)
     residuals = torch.sigmoid(model(x)[:, 0]) - y
     factors = torch.tensor([min(1.0, bound / (n + 1e-6)) for n in norms])
+    key = "2.weight" if row_norm else "1.weight"
+    if row_norm:  # every example's gradient norm is |residual| * sqrt(1 + 5^2)
+        expected_norms = residuals.abs().detach() * (1.0 + 25.0) ** 0.5
+        np.testing.assert_allclose(norms, expected_norms.numpy(), rtol=1e-4)
     torch.testing.assert_close(
-        sums["1.weight"][0, N_FEATURES],
+        sums[key][0, N_FEATURES],
         5.0 * (factors * residuals).sum().detach(),
         rtol=1e-4,
         atol=1e-6,

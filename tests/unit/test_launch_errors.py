@@ -64,6 +64,32 @@ def test_a_population_shapes_the_synthetic_tables() -> None:
     assert early_share("rare") < early_share("default")
 
 
+def test_the_demo_scale_triples_the_ehr_tables_only() -> None:
+    from datasites.local.seeding import DataPlan
+
+    small = DataPlan(hospitals=5, scale="small", seed=0, alpha=0.5).totals()
+    medium = DataPlan(hospitals=5, scale="medium", seed=0, alpha=0.5).totals()
+    assert medium["encounters"] == 3 * small["encounters"] == 60_000
+    assert {k: v for k, v in medium.items() if k != "encounters"} == {
+        k: v for k, v in small.items() if k != "encounters"
+    }
+
+
+def test_demo_defaults_to_the_medium_scale_and_a_named_scale_wins() -> None:
+    from launch import parse_args
+
+    assert parse_args(["--demo"])[0].scale == "medium"
+    assert parse_args(["--demo", "--scale", "small"])[0].scale == "small"
+    assert parse_args([])[0].scale == "small"
+
+
+def test_unknown_scale_is_refused_with_the_choices(tmp_path: Path) -> None:
+    result = run_launch(*args(tmp_path / "d", "--scale", "huge\x1b[2J"))
+    assert_refused(result, "--scale must be one of small, medium, full")
+    assert "\x1b" not in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_csv_missing_columns_are_named(tmp_path: Path) -> None:
     csv = tmp_path / "diabetic_data.csv"
     frame = generate_ehr(50, seed=1, identifiers=False).drop(columns=["race", "A1Cresult"])

@@ -97,6 +97,11 @@ def test_unknown_keyword_is_named_with_the_allowed_ones() -> None:
         ("ehr_logistic", {"intercept_scale": 10**400}, r"intercept_scale must be in"),
         ("ehr_logistic", {"intercept_scale": "5"}, "intercept_scale must be a number"),
         ("ehr_logistic", {"hidden": [8]}, "does not take the argument 'hidden'"),
+        ("ehr_logistic", {"row_norm": -1.0}, r"row_norm must be in \[0.0, 100.0\]"),
+        ("ehr_logistic", {"row_norm": 0.001}, r"row_norm must be 0 \(off\) or in"),
+        ("ehr_logistic", {"row_norm": float("inf")}, "row_norm must be in"),
+        ("ehr_logistic", {"row_norm": True}, "row_norm must be a number"),
+        ("ehr_logistic", {"row_norm": "1"}, "row_norm must be a number"),
     ],
 )
 def test_bad_hyperparameters_are_refused_in_one_sentence(
@@ -198,3 +203,22 @@ def test_intercept_scale_is_the_weight_of_a_constant_input() -> None:
         "0.weight",
         "0.bias",
     }
+
+
+def test_row_norm_scales_each_row_on_its_own_before_the_intercept_input() -> None:
+    # Prepare: rows of very different norms, one all zero
+    model = build_model("ehr_logistic", intercept_scale=0.5, row_norm=2.0)
+    rows = torch.randn(6, N_FEATURES) * torch.tensor([[0.1], [1.0], [10.0], [3.0], [7.0], [0.0]])
+    weight = model.state_dict()["2.weight"][0]
+    # Execute
+    logits = model(rows)[:, 0]
+    alone = model(rows[1:2])[:, 0]
+    # Assert: each row is scaled to norm 2 by its own norm alone; a zero row stays zero
+    lengths = rows.norm(dim=1, keepdim=True)
+    unit = torch.where(lengths > 0, rows * 2.0 / lengths.clamp_min(1e-6), rows)
+    expected = unit @ weight[:N_FEATURES] + 0.5 * weight[N_FEATURES]
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(alone, logits[1:2])
+    assert torch.isfinite(logits).all()
+    assert set(model.state_dict()) == {"2.weight"}
+    assert set(build_model("ehr_logistic", row_norm=1.0).state_dict()) == {"1.weight", "1.bias"}
