@@ -18,7 +18,7 @@ from scientist.study import Study
 
 # Chosen to finish in a few minutes on 2 cores while still learning something real.
 DEMO_STUDIES = (
-    # The EHR recipe (scientist.recipes: ehr_logistic with intercept scale 8, 3 local epochs,
+    # The EHR recipe (scientist.recipes: ehr_logistic on rows at norm 2, 3 local epochs,
     # batch 512, epsilon 1, evaluated before training and at the end), shortened to 6 rounds
     # for the demo's time; its weight average shrinks with it (0.8 over 20 rounds is 0.33
     # over 6). Both studies aggregate securely (the default): the scientist reads sums only.
