@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from datasites.contract.plan import Plan
-from datasites.contract.syft_io import APPROVED, DENIED, PENDING, request_status
+from datasites.contract.syft_io import APPROVED, CALL_AGAIN, DENIED, PENDING, request_status
 from datasites.contract.zoo import build_model, model_weights
 from scientist.bins import MockScorer, bins_for
 from scientist.checkpoint import Checkpoint
@@ -54,10 +54,9 @@ class HospitalDropped(UserWarning):
 
 
 UNREACHABLE = "unreachable"  # a reply's mark: the hospital did not answer
-BUSY = "busy"  # a reply's mark: it answered that an earlier call is computing this release
-# How a hospital's runtime says that a release is being computed by an earlier call (one
-# the scientist gave up waiting for): not a refusal, the next round asks again.
-CALL_AGAIN = "call again later"
+# A reply's mark: it answered that an earlier call (one the scientist gave up waiting for)
+# is computing this release (`CALL_AGAIN`): not a refusal, the next round asks again.
+BUSY = "busy"
 
 
 def initial_weights(config: StudyConfig) -> dict[str, np.ndarray]:

@@ -13,6 +13,10 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
+# The runtime ends a refusal with this when the same call, asked again, may succeed (a
+# release another call charged and is still computing); the scientist's study retries on it.
+CALL_AGAIN = "call again later"
+
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:

@@ -40,6 +40,7 @@ from datasites.contract.release import (
     sensitivity,
 )
 from datasites.contract.secure_wire import Layout, round_layout
+from datasites.contract.syft_io import CALL_AGAIN
 from datasites.contract.untrusted import int_fits, shown
 from datasites.contract.zoo import build_model, load_weights
 from datasites.privacy.budget import study_budget
@@ -423,7 +424,7 @@ def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int
     what = "training round" if kind == "train" else "evaluation after round"
     raise RequestError(
         f"the {what} {round_} of study {study_id} was charged by another call and has no "
-        "release yet (it is being computed, or that call failed); call again later."
+        f"release yet (it is being computed, or that call failed); {CALL_AGAIN}."
     )
 
 
