@@ -207,6 +207,13 @@ def rare_factor(floor: float) -> np.ndarray:
     return scales / np.maximum(scales, floor) if floor else np.ones_like(scales)
 
 
+def dropped(below: float) -> np.ndarray:
+    """`+d<scale>`: 0 for each feature whose public reference scale is under `below` (the
+    rarest one-hots, merged into their block's baseline by a public rule), 1 for the rest."""
+    scales = load_reference(FEATURE_NAMES).scale
+    return (scales >= below).astype(np.float32)
+
+
 # `+r<rounds>`, `+e<local epochs>`, `+b<batch>`, `+lr<rate>`, `+a<average decay>`: one
 # setting of the base recipe changed.
 _OVERRIDES = {
@@ -250,7 +257,7 @@ def variant(recipe: str, sites: list[Hospital], test: tuple[np.ndarray, np.ndarr
     # `+centred` is an oracle: the exact pooled train mean, which no release gives.
     train = pooled(sites, "train")[0]
     centre = train.mean(axis=0) if "centred" in extras else np.zeros(train.shape[1], np.float32)
-    factor = rare_factor(number("f"))
+    factor = rare_factor(number("f")) * dropped(number("d"))
 
     def moved(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return (part[0] - centre) * factor, part[1]
