@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,9 @@ _BYTES_LIKE = (bytes, bytearray, memoryview, str)
 # Blobs smaller than this deserialize in milliseconds: not worth holding.
 _CACHE_MIN_BYTES = 1 << 20
 DEFAULT_BLOB_CACHE_BYTES = 1 << 30
+# Base64 text of the store's rows: an asset's mock or a small test split is 0.3-2 MB.
+_JSON_CACHE_MIN_CHARS = 1 << 18
+DEFAULT_JSON_CACHE_CHARS = 1 << 28
 
 
 def store_uuids_as_text() -> None:
@@ -79,15 +82,17 @@ class BlobCache:
     Least recently used entries go first once `max_bytes` (serialized) is exceeded.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_BLOB_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
+    def __init__(
+        self, max_bytes: int = DEFAULT_BLOB_CACHE_BYTES, min_bytes: int = _CACHE_MIN_BYTES
+    ) -> None:
+        self.max_bytes, self.min_bytes = max_bytes, min_bytes
         self.hits = 0
-        self._entries: OrderedDict[int, tuple[bytes, Any]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[bytes | str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def load(self, raw: bytes, deserialize: Callable[[bytes], Any]) -> Any:
+    def load(self, raw: bytes | str, deserialize: Callable[[Any], Any]) -> Any:
         """What `deserialize(raw)` returns, from the cache when these bytes were seen."""
-        if len(raw) < _CACHE_MIN_BYTES:
+        if len(raw) < self.min_bytes:
             return deserialize(raw)
         key = hash(raw[:4096]) ^ len(raw)
         with self._lock:
@@ -160,6 +165,112 @@ def cache_blob_reads(cache: BlobCache | None = None) -> BlobCache:
     return cache
 
 
+def cache_json_bytes(cache: BlobCache | None = None) -> BlobCache:
+    """Deserialize each large immutable value of syft's store once, not on every read.
+
+    syft keeps an object's data inline in its SQLite row, as base64 text, when it is below
+    the blob store's size (an asset's mock, a small test split). A study call reads each
+    asset's row three times (argument unwrapping, the input policy's check, then its
+    filter), and every read decoded and deserialized that text again: at the small scale
+    about a third of syft's own CPU per call, paid by every call, twice a round in a secure
+    study. The cache keeps only arrays and dicts of arrays (`BlobCache`), matched on the
+    exact text, so the study's reply, the scientist's arguments and every other row
+    deserialize as before. Returns the cache in use (one per process).
+    """
+    from syft.serde import json_serde
+
+    current = getattr(json_serde._deserialize_from_json_bytes, "blob_cache", None)
+    if current is not None:
+        return current
+    cache = cache or BlobCache(DEFAULT_JSON_CACHE_CHARS, min_bytes=_JSON_CACHE_MIN_CHARS)
+    original = json_serde._deserialize_from_json_bytes
+
+    def deserialize(obj: str) -> Any:
+        return cache.load(obj, original) if isinstance(obj, str) else original(obj)
+
+    deserialize.blob_cache = cache  # type: ignore[attr-defined]
+    # deserialize_json calls it through its module's global name.
+    json_serde._deserialize_from_json_bytes = deserialize
+    return cache
+
+
+def count_outputs_in_sql() -> None:
+    """Count a study's past executions with one SQL COUNT instead of reading them all back.
+
+    Before each call syft checks the code's output policy (`OutputPolicyExecuteCount`:
+    fewer executions than its limit) by loading and deserializing every `ExecutionOutput`
+    the code ever produced, only to take `len` of the list. A study stores one per call, so
+    the check grew with each round: with a hundred outputs it was a third of a call's CPU,
+    and a 200-round secure study makes 400. The count is the same rows syft's query would
+    return (the server's own credentials see every row), counted by SQLite.
+    """
+    from syft.service.policy.policy import OutputPolicyExecuteCount
+
+    original = OutputPolicyExecuteCount.count
+    if getattr(original, "in_sql", False):
+        return
+
+    def count(self: Any, context: Any = None) -> int:
+        if context is None:  # the client's side: syft's own path
+            return original(self, context)
+        return _count_outputs(context.server.services.output.stash, self.id)
+
+    count.in_sql = True  # type: ignore[attr-defined]
+    OutputPolicyExecuteCount.count = count
+
+
+def _count_outputs(stash: Any, policy_id: Any) -> int:
+    import sqlalchemy as sa
+
+    where = stash._get_field_filter("output_policy_id", policy_id)
+    query = sa.select(sa.func.count()).select_from(stash.table).where(where)
+    with stash.sessionmaker() as session:
+        return int(session.execute(query).scalar_one())
+
+
+class _LazyHistory(Sequence):
+    """A code's output history, read from the store only if someone looks at it."""
+
+    def __init__(self, load: Callable[[], list]) -> None:
+        self._load, self._items = load, None
+
+    def _all(self) -> list:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+
+def read_output_history_lazily() -> None:
+    """Read a code's output history only when a call is refused and syft looks at it.
+
+    syft's call reads the whole history (every `ExecutionOutput` of the code, deserialized)
+    before it checks the output policy, but uses it only on the refused path, to return the
+    last output again. Every allowed call paid for a list it never read, growing by one or
+    two entries a round (see `count_outputs_in_sql`). The history is now a sequence that
+    loads on first use: the refused path reads exactly what it read before.
+    """
+    from syft.service.code.user_code import UserCode
+    from syft.types.errors import SyftException
+    from syft.types.result import as_result
+
+    original = UserCode.get_output_history
+    if getattr(original, "lazy", False):
+        return
+
+    @as_result(SyftException)
+    def get_output_history(self: Any, context: Any) -> _LazyHistory:
+        return _LazyHistory(lambda: original(self, context=context).unwrap())
+
+    get_output_history.lazy = True  # type: ignore[attr-defined]
+    UserCode.get_output_history = get_output_history
+
+
 def _shape_only(array: np.ndarray) -> str:
     return f"array(shape={array.shape}, dtype={array.dtype})"
 
@@ -189,4 +300,7 @@ def apply_all() -> None:
     store_uuids_as_text()
     skip_walking_bytes()
     cache_blob_reads()
+    cache_json_bytes()
+    count_outputs_in_sql()
+    read_output_history_lazily()
     summarize_array_reprs()

@@ -111,6 +111,85 @@ def test_syft_blob_reads_go_through_the_cache() -> None:
     assert SyftObjectRetrieval(syft_object=raw, file_name="train").read(_deserialize=False) == raw
 
 
+def test_store_rows_holding_arrays_deserialize_once() -> None:
+    """An asset's inline data (its mock, a small test split) is decoded once per process;
+    a study's reply or argument, a dict that holds more than arrays, is decoded every time."""
+    from typing import Any
+
+    import numpy as np
+    from syft.serde.json_serde import _serialize_to_json_bytes, deserialize_json
+
+    from datasites.server.syft_fixes import cache_json_bytes
+
+    cache = cache_json_bytes()
+    assert cache_json_bytes() is cache
+    pixels = np.random.default_rng(1).integers(0, 256, 1 << 19, dtype=np.uint8)
+    text = _serialize_to_json_bytes({"images": pixels, "labels": np.zeros(4, np.uint8)})
+    hits = cache.hits
+    reads = [deserialize_json(text, Any) for _ in range(2)]
+    assert cache.hits == hits + 1
+    assert np.array_equal(reads[1]["images"], pixels) and reads[1] is not reads[0]
+    assert reads[1]["images"] is reads[0]["images"] and not reads[0]["images"].flags.writeable
+    reply = _serialize_to_json_bytes({"hospital": "a", "batch": [{"masked": pixels.tobytes()}]})
+    replies = [deserialize_json(reply, Any) for _ in range(2)]
+    assert cache.hits == hits + 1 and replies[0]["batch"] is not replies[1]["batch"]
+    small = _serialize_to_json_bytes({"images": pixels[:1000]})
+    assert deserialize_json(small, Any)["images"].flags.writeable  # below the floor: as before
+
+
+def test_output_counts_match_syft_and_the_history_loads_only_when_read(tmp_path: Path) -> None:
+    """The output policy's count is SQLite's COUNT of exactly the rows syft's own query
+    returns; the call's output history is read from the store only if something reads it."""
+    from types import SimpleNamespace
+
+    from syft.server.credentials import SyftSigningKey
+    from syft.service.code.user_code import UserCode
+    from syft.service.output.output_service import ExecutionOutput, OutputStash
+    from syft.service.policy.policy import OutputPolicyExecuteCount
+    from syft.store.db.sqlite import SQLiteDBConfig, SQLiteDBManager
+
+    from datasites.server.syft_fixes import count_outputs_in_sql, read_output_history_lazily
+
+    count_outputs_in_sql()
+    read_output_history_lazily()
+    key = SyftSigningKey.generate()
+    db = SQLiteDBManager(
+        config=SQLiteDBConfig(path=tmp_path, filename="outputs.db"),
+        server_uid=UID(),
+        root_verify_key=key.verify_key,
+    )
+    stash = OutputStash(store=db)
+    db.init_tables()
+    policy, other = OutputPolicyExecuteCount(limit=9), OutputPolicyExecuteCount(limit=9)
+    for owner in [policy] * 3 + [other]:
+        output = ExecutionOutput.from_ids(
+            output_ids=[UID()],
+            user_code_id=UID(),
+            executing_user_verify_key=key.verify_key,
+            server_uid=db.server_uid,
+            output_policy_id=owner.id,
+            input_ids={},
+        )
+        stash.set(key.verify_key, output).unwrap()
+    reads: list[UID] = []
+
+    def history(context: object, user_code_id: UID) -> list[int]:
+        reads.append(user_code_id)
+        return [1, 2]
+
+    output = SimpleNamespace(stash=stash, get_by_user_code_id=history)
+    context = SimpleNamespace(server=SimpleNamespace(services=SimpleNamespace(output=output)))
+
+    for owner, expected in ((policy, 3), (other, 1), (OutputPolicyExecuteCount(limit=9), 0)):
+        assert len(stash.get_by_output_policy_id(key.verify_key, owner.id).unwrap()) == expected
+        assert owner.count(context) == expected
+    code = SimpleNamespace(id=UID())
+    lazy = UserCode.get_output_history(code, context=context).unwrap()
+    assert reads == []  # nothing read yet
+    assert len(lazy) == 2 and lazy[-1] == 2 and reads == [code.id]
+    assert len(lazy) == 2 and reads == [code.id]  # read once
+
+
 def test_the_datasite_never_formats_an_arrays_values() -> None:
     """syft formats the data of every ActionObject it builds; weights must not be printed at
     each store read, and no repr in the datasite may carry values (`summarize_array_reprs`)."""

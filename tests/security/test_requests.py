@@ -361,6 +361,41 @@ def test_hostile_adaptive_clipping_settings_are_refused(
         assert entries(logged, "request_received", request=rid)
 
 
+def test_hostile_row_norm_and_intercept_settings_are_refused(
+    scientist: Federation,
+    operators: dict[str, Operator],
+    auto_approve: Operator,
+    audit_since: Since,
+) -> None:
+    """`ehr_logistic`'s row norm and intercept input set how far each patient's gradient is
+    from the clipping bound. An infinite, tiny or non-numeric value (which would make each
+    row's scaling overflow, vanish or fail on the private rows) is refused by the plan at
+    review, by the operator and by the watcher, before anything runs; negative values,
+    bools and unknown names go through the same zoo check (unit-tested in test_models)."""
+    log = audit_since(HOSPITAL)
+    op = operators[HOSPITAL]
+    hostile = [
+        hostile_plan(scientist, model="'ehr_logistic'", model_kwargs=kwargs)
+        for kwargs in (
+            "{'row_norm': 1e400}",
+            "{'row_norm': 0.001}",
+            "{'row_norm': '2'}",
+            "{'intercept_scale': 1e400, 'row_norm': 2.0}",
+        )
+    ]
+    reviews = [op.review(op.request(rid)) for rid in hostile]
+    refusals = [quiet(lambda rid=rid: op.approve(rid)) for rid in hostile]
+    decisions = {d.request: d for d in watch_once(auto_approve, set()) if d.request in hostile}
+
+    for review in reviews:
+        assert any("model_kwargs" in problem for problem in review.problems), review.problems
+    assert all(isinstance(r, OperatorError) for r in refusals), refusals
+    assert set(decisions) == set(hostile) and not any(d.approved for d in decisions.values())
+    logged = log()
+    for rid in hostile:
+        assert entries(logged, "request_received", request=rid)
+
+
 def test_unbounded_compute_is_refused(
     scientist: Federation,
     operators: dict[str, Operator],
