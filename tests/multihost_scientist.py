@@ -23,7 +23,7 @@ import numpy as np
 from datasites.contract.pinned_tls import NetworkPolicy
 
 # Short enough that a cut link costs a round seconds, not minutes; long enough for a round.
-NETWORK = NetworkPolicy(connect_timeout=5.0, read_timeout=45.0, retries=1, backoff=0.2)
+NETWORK = NetworkPolicy(connect_timeout=5.0, read_timeout=20.0, retries=1, backoff=0.2)
 
 
 def say(payload: dict[str, Any]) -> None:

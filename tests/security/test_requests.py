@@ -368,20 +368,16 @@ def test_hostile_row_norm_and_intercept_settings_are_refused(
     audit_since: Since,
 ) -> None:
     """`ehr_logistic`'s row norm and intercept input set how far each patient's gradient is
-    from the clipping bound. An infinite, tiny or non-numeric value (which would make each
-    row's scaling overflow, vanish or fail on the private rows) is refused by the plan at
-    review, by the operator and by the watcher, before anything runs; negative values,
-    bools and unknown names go through the same zoo check (unit-tested in test_models)."""
+    from the clipping bound. An infinite or non-numeric value (which would make each row's
+    scaling overflow or fail on the private rows) is refused by the plan at review, by the
+    operator and by the watcher, before anything runs; tiny and negative values, bools and
+    unknown names go through the same zoo check (each unit-tested in test_models; a live
+    submission costs seconds, so two stand for them here)."""
     log = audit_since(HOSPITAL)
     op = operators[HOSPITAL]
     hostile = [
         hostile_plan(scientist, model="'ehr_logistic'", model_kwargs=kwargs)
-        for kwargs in (
-            "{'row_norm': 1e400}",
-            "{'row_norm': 0.001}",
-            "{'row_norm': '2'}",
-            "{'intercept_scale': 1e400, 'row_norm': 2.0}",
-        )
+        for kwargs in ("{'row_norm': 1e400}", "{'intercept_scale': '2', 'row_norm': 2.0}")
     ]
     reviews = [op.review(op.request(rid)) for rid in hostile]
     refusals = [quiet(lambda rid=rid: op.approve(rid)) for rid in hostile]
