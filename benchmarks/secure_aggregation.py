@@ -34,6 +34,8 @@ import round_overhead
 
 from scientist.recipes import recipe
 
+RECIPE = recipe("pathmnist")
+
 
 def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: str) -> dict:
     import syft as sy
@@ -50,8 +52,8 @@ def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: 
         rounds=args.rounds,
         local_steps=args.local_steps,
         batch_size=args.batch_size,
-        lr=recipe("pathmnist")["lr"],
-        momentum=recipe("pathmnist")["momentum"],
+        lr=RECIPE["lr"],
+        momentum=RECIPE["momentum"],
         average_decay=0.0,
         eval_every=args.rounds,
         aggregation=aggregation,
@@ -117,8 +119,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10)
     # The PathMNIST recipe's round (what `StudyConfig(task="pathmnist")` trains); batch 64
     # reproduces the earlier, overhead-bound measurement.
-    p.add_argument("--local-steps", type=int, default=recipe("pathmnist")["local_steps"])
-    p.add_argument("--batch-size", type=int, default=recipe("pathmnist")["batch_size"])
+    p.add_argument("--local-steps", type=int, default=RECIPE["local_steps"])
+    p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     p.add_argument("--widths", default="16,72")
     p.add_argument("--base-port", type=int, default=8181)
     args = p.parse_args()

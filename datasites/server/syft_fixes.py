@@ -200,8 +200,9 @@ def count_outputs_in_sql() -> None:
     Before each call syft checks the code's output policy (`OutputPolicyExecuteCount`:
     fewer executions than its limit) by loading and deserializing every `ExecutionOutput`
     the code ever produced, only to take `len` of the list. A study stores one per call, so
-    the check grew with each round: with a hundred outputs it was a third of a call's CPU,
-    and a 200-round secure study makes 400. The count is the same rows syft's query would
+    the check grew with each round: with a hundred outputs it and the history read below
+    (`read_output_history_lazily`) took a third of a call's CPU, and a 200-round secure
+    study makes 400. The count is the same rows syft's query would
     return (the server's own credentials see every row), counted by SQLite.
     """
     from syft.service.policy.policy import OutputPolicyExecuteCount
