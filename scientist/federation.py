@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
+from datasites.client.connection import load_syft
 from datasites.contract.pinned_tls import NetworkPolicy
 from scientist.config import StudyConfig
 from scientist.connect import (
@@ -90,6 +91,7 @@ class Federation:
         """
         network = network or NetworkPolicy()
         logins = resolve_logins(source, email=email, password=password)
+        load_syft()
         outcomes = parallel(lambda login: _try(login_client, login, network, timeout), logins)
         failures = [str(o) for o in outcomes if isinstance(o, FederationError)]
         if failures:

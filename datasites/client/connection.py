@@ -80,6 +80,14 @@ def connection(url: str, session: requests.Session) -> Any:
     return conn
 
 
+def load_syft() -> None:
+    """Import syft in the calling thread. Its package imports itself in a cycle, so two
+    threads importing it for the first time at once can see a half-initialised module
+    ("partially initialized module 'syft' has no attribute 'serialize'"): a caller that
+    logs in from several threads imports it first."""
+    import syft  # noqa: F401
+
+
 def guest_client(url: str, session: requests.Session) -> Any:
     """A syft guest client of the datasite at `url`, every request through `session`."""
     conn = connection(url, session)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasites.client.connection import load_syft
 from datasites.contract.files import write_json
 from datasites.contract.syft_io import quiet
 from datasites.contract.untrusted import shown
@@ -229,7 +230,8 @@ class LocalFederation:
                 self.processes.append(start_datasite(config))
             self.log(f"starting {len(self.configs)} datasites on {LOOPBACK} ...")
             # syft prints banners and upload bars from every thread; silence them once here
-            # (swapping stdout inside worker threads would race).
+            # (swapping stdout inside worker threads would race), and import syft here first.
+            load_syft()
             with quiet(), ThreadPoolExecutor(max_workers=len(self.configs)) as pool:
                 results = list(pool.map(ready_and_provision, self.processes))
             self.manifests = dict(zip([c.name for c in self.configs], results, strict=True))
