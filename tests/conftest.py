@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+Completed = subprocess.CompletedProcess[str]
 
 REPO = Path(__file__).resolve().parent.parent
 # Overridable so that two test runs on one machine (helpers, CI) do not fight over ports.
@@ -153,21 +156,37 @@ def run_launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
     )
 
 
-def launch_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+def _in_process(main: Callable[[list[str]], int], args: Sequence[str]) -> Completed:
+    """`main(args)` with its output captured: what a subprocess of it would have returned."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    except SystemExit as exit_:  # argparse refuses with exit code 2
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:  # launch.main installs handlers that turn Ctrl-C into its own exception
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def launch_in_process(*args: str) -> Completed:
     """launch.py's `main` in this process, for inputs it refuses before starting anything:
     the same exit code and output as `run_launch`, without a second interpreter."""
     import launch
 
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = launch.main(list(args))
-    except SystemExit as exit_:  # argparse refuses with exit code 2
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:  # main installs handlers that turn Ctrl-C into its own exception
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return _in_process(launch.main, args)
+
+
+def datasites_cli(data_dir: Path, hospital: str, *args: str) -> Completed:
+    """`python -m datasites <args> --hospital H --data-dir D`, by its `main` in this process.
+
+    The same code, exit code and output as the command; a second interpreter would spend
+    about 7 s importing syft for each command (the entry point itself is run as a process
+    by tests/integration/test_init_serve.py and test_multihost.py)."""
+    from datasites.cli.main import main
+
+    return _in_process(main, [*args, "--hospital", hospital, "--data-dir", str(data_dir)])
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ budget, audit and automatic approval, through the Python API and the command lin
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from datasites.privacy.ledger import Ledger
 from datasites.site.audit import AuditLog, weights_digest
 from scientist import DPConfig, Federation, StudyConfig
 from scientist.study import initial_weights
-from tests.conftest import REPO, Launch, one_round_ehr, start_launch
+from tests.conftest import Launch, datasites_cli, one_round_ehr, start_launch
 
 STUDY = one_round_ehr(epsilon=2.0)
 
@@ -29,22 +27,7 @@ def op(federation: Launch) -> Operator:
 
 
 def cli(federation: Launch, *args: str, hospital: str = "hospital-c") -> Any:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "datasites",
-            *args,
-            "--hospital",
-            hospital,
-            "--data-dir",
-            str(federation.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    return datasites_cli(federation.data_dir, hospital, *args)
 
 
 def entries_after(federation: Launch, hospital: str, start: int) -> list[dict[str, Any]]:

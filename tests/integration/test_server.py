@@ -210,3 +210,27 @@ def test_the_datasite_never_formats_an_arrays_values() -> None:
     finally:
         np.set_string_function(None, repr=True)
         np.set_string_function(None, repr=False)
+
+
+def test_the_datasite_never_formats_a_frames_values() -> None:
+    """The EHR assets are DataFrames: each store read formatted one twice, and a repr with
+    values could carry a patient's into a log line (`summarize_frame_reprs`)."""
+    import pandas as pd
+    from syft.service.action.action_object import ActionObject
+
+    from datasites.server.syft_fixes import summarize_frame_reprs
+
+    frame = pd.DataFrame({"age": [71.25, 33.5], "race": ["Caucasian", "Asian"]})
+    saved = {kind: (kind.__repr__, kind.__str__) for kind in (pd.DataFrame, pd.Series)}
+    try:
+        assert "Caucasian" in repr(frame)  # pandas' default: the values
+        summarize_frame_reprs()
+        assert repr(frame) == str(frame) == "DataFrame(shape=(2, 2))"
+        assert repr(frame["age"]) == "Series(shape=(2,))"
+        stored = ActionObject.from_obj(frame)
+        shown = stored.syft_action_data_repr_ + stored.syft_action_data_str_
+        assert "71.25" not in shown and "Caucasian" not in shown
+        pd.testing.assert_frame_equal(stored.syft_action_data, frame)
+    finally:
+        for kind, (rep, text) in saved.items():
+            kind.__repr__, kind.__str__ = rep, text

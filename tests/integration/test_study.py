@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from scientist import DPConfig, Federation, StudyConfig
 from scientist.bins import MockScorer, bins_for
 from scientist.checkpoint import Checkpoint
 from scientist.study import Study, StudyError, initial_weights
-from tests.conftest import REPO, Launch
+from tests.conftest import Launch, datasites_cli
 
 SMALL_EHR = dict(
     task="ehr",
@@ -229,22 +228,7 @@ def test_operator_commands(federation: Launch, fed: Federation) -> None:
     request_id = study.requests["hospital-a"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "datasites",
-                *args,
-                "--hospital",
-                "hospital-a",
-                "--data-dir",
-                str(federation.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=120,
-        )
+        return datasites_cli(federation.data_dir, "hospital-a", *args)
 
     listing = cli("requests")
     assert listing.returncode == 0, listing.stderr

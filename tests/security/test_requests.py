@@ -26,7 +26,7 @@ from datasites.governance.changes import output_policy_problem
 from datasites.governance.operator import Operator, OperatorError
 from datasites.governance.watch import watch_once
 from scientist import Federation, StudyConfig
-from tests.conftest import REPO, Launch, login, one_round_ehr
+from tests.conftest import Launch, datasites_cli, login, one_round_ehr
 from tests.security.conftest import POLICY
 from tests.security.forge import (
     admin_role,
@@ -272,22 +272,7 @@ def hostile_plan(scientist: Federation, **values: str) -> str:
 
 
 def cli(guarded: Launch, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "datasites",
-            *args,
-            "--hospital",
-            HOSPITAL,
-            "--data-dir",
-            str(guarded.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    return datasites_cli(guarded.data_dir, HOSPITAL, *args)
 
 
 def test_overflowing_plans_do_not_stop_the_operator(
