@@ -14,27 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from scipy import stats
 
 from datasites.contract.encoding import encode_ehr
 from datasites.governance.operator import Operator
 from datasites.privacy.ledger import Ledger
 from scientist import DPConfig, Federation, StudyConfig
-from tests.conftest import Launch, admin_login, start_launch
+from tests.conftest import Launch, admin_login
 from tests.unit.test_total import condition_weights
 
 HOSPITAL = "hospital-a"
 STUDIES = 2  # studies each way, each of ROUNDS calls (a training round and an evaluation)
 ROUNDS = 4
-POLICY = "[budget]\nepsilon_cap = 40.0\n[study]\nmax_epsilon = 5.0\n"
 ATTACK = StudyConfig(
     task="ehr",
     aggregation="plain",
@@ -50,22 +45,6 @@ ATTACK = StudyConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def poison_site() -> Iterator[Launch]:
-    parent = Path(tempfile.mkdtemp(prefix="poison-"))
-    data_dir = parent / "datasites"
-    (data_dir / HOSPITAL).mkdir(parents=True)
-    (data_dir / HOSPITAL / "policy.toml").write_text(POLICY)
-    try:
-        launch = start_launch(
-            "--hospitals", "1", "--base-port", "18681", "--seed", "17", data_dir=data_dir
-        )
-        yield launch
-        launch.stop()
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
-
-
 def target_condition(launch: Launch) -> tuple[int, dict[str, float]]:
     """A feature and thresholds met by exactly one private test patient, or by nobody;
     read with the operator's login (the attacker would guess; the test must know)."""
@@ -78,10 +57,14 @@ def target_condition(launch: Launch) -> tuple[int, dict[str, float]]:
     return feature, {"target": float(top + second) / 2, "nobody": float(top) + 1.0}
 
 
+_ENDPOINTS: dict[str, tuple[Any, Any]] = {}  # study id -> its assets and function
+
+
 def call(fed: Federation, study: Any, round_: int, weights: dict[str, np.ndarray]) -> Any:
     client = fed.client(HOSPITAL)
-    assets = client.datasets["ehr"].assets
-    function = getattr(client.code, study.function)
+    if study.id not in _ENDPOINTS:  # a dataset's pointers cost a round trip: fetched once
+        _ENDPOINTS[study.id] = (client.datasets["ehr"].assets, getattr(client.code, study.function))
+    assets, function = _ENDPOINTS[study.id]
     with contextlib.redirect_stdout(io.StringIO()):
         result = function(
             train=assets["train"],
@@ -93,12 +76,13 @@ def call(fed: Federation, study: Any, round_: int, weights: dict[str, np.ndarray
 
 
 def test_a_condition_on_private_rows_gets_the_same_reply_and_charge_either_way(
-    poison_site: Launch, tmp_path: Path
+    federation: Launch, tmp_path: Path
 ) -> None:
-    feature, thresholds = target_condition(poison_site)
-    fed = Federation.connect(poison_site.data_dir, workdir=tmp_path / "studies")
-    op = Operator.open(poison_site.data_dir, HOSPITAL, name="ops")
-    ledger = Ledger(poison_site.data_dir / HOSPITAL / "ledger.sqlite")
+    # The session's datasites: this test reads only its own studies' charges and replies.
+    feature, thresholds = target_condition(federation)
+    fed = Federation.connect(federation.data_dir, workdir=tmp_path / "studies")
+    op = Operator.open(federation.data_dir, HOSPITAL, name="ops")
+    ledger = Ledger(federation.data_dir / HOSPITAL / "ledger.sqlite")
     replies: dict[str, list[Any]] = {"target": [], "nobody": []}
     charges: dict[str, list[float]] = {"target": [], "nobody": []}
 
