@@ -211,7 +211,11 @@ def test_runtime_enforces_rounds_and_repeats_cost_nothing(
 def test_a_study_above_the_cap_is_refused_even_when_approved(
     fed: Federation, operators: dict[str, Operator], federation: Launch
 ) -> None:
-    study = fed.submit(StudyConfig(**{**SMALL_EHR, "rounds": 1, "dp": DPConfig(epsilon=60.0)}))
+    # One hospital: calibrating noise for epsilon 60 takes each datasite seconds.
+    study = fed.submit(
+        StudyConfig(**{**SMALL_EHR, "rounds": 1, "dp": DPConfig(epsilon=60.0)}),
+        hospitals=["hospital-b"],
+    )
     with pytest.raises(OperatorError, match="above its cap"):
         operators["hospital-b"].approve(study.requests["hospital-b"])
     # An operator who approves through syft directly skips those checks; the runtime holds.
