@@ -57,14 +57,7 @@ def target_condition(launch: Launch) -> tuple[int, dict[str, float]]:
     return feature, {"target": float(top + second) / 2, "nobody": float(top) + 1.0}
 
 
-_ENDPOINTS: dict[str, tuple[Any, Any]] = {}  # study id -> its assets and function
-
-
-def call(fed: Federation, study: Any, round_: int, weights: dict[str, np.ndarray]) -> Any:
-    client = fed.client(HOSPITAL)
-    if study.id not in _ENDPOINTS:  # a dataset's pointers cost a round trip: fetched once
-        _ENDPOINTS[study.id] = (client.datasets["ehr"].assets, getattr(client.code, study.function))
-    assets, function = _ENDPOINTS[study.id]
+def call(function: Any, assets: Any, round_: int, weights: dict[str, np.ndarray]) -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         result = function(
             train=assets["train"],
@@ -86,13 +79,17 @@ def test_a_condition_on_private_rows_gets_the_same_reply_and_charge_either_way(
     replies: dict[str, list[Any]] = {"target": [], "nobody": []}
     charges: dict[str, list[float]] = {"target": [], "nobody": []}
 
+    client = fed.client(HOSPITAL)
+    assets = client.datasets["ehr"].assets  # a round trip: fetched once, like a Study does
+
     for _ in range(STUDIES):
         for case, threshold in thresholds.items():
             study = fed.submit(ATTACK, hospitals=[HOSPITAL])
             op.approve(study.requests[HOSPITAL])
+            function = getattr(client.code, study.function)
             for round_ in range(1, ROUNDS + 1):
                 weights = condition_weights(feature, threshold)
-                replies[case].append(call(fed, study, round_, weights))
+                replies[case].append(call(function, assets, round_, weights))
                 charges[case].append(round(ledger.study_spent(study.id), 9))
 
     keys = sorted(replies["nobody"][0])
