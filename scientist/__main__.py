@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         default="secure",
         help="secure: the scientist reads only sums over the hospitals (default)",
     )
-    run.add_argument("--threshold", type=int, help="secure: least hospitals per sum (majority)")
+    run.add_argument("--threshold", type=int, help="secure: least hospitals per sum (over 2/3)")
     run.add_argument("--out", type=Path, help="output folder (default: <workdir>/<study>/report)")
     run.add_argument(
         "--wait-approval",

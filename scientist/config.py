@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from datasites.contract.secure_sum import default_threshold
 from datasites.contract.tasks import EHR_LABELS, MODEL_NAMES, TASKS, model_task
 from datasites.contract.zoo import build_model
 from scientist.recipes import recipe
@@ -202,7 +203,8 @@ class StudyConfig:
         """The literal plan the hospitals' runtime executes (and their operators read).
 
         A secure study names its `partners` (hospital -> datasite verify key, from their
-        metadata) and its threshold (a majority of them unless set).
+        metadata) and its threshold (more than two thirds of them unless set: the bound against
+        a relay that lies, `datasites.contract.secure_sum.default_threshold`).
 
         `momentum` and `local_steps` appear only when set, so plans without them stay as they
         were; the
@@ -238,7 +240,7 @@ class StudyConfig:
                 )
             plan["aggregation"] = "secure"
             plan["partners"] = dict(sorted(partners.items()))
-            plan["threshold"] = self.threshold or len(partners) // 2 + 1
+            plan["threshold"] = self.threshold or default_threshold(len(partners))
             plan["secure_scale"] = SECURE_SCALE
             plan["secure_clip"] = SECURE_CLIP
         return plan

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from datasites.contract.secure_sum import default_threshold
 from scientist.__main__ import round_line
 from scientist.config import DPConfig, StudyConfig
 from scientist.federation import Federation
@@ -78,5 +79,5 @@ def _aggregation(study: Study) -> str:
     if not study.config.secure:
         return "plain aggregation"
     partners = len(study.partners)
-    threshold = study.config.threshold or partners // 2 + 1
+    threshold = study.config.threshold or default_threshold(partners)
     return f"secure aggregation (sums over at least {threshold} of {partners} hospitals)"

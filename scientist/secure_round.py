@@ -1,8 +1,10 @@
 """The scientist's side of a secure round: relay the hospitals' messages, sum what they mask.
 
 The scientist never holds a key that unmasks one hospital: it forwards signed adverts and
-sealed shares it cannot open, collects masked vectors, announces who survived, and removes
-the masks of the sum with the survivors' shares (`datasites.contract.secure_sum`). What it
+sealed shares it cannot open, collects masked vectors, announces who survived, carries the
+survivors' signatures over that announcement to each other (a hospital reveals shares only
+for a story at least `threshold` survivors signed), and removes the masks of the sum with
+their shares (`datasites.contract.secure_sum`). What it
 learns is the sum, over the survivors, of each hospital's size-weighted training update, its
 size, and its noised evaluation counts: the weighted FedAvg and the summed metrics of a
 plain round, and nothing about any one hospital.
@@ -69,12 +71,13 @@ def run_secure_round(
 
 
 class SecureRelay:
-    """A secure study's calls, pipelined: two syft calls per hospital and round.
+    """A secure study's calls, pipelined: three syft calls per hospital and round.
 
-    A call's four phases need three round trips at least (adverts before shares, shares
-    before masks, masks before unmasking), and the next round's masks need this round's
-    sum. So the next round's phases ride along (`{"batch": [...]}`): the mask call carries
-    the shares of round r + 1, the unmasking call the adverts of round r + 2. A relay that
+    A call's five phases need four round trips at least (adverts before shares, shares
+    before masks, masks before the survivors confirm, confirmations before unmasking), and
+    the next round's masks need this round's sum. So the next round's phases ride along
+    (`{"batch": [...]}`): the mask call carries the shares of round r + 1, the confirm call
+    the adverts of round r + 2. A relay that
     starts (or resumes) at a round without them asks for them first; every hospital gives
     the same answers again, since it answers each phase once.
     `on_phase(name)` is told as each phase begins (a progress bar shows it).
@@ -100,7 +103,8 @@ class SecureRelay:
         if round_ not in self.shares:
             self._prepare(round_, dropped)
         masked = self._mask(round_, weights, edges, dropped)
-        replies = self._unmask(round_, masked, dropped)
+        confirmed = self._confirm(round_, masked, dropped)
+        replies = self._unmask(round_, masked, confirmed, dropped)
         return self._sum(round_, weights, edges, masked, replies, dropped)
 
     # -- the phases ------------------------------------------------------------------------
@@ -129,15 +133,27 @@ class SecureRelay:
                 requests.setdefault(name, []).append(self._share(round_ + 1))
         return self._phase("mask", requests, dropped, first_only=set(shared))
 
-    def _unmask(self, round_: int, masked: dict, dropped: dict) -> dict:
+    def _confirm(self, round_: int, masked: dict, dropped: dict) -> dict:
+        """Every survivor signs the survivor set; round r + 2's adverts ride along."""
         survivors = sorted(self.ids[n] for n in masked)
-        gone = sorted(self.ids[n] for n in self.shares[round_] if n not in masked)
-        unmask = {"round": round_, "phase": "unmask", "survivors": survivors, "dropped": gone}
-        requests: dict[str, list[dict]] = {n: [unmask] for n in masked}
+        confirm = {"round": round_, "phase": "confirm", "survivors": survivors}
+        requests: dict[str, list[dict]] = {n: [confirm] for n in masked}
         if round_ + 2 <= self.last:  # every partner may advertise again, also one that dropped
             for name in self.ids:
                 requests.setdefault(name, []).append(self._advertise(round_ + 2))
-        return self._phase("unmask", requests, dropped, first_only=set(masked))
+        return self._phase("confirm", requests, dropped, first_only=set(masked))
+
+    def _unmask(self, round_: int, masked: dict, confirmed: dict, dropped: dict) -> dict:
+        """Those who confirmed reveal, each given every confirmation (at least t)."""
+        unmask = {
+            "round": round_,
+            "phase": "unmask",
+            "survivors": sorted(self.ids[n] for n in masked),
+            "dropped": sorted(self.ids[n] for n in self.shares[round_] if n not in masked),
+            "signatures": {self.ids[n]: r["signature"] for n, r in confirmed.items()},
+        }
+        requests = {n: [unmask] for n in confirmed}
+        return self._phase("unmask", requests, dropped, first_only=set(confirmed))
 
     def _advertise(self, round_: int) -> dict:
         return {"round": round_, "phase": "advertise"}

@@ -525,7 +525,7 @@ def _progress(enabled: bool, total: int, done: int, study_id: str) -> Any:
 
 
 def _phase_shown(bar: Any) -> Callable[[str], None] | None:
-    """Show a secure call's current phase (advertise, share, mask, unmask) on the bar."""
+    """Show a secure call's current phase (advertise, share, mask, confirm, unmask) on the bar."""
     if bar is None:
         return None
     return lambda phase: bar.set_description_str(f"{bar.desc.split(' [')[0]} [{phase}]")

@@ -33,6 +33,8 @@ epsilon_cap = {SESSION_CAP}
 
 [study]
 max_epsilon = 100.0
+# 2 of 3: the dropout tests need a round to survive a lost hospital (the default is 3 of 3).
+min_secure_threshold = 2
 """
 
 

@@ -34,11 +34,24 @@ SCALE, CLIP = 2.0**20, 2.0**24
 
 
 def build_trio(tmp_path: Path) -> dict[str, dict]:
-    """Three hospital folders registered with each other: {"roots": ..., "keys": ...}."""
-    roots = {name: tmp_path / name for name in NAMES}
+    """Three hospital folders registered with each other: {"roots": ..., "keys": ...}.
+
+    Their policy lets a secure study name a majority threshold (2 of 3), so that a round
+    survives a lost hospital; the default (3 of 3) holds against more colluders."""
+    return build_federation(tmp_path, NAMES, min_threshold=2)
+
+
+def build_federation(tmp_path: Path, names: tuple[str, ...], min_threshold: int = 0) -> dict:
+    """Hospital folders `names`, registered with each other, their policy's
+    `min_secure_threshold` set to `min_threshold` (0: the default, over two thirds)."""
+    roots = {name: tmp_path / name for name in names}
     keys = {}
     for name, root in roots.items():
-        Policy.write_default(root)
+        path = Policy.write_default(root)
+        text = path.read_text().replace(
+            "min_secure_threshold = 0", f"min_secure_threshold = {min_threshold}"
+        )
+        path.write_text(text)
         identity = Identity.load_or_create(root / IDENTITY_FILE, name)
         keys[name] = identity.verify_key
     for root in roots.values():

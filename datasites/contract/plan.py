@@ -83,7 +83,8 @@ class Plan:
     """A secure study's hospitals: name -> the datasite's Ed25519 verify key (hex). Each
     operator approves exactly who the partners are; keys that do not verify are refused."""
     threshold: int = 0
-    """A secure study's least number of hospitals any released sum covers (a majority)."""
+    """A secure study's least number of hospitals any released sum covers: more than half the
+    partners at least (`secure_sum.tolerated_colluders` says what a given value resists)."""
     secure_scale: float = 0.0
     """Fixed-point steps per unit of a masked entry (secure studies)."""
     secure_clip: float = 0.0

@@ -29,17 +29,23 @@ One round, for parties with ids 1..n, threshold t with n/2 < t <= n:
    party (`unmasking_reply`). The aggregator reconstructs them and removes the masks
    (`recover_sum`, built on `unmask`).
 
-Why n/2 < t: a relay that told one half of the parties "v survived" and the other half "v
-dropped" would collect both b_v and s_v, and so v's input, if each half could reach t.
+Why n/2 < t is not enough on its own: each party revealing one kind of share per peer, a
+relay that tells each party a different survivor story still collects both b_v and s_v
+from different parties (found by attack: at n = 5, t = 3, through every local rule). Only
+the consistency round below makes every revealing party follow one story.
 
 Keys are per round. A dropped party's s private key is revealed to the aggregator; were it
 reused in a later round where the party survives (and its b is revealed), that round's input
 would be exposed. `advert_message` binds both public keys to the study and the round, and
 every derived key binds the study, round and both party ids (`pair_context`).
 
-Left to the caller: Bonawitz's consistency round against an actively malicious relay (each
-survivor signing U3), and remembering that a party answers only one unmasking request per
-round. Secrets live in Python ints and bytes, which are neither constant-time nor wiped.
+Against a relay that lies (tells each party a different survivor story), the consistency
+round of the paper sits between 3 and 4: each survivor signs the story it was told, (U3, the
+set U2 whose shares it holds) (`confirmation_message`), and reveals nothing until it holds t
+valid signatures over the identical story (`check_confirmations`). The caller must answer
+each phase of a round once (a second story or a second masked vector gives both secrets
+away) and must then keep t > 2n/3 (`default_threshold`, `tolerated_colluders`).
+Secrets live in Python ints and bytes, which are neither constant-time nor wiped.
 """
 
 from __future__ import annotations
@@ -81,7 +87,11 @@ __all__ = [
     "UnmaskingReply",
     "advert_message",
     "agree",
+    "check_confirmations",
+    "check_story",
     "check_threshold",
+    "confirmation_message",
+    "default_threshold",
     "expand",
     "generate_keypair",
     "generate_signing_key",
@@ -100,6 +110,7 @@ __all__ = [
     "share",
     "sign",
     "simulate_round",
+    "tolerated_colluders",
     "unmask",
     "unmasking_reply",
     "verify",
@@ -177,6 +188,28 @@ def _u32(value: int) -> bytes:
 
 def _u64(value: int) -> bytes:
     return value.to_bytes(8, "big")
+
+
+def default_threshold(parties: int) -> int:
+    """The least t with t > 2n/3: Bonawitz et al.'s bound against a relay that lies, which with
+    the consistency round (`confirmation_message`) also holds against colluding partners
+    (`tolerated_colluders`)."""
+    parties = _int(parties, "the number of parties", 1, MAX_PARTY_ID)
+    return 2 * parties // 3 + 1
+
+
+def tolerated_colluders(threshold: int, parties: int) -> int:
+    """How many partner hospitals may collude with the relay while no honest update opens.
+
+    With the consistency round, every honest party reveals shares for the one story (U3, U2)
+    it signed, and only after t signatures over that same story. Two different stories
+    each reaching t signatures need 2t <= n + c (c colluders sign both), so c < 2t - n keeps
+    one story; colluders hold c shares of each secret, so c < t keeps each unreconstructable;
+    and a sum over U3 (at least t parties) must hold at least two honest updates, c <= t - 2.
+    `-1`: not even the relay alone is covered.
+    """
+    threshold = check_threshold(threshold, parties)
+    return min(2 * threshold - parties - 1, threshold - 2)
 
 
 def check_threshold(threshold: int, parties: int) -> int:
@@ -781,6 +814,60 @@ def _id_set(value: object, what: str) -> set[int]:
     if not isinstance(value, set | frozenset | list | tuple):
         raise ValueError(f"{what} must be a collection of party ids.")
     return {_party(v) for v in value}
+
+
+def confirmation_message(study_id: str, round_: int, survivors: set[int], held: set[int]) -> bytes:
+    """What a survivor signs in the consistency round: the exact survivor set U3 it was told
+    and the exact set U2 whose shares it holds, bound to the study and the round."""
+    survivors, held = _id_set(survivors, "survivors"), _id_set(held, "held")
+    return _fields(
+        _DOMAIN,
+        b"consistency",
+        _text(study_id, "study id"),
+        _u64(_int(round_, "round", 0, 2**63 - 1)),
+        b"".join(_u32(v) for v in sorted(survivors)),
+        b"".join(_u32(v) for v in sorted(held)),
+    )
+
+
+def check_story(party: int, survivors: set[int], held: set[int], threshold: int) -> None:
+    """The survivor story a party may sign: it survived, every survivor's shares are held
+    (U3 within U2) and the survivors reach the threshold."""
+    survivors, held = _id_set(survivors, "survivors"), _id_set(held, "held")
+    if _party(party) not in survivors:
+        raise ValueError("only a survivor confirms the survivor set.")
+    if not survivors <= held:
+        raise ValueError("survivors must be among the parties whose shares this party holds.")
+    threshold = _int(threshold, "threshold", 1, MAX_PARTY_ID)
+    if len(survivors) < threshold:
+        raise ValueError(f"only {len(survivors)} parties survived, fewer than {threshold}.")
+
+
+def check_confirmations(
+    study_id: str,
+    round_: int,
+    survivors: set[int],
+    held: set[int],
+    signatures: Mapping[int, bytes],
+    verify_keys: Mapping[int, bytes],
+    threshold: int,
+) -> None:
+    """At least `threshold` survivors signed this very (U3, U2) story with their registered
+    keys (Bonawitz et al. 2017, ConsistencyCheck); raise ValueError otherwise."""
+    if not isinstance(signatures, Mapping):
+        raise ValueError("signatures must be a mapping of party id to signature.")
+    message = confirmation_message(study_id, round_, survivors, held)
+    valid = set()
+    for signer, signature in signatures.items():
+        signer = _party(signer, "signer")
+        if signer not in survivors or signer not in verify_keys:
+            raise ValueError(f"party {signer} is not a survivor that may confirm.")
+        if not verify(verify_keys[signer], message, _bytes(signature, "signature")):
+            raise ValueError(f"the confirmation of party {signer} does not match this story.")
+        valid.add(signer)
+    threshold = _int(threshold, "threshold", 1, MAX_PARTY_ID)
+    if len(valid) < threshold:
+        raise ValueError(f"only {len(valid)} survivors confirmed, fewer than {threshold}.")
 
 
 def unmasking_reply(

@@ -28,7 +28,7 @@ from datasites.contract.secure_sum import (
     UnmaskingReply,
 )
 
-PHASES = ("advertise", "share", "mask", "unmask")
+PHASES = ("advertise", "share", "mask", "confirm", "unmask")
 SEALED_BYTES = 2 * SHARE_BYTES + SEAL_OVERHEAD
 MAX_MASKED_ENTRIES = 50_000_000
 
@@ -101,6 +101,18 @@ def ids_from_wire(value: Any, what: str, parties: set[int]) -> set[int]:
     if len(ids) != len(value) or not ids <= parties:
         raise WireError(f"{what} must list distinct partner ids.")
     return ids
+
+
+def signatures_from_wire(value: Any, parties: set[int]) -> dict[int, bytes]:
+    """Consistency signatures keyed by signer id, each one Ed25519 signature long."""
+    if not isinstance(value, dict) or len(value) > len(parties):
+        raise WireError("signatures must be a dict of partner id to signature.")
+    out = {}
+    for signer, signature in value.items():
+        if _party(signer, "a signer") not in parties:
+            raise WireError(f"a signature from {signer} is not from a partner.")
+        out[signer] = _raw(signature, "a signature", SIGNATURE_BYTES)
+    return out
 
 
 def reply_to_wire(reply: UnmaskingReply) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""Secure aggregation inside the hospital: the four phases of a round, each answered once.
+"""Secure aggregation inside the hospital: the five phases of a round, each answered once.
 
 A secure study (`Plan.aggregation == "secure"`) releases nothing the scientist can read on
-its own. A round r is four calls, relayed by the scientist between the plan's partners
+its own. A round r is five calls, relayed by the scientist between the plan's partners
 (`datasites.contract.secure_sum` has the protocol, `datasites.contract.secure_wire` the
 messages):
 
@@ -12,11 +12,15 @@ messages):
   plain study would (the same ledger charges, the same recorded releases), then returns
   only the masked vector: its training update weighted by its released size, that size, and
   the evaluation's noised counts and loss, in the ring;
-- unmask: given who survived and who dropped, the shares that remove the masks of the sum,
-  never both of one partner's secrets.
+- confirm: given the survivors, its signature over (survivors, the partners whose shares it
+  holds): the consistency round of Bonawitz et al. against a relay that lies;
+- unmask: given the same survivors and t signatures over the same story, the shares that
+  remove the masks of the sum, never both of one partner's secrets.
 
-Every answer is stored before it leaves (`datasites.site.secure_store`) and a repeated call
-gets the stored one, so no relay can obtain two different answers to one phase.
+Every answer is stored with a digest of its inputs before it leaves
+(`datasites.site.secure_store`): a repeat with the same inputs gets the stored answer, any
+other input is refused (and so audited), and nothing is recomputed from a repeated request.
+A round's secret keys and held shares are erased once the round is over.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import hashlib
 import pickle
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,11 +37,15 @@ import numpy as np
 from datasites.contract.plan import Plan
 from datasites.contract.secure_sum import (
     Quantizer,
+    check_confirmations,
+    check_story,
+    confirmation_message,
     make_advert,
     mask_update,
     new_round_keys,
     open_shares,
     seal_shares,
+    sign,
     unmasking_reply,
     verify_adverts,
 )
@@ -49,6 +57,7 @@ from datasites.contract.secure_wire import (
     ids_from_wire,
     inbox_from_wire,
     reply_to_wire,
+    signatures_from_wire,
 )
 from datasites.site.audit import Event
 from datasites.site.hospital import Hospital
@@ -59,9 +68,12 @@ _KEYS = {
     "advertise": frozenset({"round", "phase"}),
     "share": frozenset({"round", "phase", "adverts"}),
     "mask": frozenset({"round", "phase", "shares", "weights"}),
-    "unmask": frozenset({"round", "phase", "survivors", "dropped"}),
+    "confirm": frozenset({"round", "phase", "survivors"}),
+    "unmask": frozenset({"round", "phase", "survivors", "dropped", "signatures"}),
 }
 _OPTIONAL = {"mask": frozenset({"edges"})}
+# What a finished round's store keeps: public answers (for repeats), never a secret.
+_SECRETS = ("keys", "own", "held")
 
 
 class SecureRefusal(ValueError):
@@ -113,18 +125,22 @@ def answer(
         out = _PHASE[phase](party, signing_key, request, releases)
     except ValueError as error:  # the protocol's and the wire's messages carry no secret
         raise SecureRefusal(str(error)) from None
-    hospital.audit.append(
-        Event.SECURE_PHASE,
-        study=plan.study_id,
-        round=round_,
-        phase=phase,
-        peers=sorted(plan.partners),
-        sha256=hashlib.sha256(pickle.dumps(out)).hexdigest(),
-    )
+    fields = {"study": plan.study_id, "round": round_, "phase": phase}
+    if party.repeated:
+        hospital.audit.append(
+            Event.REPEAT_SERVED, **fields, note="the stored answer was returned; nothing new left"
+        )
+    else:
+        hospital.audit.append(
+            Event.SECURE_PHASE,
+            **fields,
+            peers=sorted(plan.partners),
+            sha256=hashlib.sha256(pickle.dumps(out)).hexdigest(),
+        )
     return {"hospital": hospital.name, "round": round_, "phase": phase, **out}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Party:
     """This hospital in one round of one secure study."""
 
@@ -132,6 +148,8 @@ class Party:
     plan: Plan
     round: int
     store: SecureStore
+    repeated: bool = field(default=False)
+    """Whether the call's phase was answered from the store (a repeat with the same inputs)."""
 
     @property
     def id(self) -> int:
@@ -155,55 +173,135 @@ class Party:
         )
 
     def stored(self, phase: str, before: str) -> Any:
+        """What `phase` stored this round (a secret, or an answer without its digest)."""
         found = self.store.get(self.plan.study_id, self.round, phase)
         if found is None:
-            raise SecureRefusal(f"round {self.round} has no {phase} phase yet; call {before}.")
-        return found
+            raise SecureRefusal(
+                f"{self.hospital.name} holds no {phase} state for round {self.round} (the "
+                f"round is over, or {before} was not called first)."
+            )
+        return found[1] if phase in _ANSWERS else found
 
     def once(self, phase: str, given: Any, make: Callable[[], Any]) -> Any:
-        """The phase's stored answer if it was given the same inputs; refused otherwise."""
-        stored_given, result = self.store.put_once(
-            self.plan.study_id, self.round, phase, lambda: (given, make())
-        )
-        if stored_given != given:
+        """The phase's stored answer if it was given the same inputs; refused otherwise.
+
+        The answer is made outside the store's lock (training takes seconds); two calls
+        that race both compute, the first stored wins, and the loser is refused unless its
+        inputs were the same."""
+        digest = inputs_digest(given)
+        found = self.store.get(self.plan.study_id, self.round, phase)
+        fresh = False
+        if found is None:
+            made = make()
+            found, fresh = self.store.first(
+                self.plan.study_id, self.round, phase, lambda: (digest, made)
+            )
+        if found[0] != digest:
             raise SecureRefusal(
                 f"{self.hospital.name} already answered the {phase} phase of round "
                 f"{self.round} for other inputs; it answers each phase once."
             )
-        return result
+        self.repeated = not fresh
+        return found[1]
+
+    def erase_secrets(self, through: int) -> None:
+        """Forward secrecy: rounds up to `through` are over; their keys and shares go."""
+        if through >= 1:
+            self.store.erase(self.plan.study_id, through, _SECRETS)
+
+
+_MAX_DEPTH = 8
+
+
+def inputs_digest(value: Any) -> str:
+    """SHA-256 of a phase's inputs in a canonical, typed encoding: equal inputs give equal
+    digests across calls and processes; anything but plain data (nested at most a few
+    levels) is refused, so a hostile request cannot make the digest itself misbehave."""
+    digest = hashlib.sha256()
+    _feed(digest, value, 0)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError("a phase's inputs are nested too deeply.")
+
+    def tag(kind: bytes, payload: bytes = b"") -> None:
+        digest.update(kind + len(payload).to_bytes(8, "big") + payload)
+
+    if value is None or isinstance(value, bool):
+        tag(b"c", repr(value).encode())
+    elif isinstance(value, int | float | str | np.integer | np.floating):
+        tag(type(value).__name__.encode()[:16].ljust(16), repr(value).encode())
+    elif isinstance(value, bytes):
+        tag(b"b", value)
+    elif isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise ValueError("a phase's arrays must be numeric.")
+        tag(b"a", f"{value.dtype.str}{value.shape}".encode())
+        tag(b"d", np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, list | tuple):
+        tag(b"l", str(len(value)).encode())
+        for item in value:
+            _feed(digest, item, depth + 1)
+    elif isinstance(value, dict):
+        tag(b"m", str(len(value)).encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key, depth + 1)
+            _feed(digest, value[key], depth + 1)
+    elif hasattr(value, "__dataclass_fields__"):
+        tag(b"o", type(value).__name__.encode())
+        _feed(digest, [getattr(value, f) for f in value.__dataclass_fields__], depth + 1)
+    else:
+        raise ValueError("a phase's inputs must be plain data (dicts, lists, numbers, arrays).")
+
+
+_ANSWERS = ("advertise", "adverts", "share", "mask", "confirm", "unmask")
 
 
 def _advertise(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
-    keys, _ = party.keys()
-    advert = make_advert(party.plan.study_id, party.round, keys, signing_key)
-    return {"advert": advert_to_wire(advert)}
+    def make() -> dict:
+        keys, _ = party.keys()
+        return advert_to_wire(make_advert(party.plan.study_id, party.round, keys, signing_key))
+
+    return {"advert": party.once("advertise", None, make)}
 
 
 def _share(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
     plan = party.plan
     adverts = adverts_from_wire(request["adverts"], party.parties)
     verify_adverts(plan.study_id, party.round, adverts, party.verify_keys(), plan.threshold)
-    keys, seed = party.keys()
-    outbox, own = party.once(
-        "share",
-        adverts,
-        lambda: seal_shares(plan.study_id, party.round, keys, seed, adverts, plan.threshold),
-    )
-    del own  # kept in the store for the mask phase
-    return {"shares": outbox}
+
+    def make() -> dict:
+        keys, seed = party.keys()
+        outbox, own = seal_shares(plan.study_id, party.round, keys, seed, adverts, plan.threshold)
+        party.store.put_once(plan.study_id, party.round, "own", lambda: own)
+        party.once("adverts", adverts, lambda: adverts)
+        return outbox
+
+    return {"shares": party.once("share", adverts, make)}
 
 
 def _mask(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
+    """The masked vector, computed once for one (inbox, weights, edges); the previous
+    round's secrets go, since a relay that sends round r's weights has finished round r - 1."""
     plan = party.plan
-    adverts, (_, own) = party.stored("share", "share")
-    keys, seed = party.keys()
     inbox = inbox_from_wire(request["shares"], party.parties - {party.id})
-    opened = open_shares(plan.study_id, party.round, keys, adverts, inbox, own, plan.threshold)
-    # U2, the partners whose shares arrived, is fixed by the first mask call.
-    held = party.once("held", sorted(opened), lambda: opened)
-    x, public = _vector(party, request, releases)
-    masked = mask_update(plan.study_id, party.round, keys, adverts, held, seed, x)
-    return {"masked": masked.astype("<u8").tobytes(), "entries": int(masked.size), **public}
+    given = (inbox, request["weights"], request.get("edges"))
+
+    def make() -> dict:
+        adverts = party.stored("adverts", "share")
+        own = party.stored("own", "share")
+        keys, seed = party.keys()
+        opened = open_shares(plan.study_id, party.round, keys, adverts, inbox, own, plan.threshold)
+        held = party.store.put_once(plan.study_id, party.round, "held", lambda: opened)
+        x, public = _vector(party, request, releases)
+        masked = mask_update(plan.study_id, party.round, keys, adverts, held, seed, x)
+        return {"masked": masked.astype("<u8").tobytes(), "entries": int(masked.size), **public}
+
+    out = party.once("mask", given, make)
+    party.erase_secrets(party.round - 1)
+    return out
 
 
 def _vector(party: Party, request: dict, releases: Releases) -> tuple[np.ndarray, dict]:
@@ -240,22 +338,60 @@ def _counts(counts: Any) -> dict[str, np.ndarray]:
     return {"histogram": counts}
 
 
+def _confirm(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
+    """Sign the one survivor story this hospital will ever reveal shares for this round."""
+    plan = party.plan
+    survivors = ids_from_wire(request["survivors"], "survivors", party.parties)
+
+    def make() -> dict:
+        held = set(party.stored("held", "mask"))
+        check_story(party.id, survivors, held, plan.threshold)
+        message = confirmation_message(plan.study_id, party.round, survivors, held)
+        return {
+            "signature": sign(signing_key, message),
+            "survivors": sorted(survivors),
+            "held": sorted(held),
+        }
+
+    confirmed = party.once("confirm", sorted(survivors), make)
+    return {"signature": confirmed["signature"], "held": confirmed["held"]}
+
+
 def _unmask(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
     plan = party.plan
     survivors = ids_from_wire(request["survivors"], "survivors", party.parties)
     dropped = ids_from_wire(request["dropped"], "dropped", party.parties)
-    _, held = party.stored("held", "mask")
-    reply = party.once(
-        "unmask",
-        (sorted(survivors), sorted(dropped)),
-        lambda: unmasking_reply(party.id, held, survivors, dropped, plan.threshold),
-    )
-    return {"reply": reply_to_wire(reply)}
+    signatures = signatures_from_wire(request["signatures"], party.parties)
+
+    def make() -> dict:
+        confirmed = party.stored("confirm", "confirm")
+        held_ids = set(confirmed["held"])
+        if confirmed["survivors"] != sorted(survivors) or dropped != held_ids - survivors:
+            raise SecureRefusal(
+                f"{party.hospital.name} confirmed another survivor set for round "
+                f"{party.round}; it reveals shares only for the set it signed."
+            )
+        check_confirmations(
+            plan.study_id,
+            party.round,
+            survivors,
+            held_ids,
+            signatures,
+            party.verify_keys(),
+            plan.threshold,
+        )
+        held = party.stored("held", "mask")
+        return reply_to_wire(unmasking_reply(party.id, held, survivors, dropped, plan.threshold))
+
+    reply = party.once("unmask", (sorted(survivors), sorted(dropped)), make)
+    party.erase_secrets(party.round)
+    return {"reply": reply}
 
 
 _PHASE: dict[str, Callable[[Party, bytes, dict, Releases], dict]] = {
     "advertise": _advertise,
     "share": _share,
     "mask": _mask,
+    "confirm": _confirm,
     "unmask": _unmask,
 }

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datasites.contract.secure_sum import MAX_PARTY_ID, default_threshold
 from datasites.contract.untrusted import int_fits, shown
 from datasites.site.paths import POLICY_FILE
 
@@ -54,7 +55,8 @@ max_model_parameters = 5000000
 # Secure aggregation: the scientist sees only sums over at least `threshold` hospitals.
 # Refuse every study that does not aggregate securely:
 require_secure_aggregation = false
-# The least threshold a secure study may name (0: a majority of its partners, the minimum).
+# The least threshold a secure study may name (0: more than two thirds of its partners, the
+# bound that holds against a relay that lies; a number is a floor of its own).
 min_secure_threshold = 0
 
 [auto_approve]
@@ -157,12 +159,24 @@ class StudyPolicy:
         secure = plan.get("aggregation") == "secure"
         if self.require_secure_aggregation and not secure:
             out.append("the study does not aggregate securely (study.require_secure_aggregation)")
-        if secure and _num(plan, "threshold", math.inf) < self.min_secure_threshold:
-            out.append(
-                f"threshold {shown(plan.get('threshold'))} is below "
-                f"study.min_secure_threshold {self.min_secure_threshold}"
+        floor = self.threshold_floor(plan.get("partners"))
+        if secure and _num(plan, "threshold", math.inf) < floor:
+            why = (
+                "study.min_secure_threshold"
+                if self.min_secure_threshold
+                else "more than two thirds of the partners (study.min_secure_threshold 0)"
             )
+            out.append(f"threshold {shown(plan.get('threshold'))} is below {floor}, {why}")
         return out
+
+    def threshold_floor(self, partners: Any) -> int:
+        """The least secure threshold allowed: the policy's number, or (0) more than two
+        thirds of the plan's partners, the bound against a relay that lies."""
+        if self.min_secure_threshold:
+            return self.min_secure_threshold
+        if isinstance(partners, dict) and 0 < len(partners) <= MAX_PARTY_ID:
+            return default_threshold(len(partners))
+        return 0
 
     def compute_violations(self, compute: Compute) -> list[str]:
         """What in a study's projected compute (`Projection.compute`) this policy does not

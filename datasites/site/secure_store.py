@@ -55,7 +55,27 @@ class SecureStore:
         return None if row is None else pickle.loads(row[0])
 
     def put_once(self, study_id: str, round_: int, phase: str, make: Callable[[], Any]) -> Any:
-        """The stored answer of (study, round, phase), or `make()`'s, stored first.
+        """The stored answer of (study, round, phase), or `make()`'s, stored first."""
+        return self.first(study_id, round_, phase, make)[0]
+
+    def erase(self, study_id: str, rounds_through: int, phases: tuple[str, ...]) -> None:
+        """Delete `phases` of every round up to `rounds_through` (forward secrecy: a round's
+        secret keys and held shares go once the round is over). `secure_delete` overwrites
+        the freed pages, so the secrets do not linger in the file."""
+        marks = ", ".join("?" for _ in phases)
+        with self._connect() as conn:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute(
+                f"DELETE FROM answers WHERE study_id = ? AND round <= ? AND phase IN ({marks})",
+                (study_id, rounds_through, *phases),
+            )
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def first(
+        self, study_id: str, round_: int, phase: str, make: Callable[[], Any]
+    ) -> tuple[Any, bool]:
+        """(the stored answer of (study, round, phase), False), or (`make()`'s, True), stored
+        first.
 
         `make` runs inside the write transaction, so two concurrent calls cannot both store
         an answer: the second waits and gets the first's.
@@ -69,14 +89,14 @@ class SecureStore:
                 ).fetchone()
                 if row is not None:
                     conn.execute("COMMIT")
-                    return pickle.loads(row[0])
+                    return pickle.loads(row[0]), False
                 value = make()
                 conn.execute(
                     "INSERT INTO answers (study_id, round, phase, value) VALUES (?, ?, ?, ?)",
                     (study_id, round_, phase, pickle.dumps(value)),
                 )
                 conn.execute("COMMIT")
-                return value
+                return value, True
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

@@ -135,7 +135,7 @@ def test_a_hang_in_a_secure_round_keeps_the_threshold_and_rejoins(
     fed: Federation, federation: Launch, frozen: Frozen
 ) -> None:
     # Prepare: secure aggregation over three hospitals (threshold 2), four rounds
-    study = approved(fed, federation.data_dir, config(rounds=4, eval_every=4))
+    study = approved(fed, federation.data_dir, config(rounds=4, eval_every=4, threshold=2))
     # Execute
     with pytest.warns(HospitalDropped, match=f"round 2 of study {study.id}: {SILENT}"):
         result = study.run(progress=False, on_round=stop_then_continue(frozen))

@@ -39,6 +39,7 @@ CONFIG = StudyConfig(
     batch_size=128,
     lr=0.5,
     dp=DPConfig(epsilon=4.0),
+    threshold=2,
 )
 
 
@@ -96,10 +97,10 @@ def test_a_hospital_killed_mid_round_drops_out_and_rejoins(
                 _kill(data_dir, VICTIM)
             return super()._mask(round_, *args)
 
-        def _unmask(self, round_: int, *args: Any) -> dict:
+        def _confirm(self, round_: int, *args: Any) -> dict:
             if round_ == 3:  # the restart's time, before the adverts of call 5 go out
                 _wait_up(url)
-            return super()._unmask(round_, *args)
+            return super()._confirm(round_, *args)
 
     monkeypatch.setattr(study_module, "SecureRelay", KillingRelay)
     study = _approved(fed, data_dir)

@@ -54,8 +54,12 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     layout = round_layout(plan, 1, default_edges("binary"))
     y_a = masked_from_wire(masked["hospital-a"]["masked"], layout.length)
     a, others = ids["hospital-a"], [ids["hospital-b"], ids["hospital-c"]]
+    confirmed = call_all(
+        {n: {"round": 1, "phase": "confirm", "survivors": others} for n in NAMES[1:]}
+    )
+    signatures = {ids[n]: r["signature"] for n, r in confirmed.items()}
     unmask = {"round": 1, "phase": "unmask", "survivors": others, "dropped": [a]}
-    replies = call_all({n: unmask for n in NAMES[1:]})
+    replies = call_all({n: {**unmask, "signatures": signatures} for n in NAMES[1:]})
     # Execute: the attacker rebuilds a's mask key from the survivors' shares and strips every
     # pairwise mask from a's vector
     shares = {ids[n]: reply_from_wire(r["reply"]).s_shares[a] for n, r in replies.items()}
@@ -80,7 +84,11 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     np.testing.assert_array_equal(stripped - expand(seed, layout.length), truth)
     # Nor will a survivor now reveal a's self-mask share: it answered the unmasking once.
     again = {"round": 1, "phase": "unmask", "survivors": [a, *others], "dropped": []}
-    refused = call_all({"hospital-b": again})["hospital-b"]
+    refused = call_all({"hospital-b": {**again, "signatures": signatures}})["hospital-b"]
+    assert refused["refused"] == "SecureRefusal" and "answers each phase once" in refused["error"]
+    # Nor will it sign the other story, which is what another survivor would need first.
+    resign = {"round": 1, "phase": "confirm", "survivors": [a, *others]}
+    refused = call_all({"hospital-b": resign})["hospital-b"]
     assert refused["refused"] == "SecureRefusal" and "answers each phase once" in refused["error"]
 
 
@@ -107,6 +115,7 @@ def test_a_survivor_answers_the_unmasking_once(secure_trio, secure_tables) -> No
         "phase": "unmask",
         "survivors": [ids["hospital-a"], ids["hospital-c"]],
         "dropped": [ids["hospital-b"]],
+        "signatures": {},
     }
     # Execute
     reply = call_all({"hospital-a": request})["hospital-a"]
@@ -143,26 +152,35 @@ def test_a_forged_advert_is_refused(secure_trio, secure_tables) -> None:
     assert reply["refused"] == "SecureRefusal" and "invalid signature" in reply["error"]
 
 
-def test_hostile_weights_in_a_repeated_mask_call_are_refused_by_name(
-    secure_trio, secure_tables
-) -> None:
-    # Prepare: a completed round; the relay then repeats hospital-a's mask call (whose
-    # training is recorded) with weights of the wrong shape and of absurd size
+def test_hostile_weights_in_a_mask_call_are_refused_by_name(secure_trio, secure_tables) -> None:
+    # Prepare: adverts and shares; the relay's first mask calls to hospital-a carry weights
+    # of the wrong shape and of absurd size, then honest weights, then hostile ones again
     plan_dict = secure_plan(secure_trio["keys"])
     call_all = relay(secure_trio, secure_tables, plan_dict)
     weights = initial_weights(CONFIG)
-    ids, adverts, _ = _phases_until_mask(call_all, Plan.from_dict(plan_dict), weights)
-    share = {"round": 1, "phase": "share", "adverts": adverts}
-    shared = call_all({n: share for n in NAMES})  # the stored answers, given again
+    ids = Plan.from_dict(plan_dict).party_ids()
+    adverts = {
+        ids[n]: r["advert"]
+        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in NAMES}).items()
+    }
+    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in NAMES})
     inbox = {ids[s]: r["shares"][ids["hospital-a"]] for s, r in shared.items() if s != "hospital-a"}
     name = next(iter(weights))
-    for hostile in (
+    hostile = (
         {**weights, name: np.full((3, 3), 1234.5, np.float32)},
         {**weights, name: np.full(weights[name].shape, 1e30, np.float32)},
         "not weights",
-    ):
-        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": hostile}
+    )
+    for bad in hostile:
+        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": bad}
         reply = call_all({"hospital-a": request})["hospital-a"]
         # Assert: refused in the scientist's own terms, no value echoed, no incident
         assert reply["refused"] == "SecureRefusal" and "weight" in reply["error"], reply
+        assert "1234" not in reply["error"] and "incident" not in reply["error"]
+    honest = {"round": 1, "phase": "mask", "shares": inbox, "weights": weights}
+    assert "masked" in call_all({"hospital-a": honest})["hospital-a"]
+    for bad in hostile:  # once answered, any other input is refused before it is read
+        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": bad}
+        reply = call_all({"hospital-a": request})["hospital-a"]
+        assert reply["refused"] == "SecureRefusal" and "answers each phase once" in reply["error"]
         assert "1234" not in reply["error"] and "incident" not in reply["error"]

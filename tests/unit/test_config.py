@@ -67,8 +67,9 @@ def test_the_defaults_are_plans_the_runtime_accepts(task: str) -> None:
     plan = Plan.from_dict(config.plan("plan-check", "scientist@example.org", PARTNERS))
 
     assert plan.rounds == config.rounds and plan.epsilon == config.dp.epsilon
-    # Secure by default: a majority threshold, the fixed point the operators approve.
-    assert plan.secure and plan.threshold == 2 and plan.partners == PARTNERS
+    # Secure by default: more than two thirds (3 of 3, against a relay that lies), the fixed
+    # point the operators approve.
+    assert plan.secure and plan.threshold == 3 == len(PARTNERS) and plan.partners == PARTNERS
     assert plan.secure_scale == 2.0**20 and plan.secure_clip == 2.0**24
     with pytest.raises(ValueError, match="secure aggregation needs at least 2 hospitals"):
         config.plan("plan-check", "scientist@example.org", {"hospital-a": "a" * 64})

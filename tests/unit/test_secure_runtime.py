@@ -123,8 +123,17 @@ def test_the_site_policy_can_require_secure_aggregation_and_a_threshold_floor(
     keys = {"hospital-a": "ab" * 32, "hospital-b": "cd" * 32, "hospital-c": "ef" * 32}
     plain = CONFIG.plan("plain-0001", "scientist@research.org")
     assert any("require_secure_aggregation" in v for v in policy.violations(plain))
-    assert any("min_secure_threshold 3" in v for v in policy.violations(secure_plan(keys)))
+    assert any(
+        "below 3, study.min_secure_threshold" in v for v in policy.violations(secure_plan(keys))
+    )
     assert policy.violations(secure_plan(keys, threshold=3)) == []
+    # The default floor is more than two thirds of the partners: 3 of 3, 4 of 5, 5 of 7.
+    default = StudyPolicy()
+    assert any("more than two thirds" in v for v in default.violations(secure_plan(keys)))
+    assert default.violations(secure_plan(keys, threshold=3)) == []
+    five = {f"hospital-{c}": c * 64 for c in "abcde"}
+    assert default.threshold_floor(five) == 4
+    assert default.violations(secure_plan(five, threshold=4)) == []
 
 
 def test_the_relay_announces_each_phase_as_it_begins(secure_trio, secure_tables) -> None:
@@ -137,10 +146,10 @@ def test_the_relay_announces_each_phase_as_it_begins(secure_trio, secure_tables)
         initial_weights(CONFIG),
         on_phase=phases.append,
     )
-    assert phases == ["advertise", "share", "mask", "unmask"]
+    assert phases == ["advertise", "share", "mask", "confirm", "unmask"]
 
 
-def test_the_relay_takes_two_syft_calls_a_round_once_it_runs(secure_trio, secure_tables) -> None:
+def test_the_relay_takes_three_syft_calls_a_round_once_it_runs(secure_trio, secure_tables) -> None:
     # Prepare: a 2-round study (3 calls), the transport counting syft calls per hospital
     from scientist.secure_round import SecureRelay
 
@@ -158,11 +167,12 @@ def test_the_relay_takes_two_syft_calls_a_round_once_it_runs(secure_trio, secure
     for round_ in (1, 2, 3):
         outcome = relay_.call(round_, weights, None)
         weights = outcome.average if outcome.average is not None else weights
-    # Assert: two calls to start, then two per call (the next rounds' phases ride along)
-    assert len(calls) == 2 + 2 * 3
+    # Assert: two calls to start, then three per call (the next rounds' phases ride along)
+    assert len(calls) == 2 + 3 * 3
     assert outcome.counts is not None and outcome.contributors == list(NAMES)
     batched = [sub["phase"] for sub in calls[2]["hospital-a"]["batch"]]
     assert batched == ["mask", "share"]
+    assert [sub["phase"] for sub in calls[3]["hospital-a"]["batch"]] == ["confirm", "advertise"]
 
 
 def test_a_batch_is_answered_call_by_call(secure_trio, secure_tables) -> None:
@@ -188,4 +198,4 @@ def test_the_audit_says_a_secure_release_left_masked(secure_trio, secure_tables)
     rounds = [e for e in entries if e["event"] == "round_executed"]
     phases = [e["phase"] for e in entries if e["event"] == "secure_phase"]
     assert rounds and rounds[0]["released"].startswith("masked")
-    assert phases == ["advertise", "share", "mask", "unmask"]
+    assert phases == ["advertise", "share", "mask", "confirm", "unmask"]
