@@ -59,13 +59,13 @@ def build_federation(tmp_path: Path, names: tuple[str, ...], min_threshold: int 
     return {"roots": roots, "keys": keys}
 
 
-def build_tables() -> dict:
+def build_tables(names: tuple[str, ...] = NAMES) -> dict:
     from datasites.server.assets import ehr_training_view
     from synthetic.ehr import generate_ehr
 
     return {
         name: ehr_training_view(generate_ehr(900, seed=20 + i, identifiers=False))
-        for i, name in enumerate(NAMES)
+        for i, name in enumerate(names)
     }
 
 

@@ -15,17 +15,38 @@ from pathlib import Path
 
 from datasites.cli.terminal import say
 from datasites.contract.plan import plan_fields
+from datasites.contract.secure_sum import tolerated_colluders
 from datasites.governance.operator import Operator, Review
 from datasites.governance.statements import Budget
 from datasites.site.audit import AuditLog, format_entry
 
 
-def _plan_line(key: str, value: object) -> str:
-    """One plan field; a secure study's partners one per line, with the key they name."""
+def _plan_line(key: str, value: object, plan: dict) -> str:
+    """One plan field; a secure study's partners one per line, with the key they name, and
+    what its threshold resists."""
     if key == "partners" and isinstance(value, dict):
         rows = [f"  {'partners':<14} {len(value)} hospitals (name, datasite verify key)"]
         return "\n".join(rows + [f"    {name:<20} {key}" for name, key in value.items()])
+    if key == "threshold" and isinstance(plan.get("partners"), dict):
+        return f"  {key:<14} {value}  ({threshold_covers(value, len(plan['partners']))})"
     return f"  {key:<14} {value}"
+
+
+def threshold_covers(threshold: object, partners: int) -> str:
+    """Which adversary a secure threshold t of n partners holds against, in words."""
+    try:
+        colluders = tolerated_colluders(threshold, partners)  # type: ignore[arg-type]
+    except ValueError:
+        return f"not a valid threshold for {partners} partners"
+    head = f"every sum covers at least {threshold} of {partners} hospitals"
+    if colluders < 0:
+        return f"{head}; does NOT hold against a relay that lies"
+    if colluders == 0:
+        return f"{head}; holds against the relay alone, not with a partner colluding"
+    return (
+        f"{head}; holds against the relay lying together with up to {colluders} colluding "
+        f"partner hospital{'s' if colluders > 1 else ''}"
+    )
 
 
 def review_text(r: Review) -> str:
@@ -51,7 +72,7 @@ def review_text(r: Review) -> str:
     if v.plan:
         lines.append("plan")
         shown = [k for k in plan_fields() if k in v.plan and k != "scientist"]  # see "from"
-        lines += [_plan_line(k, v.plan[k]) for k in shown]
+        lines += [_plan_line(k, v.plan[k], v.plan) for k in shown]
     if v.verdict.plan_error:
         lines.append(f"plan error: {v.verdict.plan_error}")
     if r.projection:
