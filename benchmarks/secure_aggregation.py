@@ -1,12 +1,15 @@
 """What secure aggregation costs a round, against plain FedAvg, measured in one run.
 
-`python benchmarks/secure_aggregation.py [--hospitals 5] [--rounds 10] [--widths 16,72]`
+`python benchmarks/secure_aggregation.py [--task pathmnist|ehr] [--hospitals 5] [--rounds 10]
+[--widths 16,72]`
 
-For each `pathmnist_cnn` width (16: about 57,000 parameters; 72: about 1 million), one
-launch.py federation serves a plain study and then the same study aggregated securely, one
-after the other under the same load. A round is the PathMNIST recipe's (`scientist.recipes`:
-5 local steps of batch 256, lr 0.2, momentum 0.9), so the ratio is the one a default study
-sees; `--batch-size 64` gives the shorter, overhead-bound round measured before.
+PathMNIST: for each `pathmnist_cnn` width (16: about 57,000 parameters; 72: about 1
+million), one launch.py federation serves a plain study and then the same study aggregated
+securely, one after the other under the same load. A round is the PathMNIST recipe's
+(`scientist.recipes`: 5 local steps of batch 256, lr 0.2, momentum 0.9), so the ratio is the
+one a default study sees; `--batch-size 64` gives the shorter, overhead-bound round measured
+before. EHR: the EHR recipe's own round (`StudyConfig(task="ehr")` with only the rounds and
+the aggregation set), on the launch's medium scale (12,000 encounters a hospital).
 
 Per mode: the median wall time of the steady-state calls (the first calibrates and warms
 up, the last only evaluates), the bytes each hospital sends per call (syft's own
@@ -41,24 +44,12 @@ def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: 
     import syft as sy
 
     from datasites.governance.operator import Operator
-    from scientist import DPConfig, Federation, StudyConfig
+    from scientist import Federation
     from scientist.checkpoint import Checkpoint
     from scientist.study import Study
 
     fed = Federation.connect(data_dir, workdir=data_dir / f"bench-{aggregation}-{width}")
-    config = StudyConfig(
-        task="pathmnist",
-        model_kwargs={"width": width},
-        rounds=args.rounds,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        lr=RECIPE["lr"],
-        momentum=RECIPE["momentum"],
-        average_decay=0.0,
-        eval_every=args.rounds,
-        aggregation=aggregation,
-        dp=DPConfig(epsilon=3.0),
-    )
+    config = _config(args, width, aggregation)
     study = fed.submit(config)
     for hospital, request_id in study.requests.items():
         Operator.open(data_dir, hospital).approve(request_id)
@@ -95,6 +86,28 @@ def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: 
     return out
 
 
+def _config(args: argparse.Namespace, width: int, aggregation: str) -> Any:
+    from scientist import DPConfig, StudyConfig
+
+    if args.task == "ehr":  # the recipe itself: only the length and the mode are ours
+        return StudyConfig(
+            task="ehr", rounds=args.rounds, eval_every=args.rounds, aggregation=aggregation
+        )
+    return StudyConfig(
+        task="pathmnist",
+        model_kwargs={"width": width},
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        lr=RECIPE["lr"],
+        momentum=RECIPE["momentum"],
+        average_decay=0.0,
+        eval_every=args.rounds,
+        aggregation=aggregation,
+        dp=DPConfig(epsilon=3.0),
+    )
+
+
 def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
     """Largest |round-1 global - plain weighted average of the recorded updates|."""
     from datasites.privacy.ledger import Ledger
@@ -115,6 +128,7 @@ def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=("pathmnist", "ehr"), default="pathmnist")
     p.add_argument("--hospitals", type=int, default=5)
     p.add_argument("--rounds", type=int, default=10)
     # The PathMNIST recipe's round (what `StudyConfig(task="pathmnist")` trains); batch 64
@@ -125,9 +139,12 @@ def main() -> int:
     p.add_argument("--base-port", type=int, default=8181)
     args = p.parse_args()
     launch_args = argparse.Namespace(
-        hospitals=args.hospitals, base_port=args.base_port, scale="small"
+        hospitals=args.hospitals,
+        base_port=args.base_port,
+        scale="medium" if args.task == "ehr" else "small",
     )
-    for width in (int(w) for w in args.widths.split(",")):
+    widths = [0] if args.task == "ehr" else [int(w) for w in args.widths.split(",")]
+    for width in widths:
         with tempfile.TemporaryDirectory(prefix="secure-aggregation-") as tmp:
             data_dir = Path(tmp) / "datasites"
             proc = round_overhead.launch(launch_args, data_dir)
@@ -143,8 +160,9 @@ def main() -> int:
             json.dumps(
                 {
                     "benchmark": "secure_aggregation",
-                    "width": width,
-                    "parameters": _parameters(width),
+                    "task": args.task,
+                    "width": width or None,
+                    "parameters": _parameters(args.task, width),
                     "hospitals": args.hospitals,
                     "plain_round_s": round(plain["round_s"], 2),
                     "secure_round_s": round(secure["round_s"], 2),
@@ -162,9 +180,12 @@ def main() -> int:
     return 0
 
 
-def _parameters(width: int) -> int:
+def _parameters(task: str, width: int) -> int:
     from datasites.contract.zoo import count_parameters
 
+    if task == "ehr":
+        ehr = recipe("ehr")
+        return count_parameters(ehr["model"], ehr["model_kwargs"])
     return count_parameters("pathmnist_cnn", {"width": width})
 
 
