@@ -199,3 +199,28 @@ def test_the_audit_says_a_secure_release_left_masked(secure_trio, secure_tables)
     phases = [e["phase"] for e in entries if e["event"] == "secure_phase"]
     assert rounds and rounds[0]["released"].startswith("masked")
     assert phases == ["advertise", "share", "mask", "confirm", "unmask"]
+
+
+def test_show_says_which_colluders_the_threshold_resists() -> None:
+    # Prepare: a secure plan at 3 of 3 (the default) and one at 2 of 3, as `show` prints them
+    from datasites.cli.report import review_text
+    from datasites.contract.template import TEMPLATE, function_name
+    from datasites.governance.operator import Review
+    from datasites.governance.vetting import classify
+    from tests.unit.test_untrusted import literal, view_of
+
+    keys = {"hospital-a": "ab" * 32, "hospital-b": "cd" * 32, "hospital-c": "ef" * 32}
+    texts = {}
+    for threshold in (3, 2):
+        plan = secure_plan(keys, "show-0001", threshold=threshold)
+        name = function_name("show-0001")
+        source = TEMPLATE.format(name=name, plan=literal(plan))
+        texts[threshold] = review_text(
+            Review(view_of(classify(source, name), source), None, (), "")
+        )
+    # Assert
+    assert (
+        "threshold      3  (every sum covers at least 3 of 3 hospitals; holds against the "
+        "relay lying together with up to 1 colluding partner hospital)" in texts[3]
+    )
+    assert "holds against the relay alone, not with a partner colluding" in texts[2]
