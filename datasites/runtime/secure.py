@@ -272,14 +272,21 @@ def _share(party: Party, signing_key: bytes, request: dict, releases: Releases) 
     adverts = adverts_from_wire(request["adverts"], party.parties)
     verify_adverts(plan.study_id, party.round, adverts, party.verify_keys(), plan.threshold)
 
+    made: dict[str, Any] = {}
+
     def make() -> dict:
         keys, seed = party.keys()
-        outbox, own = seal_shares(plan.study_id, party.round, keys, seed, adverts, plan.threshold)
-        party.store.put_once(plan.study_id, party.round, "own", lambda: own)
-        party.once("adverts", adverts, lambda: adverts)
+        outbox, made["own"] = seal_shares(
+            plan.study_id, party.round, keys, seed, adverts, plan.threshold
+        )
         return outbox
 
-    return {"shares": party.once("share", adverts, make)}
+    outbox = party.once("share", adverts, make)
+    if not party.repeated:  # this call's shares are the stored ones: keep its own pair
+        party.store.put_once(plan.study_id, party.round, "own", lambda: made["own"])
+        party.once("adverts", adverts, lambda: adverts)
+        party.repeated = False
+    return {"shares": outbox}
 
 
 def _mask(party: Party, signing_key: bytes, request: dict, releases: Releases) -> dict:
