@@ -82,7 +82,7 @@ def clipped_curve(train: tuple, test: tuple, seed: int) -> dict[int, float]:
     curve, done = {}, 0
     for epoch in CURVE_EPOCHS:
         for _ in range(epoch - done):
-            dp_train(model, train[0], train[1], spec, task="ehr", generator_seed=seed + done)
+            dp_train(model, train[0], train[1], spec, task="ehr")
             done += 1
         with torch.no_grad():
             scores = model(torch.from_numpy(test[0]))[:, 0].numpy()

@@ -19,26 +19,39 @@ grouped convolution backward with the batch as groups, and forms the clipped sum
 (book-keeping, Bu et al., 2023). `tests/unit/test_dp.py` proves it equal to one-example-at-a-time
 microbatching. Opacus remains the source of truth for what it is best at: the validator that
 admits a model, and the accountants.
+
+What a scientist's weights cannot reach (issue 26): the randomness and the amount of work.
+Sampling and noise come from a ChaCha20 stream keyed from the OS per call
+(`datasites.privacy.stream`), never from a seeded generator. Every step trains on a batch of
+one size fixed by public figures (`datasites.privacy.sampling`: padding rows are masked), and
+an example whose loss or gradient is not finite is masked inside the same pass, so weights
+that overflow for one patient change neither the reply nor the time it takes.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasites.contract.release import LOSS_BOUND
 from datasites.contract.tasks import TASKS
 from datasites.contract.zoo import model_weights
 from datasites.privacy.noise import secure_gaussian
+from datasites.privacy.sampling import PoissonBatches
+from datasites.privacy.stream import RandomStream
+
+if TYPE_CHECKING:
+    from datasites.contract.plan import Plan
+    from datasites.privacy.ledger import StudyRecord
 
 __all__ = [
     "TASKS",
@@ -72,6 +85,10 @@ class TrainSpec:
     population: int = 0
     """If set, the n of the sampling rate and the steps: the dataset's released (noisy)
     size, so that nothing about the exact count reaches the weights' schedule."""
+    row_bound: int = 0
+    """If set, a public upper bound on the rows (the released n plus a margin for its noise):
+    the sampling's coins and the padded batch size follow it, not the exact count. Else
+    population (or the exact count)."""
     clip_quantile: float = 0.0
     """If set, adaptive clipping (`AdaptiveClip`): C starts at max_grad_norm and follows
     this quantile of the per-example gradient norms."""
@@ -82,6 +99,8 @@ class TrainSpec:
         _check_positive_int("batch_size", self.batch_size)
         if self.population:
             _check_positive_int("population", self.population)
+        if self.row_bound:
+            _check_positive_int("row_bound", self.row_bound)
         _check_positive_int("local_epochs", self.local_epochs)
         _check_number("lr", self.lr, low=0.0, low_open=True)
         _check_number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
@@ -92,6 +111,23 @@ class TrainSpec:
         _check_number("clip_quantile", self.clip_quantile, low=0.0, high=1.0)
         _check_number("clip_lr", self.clip_lr, low=0.0, low_open=True, high=1.0)
 
+    @classmethod
+    def for_study(cls, record: StudyRecord, plan: Plan) -> TrainSpec:
+        """A round of an approved study: the plan's hyperparameters, this hospital's noise,
+        steps and released n (the runtime's one way of building it)."""
+        return cls(
+            batch_size=record.batch_size,
+            lr=plan.lr,
+            local_epochs=plan.local_epochs,
+            max_grad_norm=plan.max_grad_norm,
+            noise_multiplier=record.noise_multiplier,
+            momentum=plan.momentum,
+            local_steps=record.steps_per_round,
+            population=record.n,
+            row_bound=record.row_bound,
+            clip_quantile=plan.clip_quantile,
+        )
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -99,8 +135,9 @@ class TrainOutcome:
 
     weights: dict[str, np.ndarray]
     loss: float
-    """Mean over non-empty steps of the batch's mean loss (NaN if every batch was empty).
-    Computed from private rows without noise: releasing it is not covered by the DP event."""
+    """Mean over non-empty steps of the batch's mean loss (NaN if every batch was empty; an
+    example with a non-finite loss or gradient counts as LOSS_BOUND). Computed from private
+    rows without noise: releasing it is not covered by the DP event."""
     steps: int
     sample_rate: float
     samples: int
@@ -122,15 +159,19 @@ def dp_train(
     spec: TrainSpec,
     *,
     task: str,
-    generator_seed: int | None = None,
+    test_key: bytes | None = None,
+    padded: bool = True,
 ) -> TrainOutcome:
     """Train `model` in place with DP-SGD and return a copy of its new weights.
 
-    `features`/`labels` are the encoded private set (`datasites.contract.encoding`). The sampling
-    and noise come from a generator seeded by `generator_seed`; leave it None outside tests,
-    so that the seed comes from os.urandom and whoever sees the weights cannot predict (and
-    subtract) the noise.
+    `features`/`labels` are the encoded private set (`datasites.contract.encoding`). The
+    sampling and noise come from a ChaCha20 stream keyed with 32 bytes from os.urandom, so
+    whoever sees the weights cannot predict (and subtract) the noise; `test_key` fixes the
+    key for a reproducible test and is refused outside pytest. `padded=False` trains on the
+    sampled rows alone, so that the time follows the data: only for measuring what padding
+    costs (benchmarks/dp_throughput.py); the runtime never passes it.
     """
+    stream = RandomStream(test_key)
     inputs, targets = _tensors(features, labels, task)
     n = spec.population or int(inputs.shape[0])
     if spec.batch_size > n:
@@ -139,11 +180,18 @@ def dp_train(
             "the sampling rate batch_size / n must be at most 1."
         )
     steps = spec.local_steps or spec.local_epochs * steps_per_epoch(n, spec.batch_size)
-    generator = torch.Generator().manual_seed(_seed(generator_seed))
+    batches = PoissonBatches(
+        real=int(inputs.shape[0]),
+        bound=spec.row_bound or n,
+        rate=spec.batch_size / n,
+        stream=stream,
+        padded=padded,
+    )
     was_training = model.training
     model.train()
     try:
-        losses, clip = _train_steps(model, inputs, targets, spec, steps, task, generator, n)
+        with _flushing_denormals():
+            losses, clip = _train_steps(model, (inputs, targets), spec, steps, task, batches)
     finally:
         model.train(was_training)
     mean_loss = float(np.mean(losses)) if losses else math.nan
@@ -157,48 +205,57 @@ def clipped_gradient_sum(
     *,
     task: str,
     max_grad_norm: float,
+    mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Sum over the batch of each example's gradient clipped to norm `max_grad_norm`.
 
     Returns the sums by parameter name (trainable parameters only) and the summed loss.
     Exact: equal, up to float rounding, to running the examples one at a time. Supports
     Linear, Conv2d (zero padding) and GroupNorm layers, each called once per forward.
+    Examples where the boolean `mask` is False (padding) contribute nothing; an example
+    whose loss or gradient is not finite contributes a zero gradient and LOSS_BOUND.
     """
-    sums, loss, _ = _clipped_sum(model, inputs, targets, task, max_grad_norm)
+    if mask is None:
+        mask = torch.ones(inputs.shape[0], dtype=torch.bool)
+    sums, loss, _ = _clipped_sum(model, inputs, targets, task, max_grad_norm, mask)
     return sums, loss
 
 
 def _clipped_sum(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, task: str, max_grad_norm: float
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    task: str,
+    max_grad_norm: float,
+    mask: torch.Tensor,
 ) -> tuple[dict[str, torch.Tensor], float, int]:
-    """`clipped_gradient_sum`, and how many examples had a norm of at most max_grad_norm."""
+    """`clipped_gradient_sum`, and how many real examples had a norm of at most C."""
     params = _trainable(model)
     if inputs.shape[0] == 0:
         return {name: torch.zeros_like(p) for name, p in params.items()}, 0.0, 0
     with _recording(model, params) as records:
         losses = _per_example_loss(model(inputs), targets, task)
-        loss = losses.sum()
     _check_unmodified(records)
-    backprops = torch.autograd.grad(loss, [r.output for r in records], allow_unused=True)
+    outputs = [r.output for r in records]
+    backprops = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
     layers = [_per_example(r, b) for r, b in zip(records, backprops, strict=True) if b is not None]
     squared = torch.zeros(inputs.shape[0])
     for layer in layers:
         squared += layer.squared_norms()
-    finite = torch.isfinite(squared) & torch.isfinite(losses.detach())
-    if not bool(finite.all()):
-        # Total: the scientist chooses the weights, and weights that overflow for exactly
-        # the examples meeting some condition would make the released weights NaN if and
-        # only if such an example was sampled. An example whose loss or gradient is not
-        # finite contributes a zero gradient instead, which moves the sum by at most
-        # max_grad_norm, like any other example: the same sensitivity, no new channel.
-        keep = torch.nonzero(finite)[:, 0]
-        return _clipped_sum(model, inputs[keep], targets[keep], task, max_grad_norm)
-    factors = (max_grad_norm / (squared.sqrt() + _CLIP_EPSILON)).clamp(max=1.0)
+    losses = losses.detach()
+    # Total, in one pass whatever the rows hold: weights may overflow for exactly the
+    # examples meeting some condition. Such an example gets clip factor 0 (a zero gradient
+    # moves the sum by at most C, like any other example) and the loss bound; recomputing
+    # the batch without it took longer exactly when it was sampled (issue 26).
+    keep = mask & torch.isfinite(squared) & torch.isfinite(losses)
+    norms = torch.where(keep, squared, 0.0).sqrt()
+    factors = torch.where(keep, (max_grad_norm / (norms + _CLIP_EPSILON)).clamp(max=1.0), 0.0)
     # Each parameter belongs to exactly one layer: no accumulation buffers needed.
     found = {id(p): total for layer in layers for p, total in layer.weighted_sum(factors).items()}
     sums = {name: found.get(id(p), torch.zeros_like(p)) for name, p in params.items()}
-    unclipped = int((squared.sqrt() <= max_grad_norm).sum())
-    return sums, float(loss.detach()), unclipped
+    bounded = torch.where(keep, losses, torch.where(mask, LOSS_BOUND, 0.0))
+    unclipped = int((keep & (norms <= max_grad_norm)).sum())
+    return sums, float(bounded.sum()), unclipped
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -206,31 +263,50 @@ def _clipped_sum(
 
 def _train_steps(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
     spec: TrainSpec,
     steps: int,
     task: str,
-    generator: torch.Generator,
-    population: int,
+    batches: PoissonBatches,
 ) -> tuple[list[float], float]:
     """Run the DP-SGD steps; return the mean loss of each non-empty batch, and the final C."""
     params = _trainable(model)
     optimizer = torch.optim.SGD(list(params.values()), lr=spec.lr, momentum=spec.momentum)
-    rate = spec.batch_size / population
     clip = AdaptiveClip.of(spec)
     losses = []
     for _ in range(steps):
-        # Poisson sampling: each example independently, so a batch may be empty.
-        chosen = torch.nonzero(torch.rand(inputs.shape[0], generator=generator) < rate)[:, 0]
-        sums, loss_sum, unclipped = _clipped_sum(
-            model, inputs[chosen], targets[chosen], task, clip.bound
-        )
-        if chosen.numel():
-            losses.append(loss_sum / chosen.numel())
-        _noisy_step(optimizer, params, sums, clip.gradient_noise_std(), spec.batch_size, generator)
-        clip.update(unclipped, int(chosen.numel()), generator)
+        # Poisson sampling (a batch may be empty), padded to the fixed size with masked rows.
+        indices, mask, sampled = batches.draw()
+        inputs, targets = _padded(data, indices, mask)
+        sums, loss_sum, unclipped = _clipped_sum(model, inputs, targets, task, clip.bound, mask)
+        if sampled:
+            losses.append(loss_sum / sampled)
+        stream = batches.stream
+        _noisy_step(optimizer, params, sums, clip.gradient_noise_std(), spec.batch_size, stream)
+        clip.update(unclipped, sampled, stream)
     return losses, clip.bound
+
+
+def _padded(
+    data: tuple[torch.Tensor, torch.Tensor], indices: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's rows, padding rows zeroed: the same work whatever the data holds."""
+    inputs, targets = (t.index_select(0, indices) for t in data)
+    shape = (-1,) + (1,) * (inputs.ndim - 1)
+    zero = torch.zeros((), dtype=inputs.dtype)
+    return torch.where(mask.view(shape), inputs, zero), torch.where(mask, targets, 0)
+
+
+@contextmanager
+def _flushing_denormals() -> Iterator[None]:
+    """Denormal floats (which a scientist's weights can produce for chosen rows) cost extra
+    cycles on many CPUs: flush them to zero in this thread while training. torch cannot
+    report the previous setting; the default (off) is restored."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -276,7 +352,7 @@ class AdaptiveClip:
         """The standard deviation of the noise on the summed clipped gradients."""
         return gradient_noise_multiplier(self.noise_multiplier, self.count_noise) * self.bound
 
-    def update(self, unclipped: int, sampled: int, generator: torch.Generator) -> None:
+    def update(self, unclipped: int, sampled: int, stream: RandomStream) -> None:
         """Move C after a step in which `unclipped` of the `sampled` examples had norm <= C.
 
         The released count is sum(b_i - 1/2) + noise: each example moves it by exactly 1/2
@@ -284,7 +360,7 @@ class AdaptiveClip:
         the expected batch size (public) turns it back into a share."""
         if not self.quantile:
             return
-        noise = float(secure_gaussian(1, self.count_noise, generator)[0])
+        noise = float(secure_gaussian(1, self.count_noise, stream)[0])
         share = (unclipped - sampled / 2 + noise) / self.batch_size + 0.5
         moved = self.bound * math.exp(-self.clip_lr * (share - self.quantile))
         # Kept within 1e-6..1e6 of the approved max_grad_norm: a plan's quantile and rows
@@ -316,14 +392,14 @@ def _noisy_step(
     sums: dict[str, torch.Tensor],
     noise_std: float,
     batch_size: int,
-    generator: torch.Generator,
+    stream: RandomStream,
 ) -> None:
     # One flat buffer: a handful of large ops instead of four per parameter, which matters
     # when intra-op threads compete for cores. The noise is drawn even when sigma == 0, so
     # runs that differ only in sigma share their randomness.
     flat = torch.cat([sums[name].reshape(-1) for name in params])
     # Secure-mode draws (`datasites.privacy.noise`): each value the halved sum of four Gaussians.
-    flat.add_(secure_gaussian(flat.numel(), noise_std, generator))
+    flat.add_(secure_gaussian(flat.numel(), noise_std, stream))
     flat.div_(batch_size)
     offset = 0
     for param in params.values():
@@ -409,6 +485,9 @@ class _Layer:
         raise NotImplementedError
 
     def weighted_sum(self, factors: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+        """The factor-weighted sum over examples. An example with factor 0 may hold inf or NaN,
+        and NaN * 0 is NaN: non-finite values are zeroed first (every value of an example with
+        a finite squared norm is finite), never skipped."""
         raise NotImplementedError
 
 
@@ -430,10 +509,10 @@ class _GhostLinear(_Layer):
         return total
 
     def weighted_sum(self, factors: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-        scaled = self.backprops * factors[:, None]
+        scaled = _finite(self.backprops) * factors[:, None]
         sums = {}
         if self.module.weight.requires_grad:
-            sums[self.module.weight] = scaled.t() @ self.activations
+            sums[self.module.weight] = scaled.t() @ _finite(self.activations)
         if self.module.bias is not None and self.module.bias.requires_grad:
             sums[self.module.bias] = scaled.sum(0)
         return sums
@@ -452,7 +531,17 @@ class _Materialised(_Layer):
         )
 
     def weighted_sum(self, factors: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
-        return {p: (factors @ g.flatten(1)).view(p.shape) for p, g in self.grads.items()}
+        # In place: the per-example gradients are this object's own temporaries (and
+        # nan_to_num_ costs a tenth of a broadcast masked_fill_).
+        return {
+            p: (factors @ g.flatten(1).nan_to_num_(0.0, 0.0, 0.0)).view(p.shape)
+            for p, g in self.grads.items()
+        }
+
+
+def _finite(values: torch.Tensor) -> torch.Tensor:
+    """`values` with inf and NaN replaced by 0 (a copy: these may be the caller's tensors)."""
+    return torch.nan_to_num(values, 0.0, 0.0, 0.0)
 
 
 def _per_example(record: _Record, backprops: torch.Tensor) -> _Layer:
@@ -561,15 +650,6 @@ def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     if not params:
         raise ValueError("the model has no trainable parameters.")
     return params
-
-
-def _seed(generator_seed: int | None) -> int:
-    # Without a seed the noise must be unpredictable to whoever receives the weights.
-    if generator_seed is None:
-        return int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1)
-    if isinstance(generator_seed, bool) or not isinstance(generator_seed, int | np.integer):
-        raise ValueError(f"generator_seed must be an int or None, found {generator_seed!r}.")
-    return int(generator_seed)
 
 
 def _check_positive_int(name: str, value: Any) -> None:

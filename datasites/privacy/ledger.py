@@ -36,7 +36,7 @@ from datasites.privacy.accounting import (
     StudyBudget,
     parallel_epsilon,
 )
-from datasites.privacy.noise import discrete_gaussian
+from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
@@ -50,6 +50,9 @@ PENDING = b""
 # of a hospital.
 SIZE_NOISE_MULTIPLIER = 50.0
 SIZE_KIND = "size"
+# The released size is below the true one by more than `size_upper_bound`'s margin with at
+# most this probability (once per dataset).
+SIZE_TAIL = 1e-12
 # The part of a dataset each kind of event reads: they compose in parallel.
 PART_OF = {"train": TRAIN_PART, SIZE_KIND: TRAIN_PART, "eval": TEST_PART}
 # How this ledger composes: the accountant, parts in parallel. Recorded in `accountants`.
@@ -156,6 +159,11 @@ class StudyRecord:
         if not self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), found {self.delta!r}.")
         self.budget()  # validates the counts and the events
+
+    @property
+    def row_bound(self) -> int:
+        """The public upper bound on the training rows behind the released `n`."""
+        return size_upper_bound(self.n)
 
     def budget(self) -> StudyBudget:
         return StudyBudget(
@@ -615,6 +623,15 @@ def _size_rows(
 def size_event() -> DpEvent:
     """The DP event of one dataset-size release."""
     return DpEvent(noise_multiplier=SIZE_NOISE_MULTIPLIER, sample_rate=1.0, steps=1)
+
+
+def size_upper_bound(released: int) -> int:
+    """A public upper bound on the true size behind a released one, wrong with probability
+    at most SIZE_TAIL: the discrete Gaussian is subgaussian, P(X <= -t) <= exp(-t^2 / 2s^2)
+    [Canonne, Kamath & Steinke 2020], so the margin is s sqrt(2 ln(1 / SIZE_TAIL)) plus one
+    (381 rows)."""
+    scale = SIZE_NOISE_MULTIPLIER * DISCRETE_NOISE_FACTOR
+    return released + math.ceil(scale * math.sqrt(2.0 * math.log(1.0 / SIZE_TAIL))) + 1
 
 
 def _parts(

@@ -16,8 +16,11 @@ can replay it subtracts the noise. So:
   dp-accounting's exact discrete-Gaussian PLD over the noise levels a study uses).
 - Training noise on float weights is drawn the way Opacus's `secure_mode` does: each value is
   the sum of four Gaussian draws halved [Holohan & Braghin, "Secure Random Sampling in
-  Differential Privacy", ESORICS 2021], which smooths the float artefacts, from a generator
-  seeded with 64 bits from the OS (Opacus would use torchcsprng, which no longer builds).
+  Differential Privacy", ESORICS 2021], which smooths the float artefacts, and every draw
+  comes from a ChaCha20 stream keyed with 256 bits from the OS (`datasites.privacy.stream`;
+  Opacus would use torchcsprng, which no longer builds). A seeded generator is no source at
+  any seed size: torch's CPU generator keeps only 32 bits of its seed, and an audit
+  regenerated a round's noise from it (issue 26).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+
+from datasites.privacy.stream import RandomStream
 
 DISCRETE_NOISE_FACTOR = 1.02
 """Discrete Gaussian noise is this much larger than the continuous event charged for it."""
@@ -54,12 +59,11 @@ def discrete_gaussian(sigma: float, size: int | tuple[int, ...] = ()) -> np.ndar
     return np.asarray(draws, dtype=np.int64).reshape(size)
 
 
-def secure_gaussian(numel: int, std: float, generator: torch.Generator) -> torch.Tensor:
-    """`numel` float32 draws of N(0, std^2), each the halved sum of four (Opacus secure_mode)."""
-    total = torch.randn(numel, generator=generator)
-    for _ in range(3):
-        total.add_(torch.randn(numel, generator=generator))
-    return total.mul_(std / 2)
+def secure_gaussian(numel: int, std: float, stream: RandomStream) -> torch.Tensor:
+    """`numel` float32 draws of N(0, std^2), each the halved sum of four (Opacus secure_mode),
+    summed in float64 from the cryptographic `stream`."""
+    draws = stream.normal(4 * numel).view(4, numel)
+    return draws.sum(0).mul_(std / 2).float()
 
 
 # -- the exact sampler (CKS20, Algorithms 1-3; after the authors' reference code) ----------

@@ -471,17 +471,9 @@ def _train(
     labels: np.ndarray,
 ) -> dict[str, Any]:
     def compute() -> dict[str, Any]:
-        spec = TrainSpec(
-            batch_size=record.batch_size,
-            lr=plan.lr,
-            local_epochs=plan.local_epochs,
-            max_grad_norm=plan.max_grad_norm,
-            noise_multiplier=record.noise_multiplier,
-            momentum=plan.momentum,
-            local_steps=record.steps_per_round,
-            population=record.n,
-            clip_quantile=plan.clip_quantile,
-        )
+        # The released n and its public row bound set the sampling and the padded batch size:
+        # a round's work follows them and the plan, never the exact count or the rows.
+        spec = TrainSpec.for_study(record, plan)
         outcome = dp_train(_model(plan, weights), features, labels, spec, task=plan.task)
         log.info("%s round %d trained: n=%d", plan.study_id, round_, outcome.samples)
         # The mean training loss is computed from private rows without noise, so it is not

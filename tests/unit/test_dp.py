@@ -18,6 +18,7 @@ from opacus import GradSampleModule
 from torch import nn
 
 from datasites.contract.encoding import N_FEATURES, encode_ehr
+from datasites.contract.release import LOSS_BOUND
 from datasites.contract.zoo import build_model, model_weights
 from datasites.privacy.dp import (
     TrainOutcome,
@@ -28,6 +29,7 @@ from datasites.privacy.dp import (
     gradient_noise_multiplier,
     steps_per_epoch,
 )
+from datasites.privacy.sampling import batch_bound
 from synthetic.ehr import generate_ehr
 
 torch.set_num_threads(1)
@@ -57,6 +59,11 @@ def _loss(output: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tenso
     if task == "ehr":
         return F.binary_cross_entropy_with_logits(output[:, 0], targets)
     return F.cross_entropy(output, targets)
+
+
+def _key(seed: int) -> bytes:
+    """A fixed ChaCha20 key for a reproducible run (refused outside pytest)."""
+    return seed.to_bytes(32, "little")
 
 
 def _spec(**overrides: float) -> TrainSpec:
@@ -93,7 +100,7 @@ def test_noise_free_unclipped_full_batch_step_equals_plain_sgd(name: str) -> Non
     spec = _spec(batch_size=12, lr=0.3, max_grad_norm=1e6, noise_multiplier=0.0)
     optimizer = torch.optim.SGD(plain.parameters(), lr=0.3)
     # Execute
-    outcome = dp_train(private, features, labels, spec, task=task, generator_seed=1)
+    outcome = dp_train(private, features, labels, spec, task=task, test_key=_key(1))
     loss = _loss(plain(torch.from_numpy(features)), torch.from_numpy(labels), task)
     loss.backward()
     optimizer.step()
@@ -115,7 +122,7 @@ def test_noise_free_unclipped_momentum_steps_equal_hand_rolled_heavy_ball(name: 
     spec = _spec(batch_size=12, lr=lr, local_epochs=4, max_grad_norm=1e6, momentum=momentum)
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
     # Execute
-    outcome = dp_train(private, features, labels, spec, task=task, generator_seed=1)
+    outcome = dp_train(private, features, labels, spec, task=task, test_key=_key(1))
     velocity = {n: torch.zeros_like(p) for n, p in plain.named_parameters()}
     for _ in range(4):  # v <- momentum * v + g; w <- w - lr * v
         plain.zero_grad()
@@ -200,7 +207,7 @@ def test_dp_train_applies_the_clipped_sum_divided_by_the_expected_batch(name: st
         labels,
         _spec(batch_size=10, lr=1.0, max_grad_norm=0.5),
         task=task,
-        generator_seed=0,
+        test_key=_key(0),
     )
     # Assert
     for key, value in outcome.weights.items():
@@ -237,7 +244,7 @@ def test_frozen_parameters_get_no_gradient_and_no_noise() -> None:
     frozen = model[0].weight.detach().clone()
     features, labels = _data("ehr_mlp", 20)
     outcome = dp_train(
-        model, features, labels, _spec(noise_multiplier=1.0), task="ehr", generator_seed=0
+        model, features, labels, _spec(noise_multiplier=1.0), task="ehr", test_key=_key(0)
     )
     np.testing.assert_array_equal(outcome.weights["0.weight"], frozen.numpy())
     assert not np.array_equal(outcome.weights["0.bias"], _model("ehr_mlp")[0].bias.detach())
@@ -255,6 +262,106 @@ def test_unsupported_layers_and_in_place_ops_are_refused() -> None:
         clipped_gradient_sum(in_place, x, y, task="pathmnist", max_grad_norm=1.0)
 
 
+# --- (b2) work that does not depend on the rows: masking in one pass, fixed-size batches ----
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_masked_padding_rows_change_nothing_in_the_clipped_sum(name: str) -> None:
+    # Prepare: 12 real examples, then 5 padding rows of large values, masked
+    task, _ = CASES[name]
+    model = _model(name)
+    x, y = (torch.from_numpy(a) for a in _data(name, 12, seed=6))
+    padded_x = torch.cat([x, 100 * torch.randn(5, *x.shape[1:])])
+    padded_y = torch.cat([y, y[:5]])
+    mask = torch.arange(17) < 12
+    # Execute
+    reference, loss = clipped_gradient_sum(model, x, y, task=task, max_grad_norm=0.5)
+    sums, padded_loss = clipped_gradient_sum(
+        model, padded_x, padded_y, task=task, max_grad_norm=0.5, mask=mask
+    )
+    # Assert
+    for key, value in sums.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-7)
+    assert padded_loss == pytest.approx(loss, rel=1e-6)
+
+
+def _overflow_for_feature_0(model: nn.Sequential) -> None:
+    """Unit 0 of the first layer fires only for a row with feature 0 above 10; 1e6 weights
+    with -1e6 biases carry it to a logit near 1e31, whose gradient overflows float32. Every
+    other row sees a dead unit (the weights stay within the zoo's 1e6 bound)."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        linears[0].weight[0].zero_()
+        linears[0].weight[0, 0], linears[0].bias[0] = 1.0, -10.0
+        for layer in linears[1:-1]:
+            layer.weight[0].zero_()
+            layer.weight[0, 0], layer.bias[0] = 1e6, -1e6
+        linears[-1].weight[0, 0] = 1e6
+
+
+def _with_target(n: int, at: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels) without and with a target row (feature 0 at 30, label 0) at `at`."""
+    features, labels = _data("ehr_mlp", n, seed=8)
+    features[:, 0] = np.clip(features[:, 0], -3, 3)
+    target = np.full((1, N_FEATURES), 0.5, np.float32)
+    target[0, 0] = 30.0
+    with_features = np.insert(features, at, target[0], axis=0)
+    return features, labels, with_features, np.insert(labels, at, np.float32(0.0))
+
+
+def _counting_forwards(model: nn.Module) -> list[int]:
+    """The batch size of every forward pass of the model's first layer, as it happens."""
+    sizes: list[int] = []
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    first.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_a_non_finite_example_contributes_zero_in_the_same_pass() -> None:
+    # Prepare: the target's loss is ~1e31 and its gradient overflows; the others are normal
+    model = build_model("ehr_mlp", hidden=[16] * 5)
+    _overflow_for_feature_0(model)
+    features, labels, with_features, with_labels = (
+        torch.from_numpy(a) for a in _with_target(20, at=7)
+    )
+    reference, loss = clipped_gradient_sum(model, features, labels, task="ehr", max_grad_norm=0.5)
+    forwards = _counting_forwards(model)
+    # Execute
+    sums, with_loss = clipped_gradient_sum(
+        model, with_features, with_labels, task="ehr", max_grad_norm=0.5
+    )
+    # Assert: one forward pass of all 21 rows; the target added nothing but the loss bound
+    assert forwards == [21]
+    for key, value in sums.items():
+        assert bool(torch.isfinite(value).all()), key
+        torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-7)
+    assert with_loss == pytest.approx(loss + LOSS_BOUND, rel=1e-6)
+
+
+def test_every_step_trains_on_the_same_batch_size_whatever_the_rows() -> None:
+    """The same spec on rows without and with the overflowing target: every step is one
+    forward pass of the same padded batch size, none repeated."""
+    spec = TrainSpec(
+        batch_size=30,
+        lr=0.1,
+        local_epochs=3,
+        max_grad_norm=0.5,
+        noise_multiplier=1.0,
+        population=60,
+        row_bound=90,
+    )
+    features, labels, with_features, with_labels = _with_target(60, at=11)
+    worlds = {"without": (features, labels), "with": (with_features, with_labels)}
+    sizes = {}
+    for world, data in worlds.items():
+        model = build_model("ehr_mlp", hidden=[16] * 5)
+        _overflow_for_feature_0(model)
+        sizes[world] = _counting_forwards(model)
+        outcome = dp_train(model, *data, spec, task="ehr")
+        assert all(np.isfinite(w).all() for w in outcome.weights.values())
+    assert sizes["with"] == sizes["without"] == [batch_bound(90, 0.5)] * 6
+
+
 # --- (c) the noise has the standard deviation sigma * C ---------------------------------------
 
 
@@ -269,7 +376,7 @@ def test_noise_std_on_coordinates_without_gradient() -> None:
         model = _model("ehr_logistic")
         before = model_weights(model)["0.weight"]
         # Execute
-        after = dp_train(model, features, labels, spec, task="ehr", generator_seed=seed)
+        after = dp_train(model, features, labels, spec, task="ehr", test_key=_key(seed))
         noise.append((after.weights["0.weight"] - before) * spec.batch_size / spec.lr)
     # Assert: 8 * N_FEATURES draws; the std estimate is within ~3% at 4 standard errors
     draws = np.concatenate(noise).ravel()
@@ -285,7 +392,7 @@ def test_noise_std_on_the_cnn_from_two_runs_differing_only_in_sigma() -> None:
         spec = _spec(batch_size=16, lr=0.1, max_grad_norm=0.7, noise_multiplier=sigma)
         # Execute
         outcome = dp_train(
-            _model("pathmnist_cnn"), features, labels, spec, task="pathmnist", generator_seed=5
+            _model("pathmnist_cnn"), features, labels, spec, task="pathmnist", test_key=_key(5)
         )
         runs[sigma] = np.concatenate([w.ravel() for w in outcome.weights.values()])
     # Assert: same seed, same batch, so the difference is the noise alone (52k draws)
@@ -302,7 +409,7 @@ def test_empty_batches_are_noised_too() -> None:
     model = _model("ehr_logistic")
     before = model_weights(model)["0.weight"]
     # Execute
-    outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=3)
+    outcome = dp_train(model, features, labels, spec, task="ehr", test_key=_key(3))
     # Assert: the sum of 300 unit-variance draws per weight, not of ~190 non-empty steps
     drift = outcome.weights["0.weight"] - before
     assert outcome.steps == 300
@@ -320,17 +427,31 @@ def test_an_empty_batch_contributes_a_zero_sum() -> None:
     assert all(float(s.abs().sum()) == 0.0 for s in sums.values())
 
 
-def test_seed_reproduces_and_no_seed_is_unpredictable() -> None:
+def test_a_test_key_reproduces_and_no_key_is_unpredictable() -> None:
+    # Prepare
     features, labels = _data("ehr_mlp", 40)
     spec = _spec(batch_size=8, lr=0.1, noise_multiplier=1.0)
 
-    def run(seed: int | None) -> np.ndarray:
+    def run(test_key: bytes | None) -> np.ndarray:
         return dp_train(
-            _model("ehr_mlp"), features, labels, spec, task="ehr", generator_seed=seed
+            _model("ehr_mlp"), features, labels, spec, task="ehr", test_key=test_key
         ).weights["0.weight"]
 
-    np.testing.assert_array_equal(run(7), run(7))
-    assert not np.array_equal(run(None), run(None))
+    # Execute
+    keyed, again, fresh, other = run(_key(7)), run(_key(7)), run(None), run(None)
+    # Assert: identical inputs and no key, different weights (fresh OS key each call)
+    np.testing.assert_array_equal(keyed, again)
+    assert not np.array_equal(fresh, other)
+    assert not np.array_equal(fresh, keyed)
+
+
+def test_a_test_key_is_refused_outside_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
+    features, labels = _data("ehr_logistic", 10)
+    with pytest.raises(ValueError, match="test_key must be 32 bytes"):
+        dp_train(_model("ehr_logistic"), features, labels, _spec(), task="ehr", test_key=b"1")
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    with pytest.raises(ValueError, match="test_key is for tests only"):
+        dp_train(_model("ehr_logistic"), features, labels, _spec(), task="ehr", test_key=_key(1))
 
 
 # --- (d) steps ----------------------------------------------------------------------------------
@@ -366,7 +487,7 @@ def test_batches_are_poisson_sampled() -> None:
         model = _model("ehr_logistic")
         nn.init.zeros_(model[0].bias)
         # Execute
-        outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=seed)
+        outcome = dp_train(model, features, labels, spec, task="ehr", test_key=_key(seed))
         totals.append(-float(outcome.weights["0.bias"][0]) * batch_size / bound)
     # Assert: 10 steps of Binomial(1000, 0.1) each: mean 1000, variance 10 * 90 = 900
     totals = np.array(totals)
@@ -395,7 +516,7 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
     with torch.no_grad():
         before = float(_loss(model(x), y, "ehr"))
     # Execute
-    dp_train(model, features, labels, spec, task="ehr", generator_seed=0)
+    dp_train(model, features, labels, spec, task="ehr", test_key=_key(0))
     with torch.no_grad():
         after = float(_loss(model(x), y, "ehr"))
     # Assert: from ~0.65-0.74 toward the entropy of a 10% base rate (0.33), noise permitting
@@ -407,7 +528,7 @@ def test_dp_training_lowers_the_loss_on_ehr(name: str) -> None:
 def test_local_steps_replace_the_epochs() -> None:
     features, labels = _data("ehr_logistic", 100)
     spec = _spec(batch_size=10, local_epochs=1, local_steps=3, noise_multiplier=1.0)
-    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr", generator_seed=0)
+    outcome = dp_train(_model("ehr_logistic"), features, labels, spec, task="ehr", test_key=_key(0))
     assert outcome.steps == 3 and outcome.sample_rate == 0.1
 
 
@@ -445,8 +566,6 @@ def test_dp_train_input_errors() -> None:
         dp_train(model, features, labels[:9], _spec(), task="ehr")
     with pytest.raises(ValueError, match="one logit per row"):
         dp_train(nn.Sequential(nn.Linear(N_FEATURES, 2)), features, labels, _spec(), task="ehr")
-    with pytest.raises(ValueError, match="generator_seed must be an int"):
-        dp_train(model, features, labels, _spec(), task="ehr", generator_seed="1")
     features[2, 5] = np.nan
     with pytest.raises(ValueError, match="features must be finite"):
         dp_train(model, features, labels, _spec(), task="ehr")
@@ -482,8 +601,8 @@ def test_adaptive_clipping_spends_exactly_the_accounted_gaussian_mechanism(
 def test_fixed_clipping_is_unchanged_by_the_adaptive_option() -> None:
     features, labels = _ehr_rows(300)
     spec = TrainSpec(batch_size=32, lr=0.1, local_epochs=1, max_grad_norm=0.7, noise_multiplier=1.0)
-    first = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=5)
-    second = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=5)
+    first = dp_train(_logistic(), features, labels, spec, task="ehr", test_key=_key(5))
+    second = dp_train(_logistic(), features, labels, spec, task="ehr", test_key=_key(5))
     assert first.clip == 0.7
     for name in first.weights:
         np.testing.assert_array_equal(first.weights[name], second.weights[name])
@@ -510,7 +629,7 @@ def test_adaptive_clipping_follows_the_quantile_of_the_gradient_norms() -> None:
             noise_multiplier=1.0,
             clip_quantile=quantile,
         )
-        outcome = dp_train(_logistic(), features, labels, spec, task="ehr", generator_seed=11)
+        outcome = dp_train(_logistic(), features, labels, spec, task="ehr", test_key=_key(11))
         assert outcome.clip == pytest.approx(np.quantile(norms, quantile), rel=0.1)
 
 
@@ -548,7 +667,7 @@ def test_adaptive_clipping_keeps_c_finite_whatever_the_rows() -> None:
         lr=1e-9,
         local_epochs=1,
         local_steps=2_000,
-        max_grad_norm=1e-3,
+        max_grad_norm=1e-4,
         noise_multiplier=1.0,
         clip_quantile=0.95,
         clip_lr=0.9,
@@ -556,6 +675,8 @@ def test_adaptive_clipping_keeps_c_finite_whatever_the_rows() -> None:
     model = _logistic()
     with torch.no_grad():
         model[0].bias.fill_(-30.0)  # p ~ 0: every gradient is large and gets clipped
-    outcome = dp_train(model, features, labels, spec, task="ehr", generator_seed=2)
-    assert outcome.clip == pytest.approx(1e-3 * 1e6)
+    outcome = dp_train(model, features, labels, spec, task="ehr", test_key=_key(2))
+    # Each gradient's norm is 50 * sqrt(N_FEATURES + 1), about 885: above the cap of 100,
+    # so C ends at the cap whatever the noise (at 1e-3 it hovered around 885 instead).
+    assert outcome.clip == pytest.approx(1e-4 * 1e6)
     assert all(np.isfinite(w).all() for w in outcome.weights.values())

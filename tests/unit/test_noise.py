@@ -1,6 +1,6 @@
 """The noise itself: the discrete Gaussian's distribution, that the continuous event the
-ledger charges dominates it (dp-accounting's exact discrete-Gaussian PLD), and the
-secure-mode Gaussian on training weights."""
+ledger charges dominates it (dp-accounting's exact discrete-Gaussian PLD). The secure-mode
+Gaussian on training weights is tested with its stream (test_stream.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy import stats
 
 from datasites.contract.release import sensitivity
-from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian, secure_gaussian
+from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 from datasites.runtime.execute import LOSS_STEPS
 
 DELTA = 1e-5
@@ -102,14 +101,3 @@ def test_the_charged_continuous_event_dominates_the_discrete_release(
     worst = _discrete(sigma * joint, cells, LOSS_STEPS if with_loss else 0)
 
     assert worst <= charged
-
-
-def test_secure_gaussian_has_the_stated_std_and_follows_its_generator() -> None:
-    draws = secure_gaussian(200_000, 1.7, torch.Generator().manual_seed(3))
-    again = secure_gaussian(200_000, 1.7, torch.Generator().manual_seed(3))
-
-    assert draws.dtype == torch.float32
-    assert float(draws.std()) == pytest.approx(1.7, rel=0.01)
-    assert abs(float(draws.mean())) < 4 * 1.7 / math.sqrt(draws.numel())
-    assert stats.normaltest(draws[:20_000].numpy()).pvalue > 1e-4
-    assert torch.equal(draws, again)

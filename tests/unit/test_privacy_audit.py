@@ -54,7 +54,7 @@ def released_weight(data: tuple[np.ndarray, np.ndarray], sigma: float, seed: int
         noise_multiplier=sigma,
         local_steps=1,
     )
-    outcome = dp_train(model, *data, spec, task="ehr", generator_seed=seed)
+    outcome = dp_train(model, *data, spec, task="ehr", test_key=seed.to_bytes(32, "little"))
     return float(outcome.weights["0.weight"][0, AUDITED])
 
 
