@@ -19,7 +19,7 @@ mechanism except on an overflow, so with p = P(overflow) per step and T steps th
 (each of two neighbours differs from its untruncated run with probability at most T p). B_max
 keeps p below `OVERFLOW_PER_STEP` = 1e-15 by a Chernoff bound for Binomial(R, q), which
 dominates the count of any dataset of at most R rows; for the default recipes' whole studies
-that adds under 1e-10 to delta at epsilon 5 (tests/unit/test_sampling.py).
+that adds under 2e-10 to delta at epsilon 5 (tests/unit/test_sampling.py).
 """
 
 from __future__ import annotations
