@@ -30,10 +30,11 @@ demo: $(INSTALLED)
 # they wait on the network, so the unit tests run alongside them and print once both end.
 test: $(INSTALLED)
 	@unit_log=$$(mktemp); \
-	$(BIN)/python -m pytest -m "not integration and not security" --durations=10 \
+	$(BIN)/python -m pytest -m "in_process or not (integration or security)" --durations=10 \
 		> $$unit_log 2>&1 & unit=$$!; \
 	trap 'kill $$unit 2>/dev/null; rm -f $$unit_log' INT TERM; \
-	$(BIN)/python -m pytest -m "integration or security" --durations=20; live=$$?; \
+	$(BIN)/python -m pytest -m "(integration or security) and not in_process" --durations=20; \
+		live=$$?; \
 	wait $$unit; units=$$?; \
 	echo "---- unit tests (run alongside) ----"; cat $$unit_log; rm -f $$unit_log; \
 	test $$live -eq 0 && test $$units -eq 0

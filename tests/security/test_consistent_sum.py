@@ -43,6 +43,8 @@ from tests.security.relay_model import Story, relay_wins, without_consistency
 from tests.security.test_secure_attacks import _true_vector
 
 F = frozenset
+# The hospitals' runtime in-process: no datasite, so these run alongside the live tests.
+pytestmark = pytest.mark.in_process
 
 
 # --- the rules, searched exhaustively -------------------------------------------------------

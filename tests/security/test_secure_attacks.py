@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 
 from datasites.contract.plan import Plan
 from datasites.contract.release import LOSS_BOUND, LOSS_STEPS, default_edges
@@ -25,6 +26,9 @@ from datasites.site.secure_store import SecureStore
 from scientist.secure_round import run_secure_round
 from scientist.study import initial_weights
 from tests.secure_harness import CONFIG, NAMES, recorded_update, relay, secure_plan
+
+# The hospitals' runtime in-process: no datasite, so these run alongside the live tests.
+pytestmark = pytest.mark.in_process
 
 
 def _phases_until_mask(call_all, plan: Plan, weights):
