@@ -84,13 +84,18 @@ def adverts_from_wire(value: Any, parties: set[int]) -> dict[int, Advert]:
 
 def inbox_from_wire(value: Any, parties: set[int]) -> dict[int, bytes]:
     """Sealed share pairs keyed by sender id (each exactly one sealed pair long)."""
+    return _by_partner(value, parties, "shares", "sealed shares", SEALED_BYTES)
+
+
+def _by_partner(value: Any, parties: set[int], what: str, item: str, length: int) -> dict:
+    """A dict of partner id to `length` bytes, at most one entry per partner."""
     if not isinstance(value, dict) or len(value) > len(parties):
-        raise WireError("shares must be a dict of sender id to sealed shares.")
+        raise WireError(f"{what} must be a dict of partner id to {item}.")
     out = {}
-    for sender, sealed in value.items():
-        if _party(sender, "a sender") not in parties:
-            raise WireError(f"shares from {sender} are not from a partner.")
-        out[sender] = _raw(sealed, "sealed shares", SEALED_BYTES)
+    for party, raw in value.items():
+        if _party(party, f"a key of {what}") not in parties:
+            raise WireError(f"{what} name {party}, who is not a partner.")
+        out[party] = _raw(raw, item, length)
     return out
 
 
@@ -105,14 +110,7 @@ def ids_from_wire(value: Any, what: str, parties: set[int]) -> set[int]:
 
 def signatures_from_wire(value: Any, parties: set[int]) -> dict[int, bytes]:
     """Consistency signatures keyed by signer id, each one Ed25519 signature long."""
-    if not isinstance(value, dict) or len(value) > len(parties):
-        raise WireError("signatures must be a dict of partner id to signature.")
-    out = {}
-    for signer, signature in value.items():
-        if _party(signer, "a signer") not in parties:
-            raise WireError(f"a signature from {signer} is not from a partner.")
-        out[signer] = _raw(signature, "a signature", SIGNATURE_BYTES)
-    return out
+    return _by_partner(value, parties, "signatures", "a signature", SIGNATURE_BYTES)
 
 
 def reply_to_wire(reply: UnmaskingReply) -> dict[str, Any]:
