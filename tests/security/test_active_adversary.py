@@ -31,6 +31,9 @@ from datasites.site.hospital import Hospital
 from datasites.site.policy import Policy
 from scientist.config import DPConfig, StudyConfig
 
+# The hospitals' runtime in-process: no datasite, so these run alongside the live tests.
+pytestmark = pytest.mark.in_process
+
 # --- findings 1 and 2: noise and timing -------------------------------------------------------
 
 PUBLIC_N = 400  # the released size, the same in both worlds
