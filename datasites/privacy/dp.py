@@ -22,10 +22,11 @@ admits a model, and the accountants.
 
 What a scientist's weights cannot reach (issue 26): the randomness and the amount of work.
 Sampling and noise come from a ChaCha20 stream keyed from the OS per call
-(`datasites.privacy.stream`), never from a seeded generator. Every step trains on a batch of
-one size fixed by public figures (`datasites.privacy.sampling`: padding rows are masked), and
-an example whose loss or gradient is not finite is masked inside the same pass, so weights
-that overflow for one patient change neither the reply nor the time it takes.
+(`datasites.privacy.stream`), never from a seeded generator. A round processes a number of
+rows fixed by public figures (`datasites.privacy.sampling`: masked passes make up what the
+Poisson samples did not use), and an example whose loss or gradient is not finite is masked
+inside the same pass, so weights that overflow for one patient change neither the reply nor
+the time it takes.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class TrainSpec:
     size, so that nothing about the exact count reaches the weights' schedule."""
     row_bound: int = 0
     """If set, a public upper bound on the rows (the released n plus a margin for its noise):
-    the sampling's coins and the padded batch size follow it, not the exact count. Else
+    the sampling's coins and the round's row budget follow it, not the exact count. Else
     population (or the exact count)."""
     clip_quantile: float = 0.0
     """If set, adaptive clipping (`AdaptiveClip`): C starts at max_grad_norm and follows
@@ -167,8 +168,8 @@ def dp_train(
     `features`/`labels` are the encoded private set (`datasites.contract.encoding`). The
     sampling and noise come from a ChaCha20 stream keyed with 32 bytes from os.urandom, so
     whoever sees the weights cannot predict (and subtract) the noise; `test_key` fixes the
-    key for a reproducible test and is refused outside pytest. `padded=False` trains on the
-    sampled rows alone, so that the time follows the data: only for measuring what padding
+    key for a reproducible test and is refused outside pytest. `padded=False` skips the
+    masked passes, so that the time follows the data: only for measuring what padding
     costs (benchmarks/dp_throughput.py); the runtime never passes it.
     """
     stream = RandomStream(test_key)
@@ -184,6 +185,7 @@ def dp_train(
         real=int(inputs.shape[0]),
         bound=spec.row_bound or n,
         rate=spec.batch_size / n,
+        steps=steps,
         stream=stream,
         padded=padded,
     )
@@ -275,26 +277,30 @@ def _train_steps(
     clip = AdaptiveClip.of(spec)
     losses = []
     for _ in range(steps):
-        # Poisson sampling (a batch may be empty), padded to the fixed size with masked rows.
-        indices, mask, sampled = batches.draw()
-        inputs, targets = _padded(data, indices, mask)
-        sums, loss_sum, unclipped = _clipped_sum(model, inputs, targets, task, clip.bound, mask)
+        # Poisson sampling: each row independently, so a batch may be empty.
+        indices, sampled = batches.draw()
+        inputs, targets = (t.index_select(0, indices) for t in data)
+        every = torch.ones(sampled, dtype=torch.bool)
+        sums, loss_sum, unclipped = _clipped_sum(model, inputs, targets, task, clip.bound, every)
         if sampled:
             losses.append(loss_sum / sampled)
         stream = batches.stream
         _noisy_step(optimizer, params, sums, clip.gradient_noise_std(), spec.batch_size, stream)
         clip.update(unclipped, sampled, stream)
+    for size in batches.padding():
+        _masked_pass(model, data, size, task, clip.bound)
     return losses, clip.bound
 
 
-def _padded(
-    data: tuple[torch.Tensor, torch.Tensor], indices: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's rows, padding rows zeroed: the same work whatever the data holds."""
-    inputs, targets = (t.index_select(0, indices) for t in data)
-    shape = (-1,) + (1,) * (inputs.ndim - 1)
-    zero = torch.zeros((), dtype=inputs.dtype)
-    return torch.where(mask.view(shape), inputs, zero), torch.where(mask, targets, 0)
+def _masked_pass(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], size: int, task: str, bound: float
+) -> None:
+    """The work of `size` rows, discarded: zero rows, every one masked (factor 0), so the
+    round's rows reach its public budget whatever the samples held."""
+    inputs = torch.zeros((size, *data[0].shape[1:]), dtype=data[0].dtype)
+    targets = torch.zeros(size, dtype=data[1].dtype)
+    mask = torch.zeros(size, dtype=torch.bool)
+    _clipped_sum(model, inputs, targets, task, bound, mask)
 
 
 @contextmanager

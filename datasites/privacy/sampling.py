@@ -1,25 +1,26 @@
-"""Poisson sampling into batches of one fixed size, so that a step's work follows public
-figures only.
+"""Poisson sampling whose work over a round follows public figures only.
 
 The accounted mechanism (`datasites.privacy.dp`) samples each row independently with
 probability q; the sampled count k ~ Binomial(n, q) follows the exact private n, and a step
-that trains on k rows takes time that follows it too (issue 26). Here every step:
+that trains on k rows takes time that follows it too (issue 26). What a scientist can time
+is a whole call, so the round is what gets a fixed amount of work:
 
-- flips one coin per row of a public row bound R (the released n plus a margin, see
-  `TrainSpec.row_bound`), whatever the real count; coins past the real rows are discarded;
-- returns exactly B_max row indices, the sampled ones first and padding after, with a mask:
-  the trainer gives a padding row a zero clipping factor, so it does the same forward and
-  backward work as a real one and changes nothing;
-- keeps a uniformly random B_max of the sampled rows in the rare step that sampled more.
+- every step flips one coin per row of a public row bound R (the released n plus a margin,
+  see `TrainSpec.row_bound`), whatever the real count; coins past the real rows are
+  discarded, and the step trains on exactly the rows sampled (the mechanism as accounted:
+  no truncation, no fixed batch);
+- after the round's steps, masked passes (zero rows, clipping factor 0: the same forward and
+  backward work as real rows, no effect on the weights) bring the rows processed up to the
+  round's budget B, in a number of passes fixed by public figures. B is the least size
+  whose Chernoff bound on P(Binomial(T R, q) > B) is at most `OVERFLOW_PER_ROUND`; the
+  round's sampled total is Binomial(T n, q) with n <= R, so it exceeds B that rarely.
 
-That is truncated Poisson sampling [Chua et al., "Scalable DP-SGD: Shuffling vs. Poisson
-Subsampling", NeurIPS 2024; JAX Privacy's padded batches]. It equals the accounted
-mechanism except on an overflow, so with p = P(overflow) per step and T steps the
-(epsilon, delta) of the untruncated mechanism becomes (epsilon, delta + (1 + e^epsilon) T p)
-(each of two neighbours differs from its untruncated run with probability at most T p). B_max
-keeps p below `OVERFLOW_PER_STEP` = 1e-15 by a Chernoff bound for Binomial(R, q), which
-dominates the count of any dataset of at most R rows; for the default recipes' whole studies
-that adds under 2e-10 to delta at epsilon 5 (tests/unit/test_sampling.py).
+A round that does exceed B just takes longer: its output is the accounted mechanism's, and
+its time says "more than B rows were sampled" with probability at most p per round, so over
+m rounds the guarantee is (epsilon, delta + (1 + e^epsilon) m p) (either neighbour shows the
+event with probability at most m p). At the default recipes that adds under 1e-8 to delta
+(tests/unit/test_sampling.py). Per-step padding to a fixed batch would cost 1.4-1.75x the
+expected work at the same tail; the round's budget costs a few percent at full scale.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import torch
 
 from datasites.privacy.stream import RandomStream
 
-__all__ = ["OVERFLOW_PER_STEP", "PoissonBatches", "batch_bound", "overflow_bound"]
+__all__ = ["OVERFLOW_PER_ROUND", "PoissonBatches", "batch_bound", "overflow_bound"]
 
-OVERFLOW_PER_STEP = 1e-15
+OVERFLOW_PER_ROUND = 1e-12
 
 
 def overflow_bound(rows: int, rate: float, size: int) -> float:
@@ -46,8 +47,8 @@ def overflow_bound(rows: int, rate: float, size: int) -> float:
     return math.exp(-rows * _kl(share, rate))
 
 
-def batch_bound(rows: int, rate: float, tail: float = OVERFLOW_PER_STEP) -> int:
-    """The least B with overflow_bound(rows, rate, B) <= tail: the padded batch size."""
+def batch_bound(rows: int, rate: float, tail: float = OVERFLOW_PER_ROUND) -> int:
+    """The least B with overflow_bound(rows, rate, B) <= tail: a round's row budget."""
     low, high = max(0, math.floor(rows * rate) - 1), rows
     while low < high:  # overflow_bound decreases in B; it is 0 at B = rows
         middle = (low + high) // 2
@@ -67,13 +68,14 @@ def _kl(share: float, rate: float) -> float:
 
 
 class PoissonBatches:
-    """Each step's Poisson sample of `real` rows at `rate`, as `size` indices and a mask.
+    """A round's Poisson samples of `real` rows at `rate`, and the padding that fixes its work.
 
     `bound` is the public row bound R: every step flips max(R, real) coins, so with R at
-    least the real count the work is that of R whatever the data holds. `tail` is the
-    overflow probability the batch size allows (tests set a large one to see truncation).
-    `padded=False` returns the sampled rows alone, whose work follows the data: only for
-    measuring what padding costs (benchmarks/dp_throughput.py).
+    least the real count the coins are R's whatever the data holds. `steps` is the round's
+    step count (public: the plan's), which sets the budget. `tail` is the overflow
+    probability the budget allows (tests set a large one). `padded=False` skips the padding,
+    so that the round's work follows the data: only for measuring what padding costs
+    (benchmarks/dp_throughput.py).
     """
 
     def __init__(
@@ -82,25 +84,31 @@ class PoissonBatches:
         real: int,
         bound: int,
         rate: float,
+        steps: int,
         stream: RandomStream,
-        tail: float = OVERFLOW_PER_STEP,
+        tail: float = OVERFLOW_PER_ROUND,
         padded: bool = True,
     ) -> None:
         self.real, self.rate, self.stream, self.padded = real, rate, stream, padded
         self.coins = max(bound, real)
-        self.size = max(1, batch_bound(bound, rate, tail))
+        self.budget = batch_bound(self.coins * steps, rate, tail)
+        expected = bound * rate
+        # Passes of about one expected batch each, as many as the public figures expect.
+        self.passes = max(1, math.ceil((self.budget - steps * expected) / max(expected, 1.0)))
+        self.sampled = 0
         self._is_real = np.arange(self.coins) < real
-        self._slots = torch.arange(self.size)
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(indices, mask, k): `size` row indices, True for the k sampled rows, which come
-        first; padding indices are 0 and masked."""
+    def draw(self) -> tuple[torch.Tensor, int]:
+        """One step's sample: the indices of the sampled real rows, and their count."""
         chosen = np.flatnonzero(self.stream.bernoulli(self.coins, self.rate) & self._is_real)
-        if chosen.size > self.size:
-            # Overflow (probability < OVERFLOW_PER_STEP): a uniform subset of the sample.
-            chosen = chosen[self.stream.subset(chosen.size, self.size)]
+        self.sampled += int(chosen.size)
+        return torch.from_numpy(chosen), int(chosen.size)
+
+    def padding(self) -> list[int]:
+        """The sizes of the masked passes that bring the round's rows up to its budget:
+        always `passes` of them (some may be empty after a round that sampled more)."""
         if not self.padded:
-            return torch.from_numpy(chosen), torch.ones(chosen.size, dtype=torch.bool), chosen.size
-        indices = np.zeros(self.size, dtype=np.int64)
-        indices[: chosen.size] = chosen
-        return torch.from_numpy(indices), self._slots < chosen.size, int(chosen.size)
+            return []
+        left = max(0, self.budget - self.sampled)
+        share, extra = divmod(left, self.passes)
+        return [share + (1 if i < extra else 0) for i in range(self.passes)]

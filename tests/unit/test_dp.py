@@ -338,9 +338,10 @@ def test_a_non_finite_example_contributes_zero_in_the_same_pass() -> None:
     assert with_loss == pytest.approx(loss + LOSS_BOUND, rel=1e-6)
 
 
-def test_every_step_trains_on_the_same_batch_size_whatever_the_rows() -> None:
+def test_a_round_processes_its_budget_of_rows_whatever_the_rows() -> None:
     """The same spec on rows without and with the overflowing target: every step is one
-    forward pass of the same padded batch size, none repeated."""
+    forward pass of its sample (none repeated), and the round's rows, masked passes
+    included, are the public budget, in the same number of passes."""
     spec = TrainSpec(
         batch_size=30,
         lr=0.1,
@@ -359,7 +360,10 @@ def test_every_step_trains_on_the_same_batch_size_whatever_the_rows() -> None:
         sizes[world] = _counting_forwards(model)
         outcome = dp_train(model, *data, spec, task="ehr")
         assert all(np.isfinite(w).all() for w in outcome.weights.values())
-    assert sizes["with"] == sizes["without"] == [batch_bound(90, 0.5)] * 6
+    budget = batch_bound(90 * 6, 0.5)
+    passes = 6 + math.ceil((budget - 6 * 45) / 45)
+    assert sum(sizes["with"]) == sum(sizes["without"]) == budget
+    assert len(sizes["with"]) == len(sizes["without"]) == passes
 
 
 # --- (c) the noise has the standard deviation sigma * C ---------------------------------------
