@@ -76,10 +76,12 @@ def skip_walking_bytes() -> None:
 class BlobCache:
     """Deserialized blobs by their exact serialized bytes, for data that cannot change.
 
-    Only numpy arrays, and dicts of arrays and plain scalars (the PathMNIST assets), are
-    kept; their arrays are made read-only, so no code run on them can alter what the next
-    call reads (it gets an error instead). A hit requires the incoming bytes to equal the
-    cached bytes exactly, so the cache can never answer with other data than syft would
+    Only numpy arrays, dicts of arrays and plain scalars (the PathMNIST assets), and pandas
+    DataFrames (the EHR assets) are kept. Arrays are made read-only, so no code run on them
+    can alter what the next call reads (it gets an error instead); a DataFrame cannot be
+    frozen, so each read gets its own deep copy (4 ms for a 12,000-row EHR table, against
+    about 60 ms to deserialize it, several times a call). A hit requires the incoming bytes
+    to equal the cached bytes exactly, so the cache can never answer with other data than syft would
     have deserialized, whoever asks; syft's permission checks ran before the bytes existed.
     Least recently used entries go first once `max_bytes` (serialized) is exceeded.
     """
@@ -120,6 +122,10 @@ class BlobCache:
 
 def _freeze(value: Any) -> bool:
     """Make `value`'s arrays read-only; False (and nothing changed) if it is not cacheable."""
+    import pandas as pd
+
+    if type(value) is pd.DataFrame:
+        return True  # `_fresh` copies it for every reader
     if isinstance(value, np.ndarray):
         arrays = [value]
     elif isinstance(value, dict) and all(
@@ -136,7 +142,12 @@ def _freeze(value: Any) -> bool:
 
 
 def _fresh(value: Any) -> Any:
-    """A new container around the shared read-only arrays, so adding keys stays local."""
+    """A new container around the shared read-only arrays, so adding keys stays local; a
+    DataFrame's own deep copy, so that no reader can change what the next one reads."""
+    import pandas as pd
+
+    if type(value) is pd.DataFrame:
+        return value.copy(deep=True)
     return dict(value) if isinstance(value, dict) else value
 
 

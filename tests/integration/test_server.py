@@ -83,11 +83,18 @@ def test_blob_cache_serves_identical_bytes_only_and_freezes_what_it_keeps() -> N
     # The 3 MiB budget holds one 2 MiB blob: the older one was evicted.
     cache.load(blob, deserialize)
     assert len(calls) == 3
-    # Anything but arrays (here a DataFrame) is neither kept nor frozen.
+    # A DataFrame (an EHR asset) is kept, and every reader gets its own deep copy: changing
+    # one changes neither the cache nor the next read.
     frames = []
-    table = cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1]}))
-    cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1]}))
-    assert len(frames) == 2 and isinstance(table, pd.DataFrame)
+    table = cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1, 2]}))
+    table.loc[0, "a"] = 99
+    again = cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1, 2]}))
+    assert len(frames) == 1 and again is not table and again["a"].tolist() == [1, 2]
+    # Anything else (a list) is neither kept nor frozen.
+    lists, third = [], blob[:-1] + b"\x02"
+    cache.load(third, lambda raw: lists.append(1) or [1])
+    cache.load(third, lambda raw: lists.append(1) or [1])
+    assert len(lists) == 2
 
 
 def test_syft_blob_reads_go_through_the_cache() -> None:
