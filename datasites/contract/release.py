@@ -51,7 +51,7 @@ def check_edges(edges: object, classes: int | None = None) -> np.ndarray:
     """
     try:
         array = np.asarray(edges, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # 10**400 overflows a float
         raise ValueError("edges must be an array of numbers.") from None
     if classes is not None and array.ndim == 1:
         array = np.tile(array, (classes, 1))

@@ -816,9 +816,15 @@ def _id_set(value: object, what: str) -> set[int]:
     return {_party(v) for v in value}
 
 
-def confirmation_message(study_id: str, round_: int, survivors: set[int], held: set[int]) -> bytes:
-    """What a survivor signs in the consistency round: the exact survivor set U3 it was told
-    and the exact set U2 whose shares it holds, bound to the study and the round."""
+def confirmation_message(
+    study_id: str, round_: int, survivors: set[int], held: set[int], inputs: bytes
+) -> bytes:
+    """What a survivor signs in the consistency round: the exact survivor set U3 it was told,
+    the exact set U2 whose shares it holds, and `inputs`, the 32-byte digest of what the
+    relay gave it to compute its vector from (the global weights, the bin edges), bound to
+    the study and the round. A relay that gave one hospital other weights than the rest
+    (so that their contributions are known and the sum is that hospital's alone) cannot
+    gather t signatures over one story."""
     survivors, held = _id_set(survivors, "survivors"), _id_set(held, "held")
     return _fields(
         _DOMAIN,
@@ -827,6 +833,7 @@ def confirmation_message(study_id: str, round_: int, survivors: set[int], held: 
         _u64(_int(round_, "round", 0, 2**63 - 1)),
         b"".join(_u32(v) for v in sorted(survivors)),
         b"".join(_u32(v) for v in sorted(held)),
+        _bytes(inputs, "inputs digest", KEY_BYTES),
     )
 
 
@@ -848,15 +855,16 @@ def check_confirmations(
     round_: int,
     survivors: set[int],
     held: set[int],
+    inputs: bytes,
     signatures: Mapping[int, bytes],
     verify_keys: Mapping[int, bytes],
     threshold: int,
 ) -> None:
-    """At least `threshold` survivors signed this very (U3, U2) story with their registered
-    keys (Bonawitz et al. 2017, ConsistencyCheck); raise ValueError otherwise."""
+    """At least `threshold` survivors signed this very (U3, U2, inputs) story with their
+    registered keys (Bonawitz et al. 2017, ConsistencyCheck); raise ValueError otherwise."""
     if not isinstance(signatures, Mapping):
         raise ValueError("signatures must be a mapping of party id to signature.")
-    message = confirmation_message(study_id, round_, survivors, held)
+    message = confirmation_message(study_id, round_, survivors, held, inputs)
     valid = set()
     for signer, signature in signatures.items():
         signer = _party(signer, "signer")

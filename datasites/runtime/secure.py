@@ -74,6 +74,8 @@ _KEYS = {
 _OPTIONAL = {"mask": frozenset({"edges"})}
 # What a finished round's store keeps: public answers (for repeats), never a secret.
 _SECRETS = ("keys", "own", "held")
+# Kept: the digest of the weights and edges the mask phase was given, which confirm signs.
+_INPUTS = "inputs"
 
 
 class SecureRefusal(ValueError):
@@ -307,6 +309,9 @@ def _mask(party: Party, signing_key: bytes, request: dict, releases: Releases) -
         return {"masked": masked.astype("<u8").tobytes(), "entries": int(masked.size), **public}
 
     out = party.once("mask", given, make)
+    if not party.repeated:  # this call's vector is the stored one: keep what it came from
+        inputs = bytes.fromhex(inputs_digest((request["weights"], request.get("edges"))))
+        party.store.put_once(plan.study_id, party.round, _INPUTS, lambda: inputs)
     party.erase_secrets(party.round - 1)
     return out
 
@@ -352,12 +357,14 @@ def _confirm(party: Party, signing_key: bytes, request: dict, releases: Releases
 
     def make() -> dict:
         held = set(party.stored("held", "mask"))
+        inputs = party.stored(_INPUTS, "mask")
         check_story(party.id, survivors, held, plan.threshold)
-        message = confirmation_message(plan.study_id, party.round, survivors, held)
+        message = confirmation_message(plan.study_id, party.round, survivors, held, inputs)
         return {
             "signature": sign(signing_key, message),
             "survivors": sorted(survivors),
             "held": sorted(held),
+            "inputs": inputs,
         }
 
     confirmed = party.once("confirm", sorted(survivors), make)
@@ -383,6 +390,7 @@ def _unmask(party: Party, signing_key: bytes, request: dict, releases: Releases)
             party.round,
             survivors,
             held_ids,
+            confirmed["inputs"],
             signatures,
             party.verify_keys(),
             plan.threshold,

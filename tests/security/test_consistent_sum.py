@@ -165,12 +165,13 @@ def test_a_relay_telling_each_hospital_another_survivor_story_gets_no_share(
     assert len(signatures) == n and not [r for r in again.values() if "signature" in r]
 
 
-def _collude(trio: dict, plan: Plan, partner: str) -> tuple[bytes, dict]:
-    """What a colluding partner hands the relay: its signing key and its held shares."""
+def _collude(trio: dict, plan: Plan, partner: str) -> tuple[bytes, dict, bytes]:
+    """What a colluding partner hands the relay: its signing key, its held shares and the
+    digest of the round's inputs it signs."""
     identity = Identity.load_or_create(trio["roots"][partner] / IDENTITY_FILE, partner)
     store = SecureStore(trio["roots"][partner] / STORE_FILE)
     held = store.get(plan.study_id, 1, "held")
-    return bytes.fromhex(identity.signing_key), held
+    return bytes.fromhex(identity.signing_key), held, store.get(plan.study_id, 1, "inputs")
 
 
 def _relay_with_partner(trio, tables, threshold: int) -> tuple[dict, Any, Any]:
@@ -184,14 +185,14 @@ def _relay_with_partner(trio, tables, threshold: int) -> tuple[dict, Any, Any]:
     weights = initial_weights(CONFIG)
     ids, adverts, masked = _honest_until_mask(call_all, names, plan, weights)
     a, b, c = (ids[n] for n in names)
-    key_b, held_b = _collude(trio, plan, "hospital-b")
+    key_b, held_b, inputs = _collude(trio, plan, "hospital-b")
     stories = {"hospital-a": [a, b], "hospital-c": [b, c]}
     confirmed = call_all(
         {n: {"round": 1, "phase": "confirm", "survivors": s} for n, s in stories.items()}
     )
     replies = {}
     for name, story in stories.items():
-        message = confirmation_message(plan.study_id, 1, set(story), {a, b, c})
+        message = confirmation_message(plan.study_id, 1, set(story), {a, b, c}, inputs)
         signatures = {b: sign(key_b, message)}
         if "signature" in confirmed[name]:
             signatures[ids[name]] = confirmed[name]["signature"]
@@ -256,6 +257,46 @@ def test_the_relay_and_one_partner_open_nothing_at_the_default_threshold(
     assert _open_a(*default, trio) is None
     reasons = [e["reason"] for e in _refusals(trio["roots"]["hospital-a"], "partner-3")]
     assert any("fewer than 3" in r for r in reasons)
+
+
+def test_a_relay_giving_one_hospital_other_weights_gets_no_share(
+    tmp_path: Path, secure_tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the live attack's relay at 3 of 3: hospital-a gets the real model, b and c one
+    # whose intercept puts every patient in the lowest bin, so that every other bin of the
+    # summed histogram would be hospital-a's alone
+    trio = build_federation(tmp_path, _names(3))
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(trio["roots"]["hospital-a"]))
+    plan_dict = secure_plan(trio["keys"], "weights-0001", threshold=3)
+    plan = Plan.from_dict(plan_dict)
+    call_all = relay(trio, secure_tables, plan_dict)
+    weights = initial_weights(CONFIG)
+    sunk = {k: np.zeros_like(v) for k, v in weights.items()}
+    sunk[max(k for k in sunk if k.endswith("bias"))][:] = -1e5
+    story = {"hospital-a": weights, "hospital-b": sunk, "hospital-c": sunk}
+    ids = plan.party_ids()
+    adverts = {
+        ids[n]: r["advert"]
+        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in _names(3)}).items()
+    }
+    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in _names(3)})
+    masked = {}
+    for name in _names(3):
+        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
+        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": story[name]}
+        masked[name] = call_all({name: request})[name]
+    assert all("masked" in r for r in masked.values())
+    # Execute: an honest consistency round and unmasking after that
+    every = sorted(ids.values())
+    confirmed = call_all({n: {"round": 1, "phase": "confirm", "survivors": every} for n in ids})
+    signatures = {ids[n]: r["signature"] for n, r in confirmed.items()}
+    unmask = {"round": 1, "phase": "unmask", "survivors": every, "dropped": []}
+    replies = call_all({n: {**unmask, "signatures": signatures} for n in ids})
+    # Assert: a's signature is over other inputs than b's and c's: no story reaches 3
+    assert all(r["refused"] == "SecureRefusal" for r in replies.values())
+    for name in ids:
+        reasons = [e["reason"] for e in _refusals(trio["roots"][name], plan.study_id)]
+        assert any("does not match this story" in r for r in reasons), name
 
 
 # --- each phase answers once ----------------------------------------------------------------

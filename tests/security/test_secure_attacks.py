@@ -188,3 +188,22 @@ def test_hostile_weights_in_a_mask_call_are_refused_by_name(secure_trio, secure_
         reply = call_all({"hospital-a": request})["hospital-a"]
         assert reply["refused"] == "SecureRefusal" and "answers each phase once" in reply["error"]
         assert "1234" not in reply["error"] and "incident" not in reply["error"]
+
+
+def test_a_401_digit_edge_is_refused_in_one_sentence_not_an_incident(
+    secure_trio, secure_tables
+) -> None:
+    # Prepare: the live attack's edges, in a plain study's call (the secure mask phase reads
+    # them through the same check)
+    from datasites.contract.release import check_edges
+
+    plan = CONFIG.plan("edges-0001", "scientist@research.org")
+    call_all = relay(secure_trio, secure_tables, plan)
+    hostile = [0, 10**400, 1]
+    request = {"round": 1, "weights": initial_weights(CONFIG), "edges": hostile}
+    # Execute
+    reply = call_all({"hospital-a": request})["hospital-a"]
+    # Assert: the scientist's own mistake, in one sentence; no incident, no value echoed
+    assert reply["refused"] == "RequestError" and "edges must be an array" in reply["error"]
+    with pytest.raises(ValueError, match="edges must be an array of numbers"):
+        check_edges(hostile)
