@@ -74,6 +74,8 @@ _KEYS = {
 _OPTIONAL = {"mask": frozenset({"edges"})}
 # What a finished round's store keeps: public answers (for repeats), never a secret.
 _SECRETS = ("keys", "own", "held")
+# A round's secrets go at its end, or this long after they were drawn if its end never came.
+SECRETS_TTL_S = 24 * 3600.0
 # Kept: the digest of the weights and edges the mask phase was given, which confirm signs.
 _INPUTS = "inputs"
 
@@ -122,7 +124,9 @@ def answer(
 ) -> dict[str, Any]:
     """Answer one phase call of a secure study (see the module docstring)."""
     round_, phase = check_request(request, plan)
-    party = Party(hospital, plan, round_, SecureStore(hospital.root / STORE_FILE))
+    store = SecureStore(hospital.root / STORE_FILE)
+    store.expire(_SECRETS, SECRETS_TTL_S)
+    party = Party(hospital, plan, round_, store)
     try:
         out = _PHASE[phase](party, signing_key, request, releases)
     except ValueError as error:  # the protocol's and the wire's messages carry no secret

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ BUSY_TIMEOUT_S = 60.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     study_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL, value BLOB NOT NULL,
+    created REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (study_id, round, phase)
 )
 """
@@ -37,6 +39,9 @@ class SecureStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+            if "created" not in columns:  # a store from before rows were dated
+                conn.execute("ALTER TABLE answers ADD COLUMN created REAL NOT NULL DEFAULT 0")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -63,13 +68,24 @@ class SecureStore:
         secret keys and held shares go once the round is over). `secure_delete` overwrites
         the freed pages, so the secrets do not linger in the file."""
         marks = ", ".join("?" for _ in phases)
+        self._delete(
+            f"study_id = ? AND round <= ? AND phase IN ({marks})",
+            (study_id, rounds_through, *phases),
+        )
+
+    def expire(self, phases: tuple[str, ...], older_than_s: float) -> None:
+        """Delete `phases` of any study stored more than `older_than_s` ago: a round whose
+        end never came (the relay never asked for its unmasking) keeps no secret forever."""
+        marks = ", ".join("?" for _ in phases)
+        cutoff = time.time() - older_than_s
+        self._delete(f"phase IN ({marks}) AND created < ?", (*phases, cutoff))
+
+    def _delete(self, where: str, args: tuple) -> None:
         with self._connect() as conn:
             conn.execute("PRAGMA secure_delete=ON")
-            conn.execute(
-                f"DELETE FROM answers WHERE study_id = ? AND round <= ? AND phase IN ({marks})",
-                (study_id, rounds_through, *phases),
-            )
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if conn.execute(f"SELECT 1 FROM answers WHERE {where} LIMIT 1", args).fetchone():
+                conn.execute(f"DELETE FROM answers WHERE {where}", args)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def first(
         self, study_id: str, round_: int, phase: str, make: Callable[[], Any]
@@ -92,8 +108,9 @@ class SecureStore:
                     return pickle.loads(row[0]), False
                 value = make()
                 conn.execute(
-                    "INSERT INTO answers (study_id, round, phase, value) VALUES (?, ?, ?, ?)",
-                    (study_id, round_, phase, pickle.dumps(value)),
+                    "INSERT INTO answers (study_id, round, phase, value, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (study_id, round_, phase, pickle.dumps(value), time.time()),
                 )
                 conn.execute("COMMIT")
                 return value, True

@@ -403,3 +403,24 @@ def test_a_finished_rounds_secret_keys_and_shares_are_erased(secure_trio, secure
         np.testing.assert_array_equal(again.average[key], value)
     trained = [recorded_update(secure_trio["roots"][n], plan.study_id, 1)[1] for n in _names(3)]
     assert outcome.n == sum(trained)
+
+
+def test_a_round_whose_unmasking_never_comes_keeps_no_secret_past_its_time(
+    secure_trio, secure_tables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a round masked at every hospital, then abandoned by the relay
+    import datasites.runtime.secure as secure_runtime
+
+    plan_dict = secure_plan(secure_trio["keys"], "abandoned-0001")
+    plan = Plan.from_dict(plan_dict)
+    call_all = relay(secure_trio, secure_tables, plan_dict)
+    _honest_until_mask(call_all, _names(3), plan, initial_weights(CONFIG))
+    store = SecureStore(secure_trio["roots"]["hospital-b"] / STORE_FILE)
+    assert store.get(plan.study_id, 1, "keys") is not None
+    # Execute: the next secure call at hospital-b comes after the secrets' time ran out
+    monkeypatch.setattr(secure_runtime, "SECRETS_TTL_S", 0.0)
+    call_all({"hospital-b": {"round": 2, "phase": "advertise"}})
+    # Assert: round 1's keys and shares are gone, its public answers stay
+    for phase in ("keys", "own", "held"):
+        assert store.get(plan.study_id, 1, phase) is None, phase
+    assert store.get(plan.study_id, 1, "mask") is not None
