@@ -40,8 +40,9 @@ class SecureStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
-            if "created" not in columns:  # a store from before rows were dated
+            if "created" not in columns:  # a store from before rows were dated: from now
                 conn.execute("ALTER TABLE answers ADD COLUMN created REAL NOT NULL DEFAULT 0")
+                conn.execute("UPDATE answers SET created = ?", (time.time(),))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
