@@ -95,8 +95,11 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     }
 
 
-def _honest_until_mask(call_all, names, plan: Plan, weights) -> tuple[dict, dict, dict]:
-    """Adverts, shares and masks, as an honest relay runs them: every hospital holds all."""
+def _honest_until_mask(
+    call_all, names, plan: Plan, weights, given: dict | None = None
+) -> tuple[dict, dict, dict]:
+    """Adverts, shares and masks, as an honest relay runs them: every hospital holds all.
+    `given` (hospital -> weights) gives some hospitals other weights than `weights`."""
     ids = plan.party_ids()
     adverts = {
         ids[n]: r["advert"]
@@ -106,7 +109,8 @@ def _honest_until_mask(call_all, names, plan: Plan, weights) -> tuple[dict, dict
     requests = {}
     for name in names:
         inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
-        requests[name] = {"round": 1, "phase": "mask", "shares": inbox, "weights": weights}
+        mine = (given or {}).get(name, weights)
+        requests[name] = {"round": 1, "phase": "mask", "shares": inbox, "weights": mine}
     return ids, adverts, call_all(requests)
 
 
@@ -273,18 +277,8 @@ def test_a_relay_giving_one_hospital_other_weights_gets_no_share(
     weights = initial_weights(CONFIG)
     sunk = {k: np.zeros_like(v) for k, v in weights.items()}
     sunk[max(k for k in sunk if k.endswith("bias"))][:] = -1e5
-    story = {"hospital-a": weights, "hospital-b": sunk, "hospital-c": sunk}
-    ids = plan.party_ids()
-    adverts = {
-        ids[n]: r["advert"]
-        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in _names(3)}).items()
-    }
-    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in _names(3)})
-    masked = {}
-    for name in _names(3):
-        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
-        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": story[name]}
-        masked[name] = call_all({name: request})[name]
+    given = {"hospital-b": sunk, "hospital-c": sunk}
+    ids, _, masked = _honest_until_mask(call_all, _names(3), plan, weights, given)
     assert all("masked" in r for r in masked.values())
     # Execute: an honest consistency round and unmasking after that
     every = sorted(ids.values())
