@@ -9,6 +9,10 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
+
+from datasites.contract.release import LOSS_BOUND, LOSS_STEPS
+from datasites.contract.secure_sum import Quantizer
 from datasites.privacy.ledger import Ledger
 from datasites.runtime.execute import current_hospital, execute
 from datasites.site.identity import Identity
@@ -104,3 +108,33 @@ def recorded_update(root: Path, study: str, round_: int) -> tuple[dict, int]:
     result = Ledger(root / LEDGER_FILE).result(study, "train", round_)
     released = pickle.loads(result)
     return released["weights"], released["n"]
+
+
+def phases_until_mask(call_all, names, plan, weights, given: dict | None = None) -> tuple:
+    """Round 1's adverts, shares and masks as an honest relay runs them (every hospital holds
+    every share): (party ids, adverts, mask replies). `given` (hospital -> weights) gives
+    some hospitals other weights than `weights`."""
+    ids = plan.party_ids()
+    adverts = {
+        ids[n]: r["advert"]
+        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in names}).items()
+    }
+    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in names})
+    requests = {}
+    for name in names:
+        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
+        mine = (given or {}).get(name, weights)
+        requests[name] = {"round": 1, "phase": "mask", "shares": inbox, "weights": mine}
+    return ids, adverts, call_all(requests)
+
+
+def true_vector(federation: dict, plan, layout, weights) -> np.ndarray:
+    """hospital-a's round-1 vector in the ring, from its own ledger records."""
+    root = federation["roots"]["hospital-a"]
+    trained, n = recorded_update(root, plan.study_id, 1)
+    ledger = Ledger(root / LEDGER_FILE)
+    evaluation = pickle.loads(ledger.result(plan.study_id, "eval", 0))
+    update = {k: n * (trained[k] - weights[k].astype(np.float64)) for k, _ in layout.weights}
+    steps = round(evaluation["loss_sum"] * LOSS_STEPS / LOSS_BOUND)
+    quantizer = Quantizer(plan.secure_scale, plan.secure_clip)
+    return layout.pack(quantizer, update, n, {"histogram": evaluation["counts"]}, steps)

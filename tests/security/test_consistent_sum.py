@@ -35,12 +35,13 @@ from tests.secure_harness import (
     CONFIG,
     build_federation,
     build_tables,
+    phases_until_mask,
     recorded_update,
     relay,
     secure_plan,
+    true_vector,
 )
 from tests.security.relay_model import Story, relay_wins, without_consistency
-from tests.security.test_secure_attacks import _true_vector
 
 F = frozenset
 # The hospitals' runtime in-process: no datasite, so these run alongside the live tests.
@@ -95,25 +96,6 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     }
 
 
-def _honest_until_mask(
-    call_all, names, plan: Plan, weights, given: dict | None = None
-) -> tuple[dict, dict, dict]:
-    """Adverts, shares and masks, as an honest relay runs them: every hospital holds all.
-    `given` (hospital -> weights) gives some hospitals other weights than `weights`."""
-    ids = plan.party_ids()
-    adverts = {
-        ids[n]: r["advert"]
-        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in names}).items()
-    }
-    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in names})
-    requests = {}
-    for name in names:
-        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
-        mine = (given or {}).get(name, weights)
-        requests[name] = {"round": 1, "phase": "mask", "shares": inbox, "weights": mine}
-    return ids, adverts, call_all(requests)
-
-
 def _refusals(root: Path, study: str) -> list[dict]:
     return [
         e
@@ -135,7 +117,7 @@ def test_a_relay_telling_each_hospital_another_survivor_story_gets_no_share(
     plan = Plan.from_dict(plan_dict)
     monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(federation["roots"][names[0]]))
     call_all = relay(federation, federation["tables"], plan_dict)
-    ids, _, masked = _honest_until_mask(call_all, names, plan, initial_weights(CONFIG))
+    ids, _, masked = phases_until_mask(call_all, names, plan, initial_weights(CONFIG))
     assert all("masked" in r for r in masked.values())
     every = sorted(ids.values())
     stories = {
@@ -187,7 +169,7 @@ def _relay_with_partner(trio, tables, threshold: int) -> tuple[dict, Any, Any]:
     plan = Plan.from_dict(plan_dict)
     call_all = relay(trio, tables, plan_dict)
     weights = initial_weights(CONFIG)
-    ids, adverts, masked = _honest_until_mask(call_all, names, plan, weights)
+    ids, adverts, masked = phases_until_mask(call_all, names, plan, weights)
     a, b, c = (ids[n] for n in names)
     key_b, held_b, inputs = _collude(trio, plan, "hospital-b")
     stories = {"hospital-a": [a, b], "hospital-c": [b, c]}
@@ -253,7 +235,7 @@ def test_the_relay_and_one_partner_open_nothing_at_the_default_threshold(
     plan2 = majority[1][0]
     opened = _open_a(*majority, trio)
     layout = round_layout(plan2, 1, default_edges("binary"))
-    truth = _true_vector(trio, plan2, layout, initial_weights(CONFIG))
+    truth = true_vector(trio, plan2, layout, initial_weights(CONFIG))
     assert opened is not None and np.array_equal(opened, truth)
     assert tolerated_colluders(2, 3) == 0 and tolerated_colluders(3, 3) == 1
     replies = default[0]
@@ -278,7 +260,7 @@ def test_a_relay_giving_one_hospital_other_weights_gets_no_share(
     sunk = {k: np.zeros_like(v) for k, v in weights.items()}
     sunk[max(k for k in sunk if k.endswith("bias"))][:] = -1e5
     given = {"hospital-b": sunk, "hospital-c": sunk}
-    ids, _, masked = _honest_until_mask(call_all, _names(3), plan, weights, given)
+    ids, _, masked = phases_until_mask(call_all, _names(3), plan, weights, given)
     assert all("masked" in r for r in masked.values())
     # Execute: an honest consistency round and unmasking after that
     every = sorted(ids.values())
@@ -306,7 +288,7 @@ def test_the_mask_phase_called_again_with_other_weights_is_refused_everywhere(
     call_all = relay(secure_trio, secure_tables, plan_dict)
     weights = initial_weights(CONFIG)
     names = _names(3)
-    ids, _, first = _honest_until_mask(call_all, names, plan, weights)
+    ids, _, first = phases_until_mask(call_all, names, plan, weights)
     shifted = {k: v - 1e5 for k, v in weights.items()}
     # Execute
     again = {}
@@ -408,7 +390,7 @@ def test_a_round_whose_unmasking_never_comes_keeps_no_secret_past_its_time(
     plan_dict = secure_plan(secure_trio["keys"], "abandoned-0001")
     plan = Plan.from_dict(plan_dict)
     call_all = relay(secure_trio, secure_tables, plan_dict)
-    _honest_until_mask(call_all, _names(3), plan, initial_weights(CONFIG))
+    phases_until_mask(call_all, _names(3), plan, initial_weights(CONFIG))
     store = SecureStore(secure_trio["roots"]["hospital-b"] / STORE_FILE)
     assert store.get(plan.study_id, 1, "keys") is not None
     # Execute: the next secure call at hospital-b comes after the secrets' time ran out

@@ -4,46 +4,33 @@ tests/secure_harness.py)."""
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
 from datasites.contract.plan import Plan
-from datasites.contract.release import LOSS_BOUND, LOSS_STEPS, default_edges
+from datasites.contract.release import default_edges
 from datasites.contract.secure_sum import (
-    Quantizer,
     agree,
     expand,
     pair_context,
     reconstruct,
 )
 from datasites.contract.secure_wire import masked_from_wire, reply_from_wire, round_layout
-from datasites.privacy.ledger import Ledger
 from datasites.runtime.secure import STORE_FILE
-from datasites.site.paths import LEDGER_FILE
 from datasites.site.secure_store import SecureStore
 from scientist.secure_round import run_secure_round
 from scientist.study import initial_weights
-from tests.secure_harness import CONFIG, NAMES, recorded_update, relay, secure_plan
+from tests.secure_harness import (
+    CONFIG,
+    NAMES,
+    phases_until_mask,
+    relay,
+    secure_plan,
+    true_vector,
+)
 
 # The hospitals' runtime in-process: no datasite, so these run alongside the live tests.
 pytestmark = pytest.mark.in_process
-
-
-def _phases_until_mask(call_all, plan: Plan, weights):
-    ids = plan.party_ids()
-    adverts = {
-        ids[n]: r["advert"]
-        for n, r in call_all({n: {"round": 1, "phase": "advertise"} for n in NAMES}).items()
-    }
-    shared = call_all({n: {"round": 1, "phase": "share", "adverts": adverts} for n in NAMES})
-    masked = {}
-    for name in NAMES:
-        inbox = {ids[s]: r["shares"][ids[name]] for s, r in shared.items() if s != name}
-        request = {"round": 1, "phase": "mask", "shares": inbox, "weights": weights}
-        masked[name] = call_all({name: request})[name]
-    return ids, adverts, masked
 
 
 def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing(
@@ -54,7 +41,7 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     plan = Plan.from_dict(plan_dict)
     call_all = relay(secure_trio, secure_tables, plan_dict)
     weights = initial_weights(CONFIG)
-    ids, adverts, masked = _phases_until_mask(call_all, plan, weights)
+    ids, adverts, masked = phases_until_mask(call_all, NAMES, plan, weights)
     layout = round_layout(plan, 1, default_edges("binary"))
     y_a = masked_from_wire(masked["hospital-a"]["masked"], layout.length)
     a, others = ids["hospital-a"], [ids["hospital-b"], ids["hospital-c"]]
@@ -76,7 +63,7 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
         mask = expand(seed, layout.length)
         stripped = stripped - mask if peer > a else stripped + mask
     # Assert: what remains is still hidden by a's self mask, which no one will reveal
-    truth = _true_vector(secure_trio, plan, layout, weights)
+    truth = true_vector(secure_trio, plan, layout, weights)
     signed = stripped.view(np.int64).astype(float)
     assert np.mean(stripped == truth) < 0.01
     assert abs(np.corrcoef(signed, truth.view(np.int64).astype(float))[0, 1]) < 0.3
@@ -94,18 +81,6 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     resign = {"round": 1, "phase": "confirm", "survivors": [a, *others]}
     refused = call_all({"hospital-b": resign})["hospital-b"]
     assert refused["refused"] == "SecureRefusal" and "answers each phase once" in refused["error"]
-
-
-def _true_vector(secure_trio, plan: Plan, layout, weights) -> np.ndarray:
-    """hospital-a's round-1 vector in the ring, from its own ledger records."""
-    root = secure_trio["roots"]["hospital-a"]
-    trained, n = recorded_update(root, plan.study_id, 1)
-    ledger = Ledger(root / LEDGER_FILE)
-    evaluation = pickle.loads(ledger.result(plan.study_id, "eval", 0))
-    update = {k: n * (trained[k] - weights[k].astype(np.float64)) for k, _ in layout.weights}
-    steps = round(evaluation["loss_sum"] * LOSS_STEPS / LOSS_BOUND)
-    quantizer = Quantizer(plan.secure_scale, plan.secure_clip)
-    return layout.pack(quantizer, update, n, {"histogram": evaluation["counts"]}, steps)
 
 
 def test_a_survivor_answers_the_unmasking_once(secure_trio, secure_tables) -> None:
