@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datasites.server import code_owner
 from datasites.server.admin_key import forget_admin_key
 from datasites.server.audit_hooks import audit_api_calls, audit_auth_routes
 from datasites.server.guard import Guard
@@ -39,6 +40,7 @@ def build_worker(config: HospitalConfig, identity: Identity) -> Datasite:
     """Create (or reopen) the hospital's syft Datasite from its persisted identity."""
     config.syft_dir.mkdir(parents=True, exist_ok=True)
     apply_syft_fixes()
+    code_owner.install()  # the runtime keys a study by the account that submitted it
     # syft resolves its state folder as tempdir / SYFT_TEMP_ROOT / uid; an absolute root
     # wins the join, which puts the database and blobs under the hospital's folder.
     os.environ["SYFT_TEMP_ROOT"] = str(config.syft_dir)
