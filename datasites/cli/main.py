@@ -207,7 +207,11 @@ def _operate(args: argparse.Namespace) -> int:
             say(f"{v.id[:12]}  {v.status:<8}  {v.scientist:<28}  {v.summary()}")
     elif args.command == "show":
         review = op.show(args.id)
-        say(json.dumps(review.to_dict(), indent=2) if args.json else report.review_text(review))
+        say(
+            json.dumps(review.to_dict(), indent=2)
+            if args.json
+            else report.review_text(review, op.root)
+        )
     elif args.command == "approve":
         say(op.approve_line(args.id, allow_custom_code=args.allow_custom_code))
     elif args.command == "deny":

@@ -49,8 +49,24 @@ def threshold_covers(threshold: object, partners: int) -> str:
     )
 
 
-def review_text(r: Review) -> str:
-    """What `show` prints, top to bottom in the order an operator decides."""
+def quota_lines(root: Path, email: str) -> list[str]:
+    """The requester's quota here and what it used (`policy.toml [quota]`, `scientists
+    quota`); a damaged policy or book is named, never raised."""
+    from datasites.cli.scientists import quota_text
+    from datasites.server.quotas import usage_of
+    from datasites.site.policy import Policy, PolicyError
+
+    try:
+        quota = Policy.load(root).quota_for(root, email)
+        usage = usage_of(root, email)
+    except (PolicyError, OSError, ValueError) as error:
+        return [f"quota     cannot be read: {error}"]
+    return [f"quota     {quota_text(quota, usage)}"]
+
+
+def review_text(r: Review, root: Path | None = None) -> str:
+    """What `show` prints, top to bottom in the order an operator decides; with the
+    hospital's folder, the requester's quota too."""
     v = r.view
     lines = [
         f"request   {v.id}",
@@ -58,6 +74,8 @@ def review_text(r: Review) -> str:
         f"status    {v.status}",
         f"function  {v.function}",
     ]
+    if root is not None and v.scientist:
+        lines += quota_lines(Path(root), v.scientist)
     if v.malformed:
         lines.append(f"MALFORMED {v.malformed}")
     lines.append(

@@ -16,10 +16,13 @@ calls this module; a notebook can too, with an `Operator`.
   (`datasites.server.guard`), so a running study is refused at its next call. Its pending
   requests are denied with the reason "scientist account removed". Only scientist accounts
   are removed here: the operator's (admin) account never is.
-- `reset_password` gives the account a new random password and a new invitation; the old
-  password stops working at once. A session opened before keeps its signing key (syft
-  authenticates calls by key, not password): to cut off a session too, remove the account
-  and add it again.
+- `set_quota` raises (or lowers) one scientist's quotas (`policy.toml [quota]`: bytes stored,
+  per object, pending requests, submissions an hour), kept in `<hospital>/quotas.json`.
+- `reset_password` gives the account a new random password, a new signing key and a new
+  invitation; the old password stops working at once, and so does every session opened
+  before (syft authenticates calls by key, not password, so the key is rotated as
+  `rotate-keys` does for the whole datasite, `datasites.server.rotate.rekey_account`): its
+  next call is answered as a guest's. What the account owns follows the new key.
 
 Emails are kept lowercase (syft lowercases the domain part itself), so one person cannot
 get two accounts by changing case; write them lowercase in `policy.toml` too, which compares
@@ -42,6 +45,7 @@ from datasites.governance.operator import OperatorError
 from datasites.site.audit import Event
 from datasites.site.identity import strong_password
 from datasites.site.paths import INVITATIONS_DIR, TLS_CERT_FILE, TLS_DIR
+from datasites.site.policy import QuotaPolicy
 
 if TYPE_CHECKING:
     from datasites.governance.operator import Operator
@@ -185,11 +189,54 @@ class Accounts:
             )
         if _failed(result):
             raise AccountError(f"{self.hospital} refused the new password: {_reason(result)}")
+        self._rekey(email)
         invitation.write(path)
         self.op.audit_log.append(
-            Event.PASSWORD_RESET, user=email, operator=self.op.name, invitation=str(path)
+            Event.PASSWORD_RESET,
+            user=email,
+            operator=self.op.name,
+            invitation=str(path),
+            signing_key="rotated: open sessions ended",
         )
         return Issued(email, path)
+
+    def _rekey(self, email: str) -> None:
+        """A new signing key for the account, so that sessions opened before end."""
+        from datasites.server.rotate import RotationError, rekey_account
+
+        try:
+            done = rekey_account(self.op.root, email)
+        except (RotationError, OSError) as error:
+            done, why = False, str(error)
+        else:
+            why = "the account was not in its store"
+        if not done:
+            raise AccountError(
+                f"{email} has a new password but its signing key was not rotated ({why}), so "
+                "a session opened before may go on; run scientists reset-password again."
+            )
+
+    def set_quota(self, email: str, **values: float) -> QuotaPolicy:
+        """Set the scientist's own quotas (policy.toml's `[quota]` keys); the others keep the
+        policy's. Without values, only read them. The guard applies them at the next call."""
+        from datasites.site.policy import PolicyError, write_quota
+
+        email = _email(self._scientist(email))
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self.op.hospital.policy.quota_for(self.op.root, email)
+        try:
+            quota = write_quota(self.op.root, email, **values)
+        except PolicyError as error:
+            raise AccountError(f"the quota was not changed: {error}") from None
+        self.op.audit_log.append(
+            Event.POLICY_DECISION,
+            change="quota",
+            user=email,
+            operator=self.op.name,
+            **{k: values[k] for k in sorted(values)},
+        )
+        return quota
 
     def remove(self, email: str, reason: str = "") -> Removal:
         """Delete the account (its login and every call it signs are refused from now), then

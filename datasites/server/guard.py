@@ -17,17 +17,28 @@ before syft's dispatcher sees the call, and every refusal is an audit entry:
 - every request and code submission is recorded with its requester, the number and kinds
   of its changes and the SHA-256 of each code it carries;
 - one scientist never reads another's execution history (`OWN_OUTPUT_PATHS`); syft keeps
-  their requests, codes, jobs and results apart itself (tests/integration/test_accounts.py).
+  their requests, codes, jobs and results apart itself (tests/integration/test_accounts.py);
+- the by-uid getters the library needs (`OWN_OBJECT_PATHS`: a request's status reads the
+  request and its code) answer only for the caller's own requests and codes, and the
+  existence checks (`ACTION_ORACLE_PATHS`) say yes only for the caller's own objects and the
+  hospital's assets; syft creates every user readable by all (ALL_READ), here only by
+  itself and the admin, and existing users are made so at every start
+  (tests/security/test_account_isolation.py calls every allowed path on another's objects);
+- each account's storage, pending requests and submissions per hour are bounded by the site
+  policy's `[quota]` (`datasites.server.quotas`), checked before syft stores anything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasites.server.audit_hooks import caller
+from datasites.server.quotas import QuotaBook
 from datasites.site.audit import AuditLog, Event
+from datasites.site.policy import MB, Policy, QuotaPolicy
 
 if TYPE_CHECKING:
     from syft.server.datasite import Datasite
@@ -88,6 +99,20 @@ SCIENTIST_PATHS = frozenset(
         "migration._get_object",
     }
 )
+# syft's generic getters: `migration._get_object` fetches any stashed object by uid and
+# `notifications.resolve_object` any linked one, each with the caller's permissions (and
+# syft made every user readable by all: a scientist read another's signing key). A
+# request's status (`Request.status`, `Request.code`) calls both for the caller's own
+# request and code, so they stay, for those two types and the caller's own objects only.
+OWN_OBJECT_PATHS = frozenset({"migration._get_object", "notifications.resolve_object"})
+OWNER_FIELDS = {"Request": "requesting_user_verify_key", "UserCode": "user_verify_key"}
+# syft answers these for any uid, whoever owns it: yes only for the caller's own action
+# objects and the hospital's assets (the input policy asks `exists` of an asset).
+ACTION_ORACLE_PATHS = frozenset(
+    {"action.exists", "action.has_storage_permission", "action.is_resolved"}
+)
+OUTPUT_PERMISSION_PATH = "output.has_output_read_permissions"
+STORING_PATHS = frozenset({"action.set", "blob_storage.allocate", "blob_storage.write_to_disk"})
 # syft answers these with the datasite's own key, not the caller's: any scientist who knows
 # another's code (or output policy) id would read its execution history (who ran it, when,
 # the ids of its inputs, results and jobs). A scientist keeps only their own executions.
@@ -174,10 +199,14 @@ class Guard:
                 return SyftError(message=f"refused by this hospital: {refusal}.")
             result = original(api_call, *args, **kwargs)
             self._record_submission(api_call, result)
+            self._record_usage(api_call, result)
+            result = self._own_objects(api_call, result)
             return self._own_outputs(api_call, result)
 
         self.worker.handle_api_call_with_unsigned_result = handle
         self._guard_apply()
+        users_readable_by_themselves()
+        self.migrate_users()
 
     def refusal(self, api_call: Any) -> str | None:
         """Why the call is refused before syft sees it; never raises."""
@@ -186,12 +215,210 @@ class Guard:
             role = _role(self.worker, api_call.credentials)
             path = str(message.path)
             reason = access_refusal(role, path, message.server_uid == self.worker.id)
-            if reason is None and path in CODE_PATHS and not is_admin(role):
+            if reason is not None or is_admin(role):
+                return reason
+            if path in CODE_PATHS:
                 reason = policy_refusal(_submitted_code(api_call))
+            if reason is None and path in OWN_OBJECT_PATHS:
+                reason = own_type_refusal(path, message)
+            asked_for = _argument(message, "user_verify_key", 1)
+            if (
+                reason is None
+                and path == OUTPUT_PERMISSION_PATH
+                and asked_for != api_call.credentials
+            ):
+                reason = "it answers for your own account only; ask with your own key"
+            if reason is None and path in STORING_PATHS | SUBMISSION_PATHS:
+                reason = self.quota_refusal(api_call, path)
             return reason
         except Exception:
             log.exception("could not check an API call; refused")
             return "the call could not be checked"
+
+    # -- another account's objects ---------------------------------------------------------
+
+    def _own_objects(self, api_call: Any, result: Any) -> Any:
+        """`OWN_OBJECT_PATHS` answer with the caller's own object only, the oracles of
+        `ACTION_ORACLE_PATHS` say yes for the caller's own objects and the assets only."""
+        path = str(api_call.message.path)
+        if path not in OWN_OBJECT_PATHS | ACTION_ORACLE_PATHS or _is_error(result):
+            return result
+        key = api_call.credentials
+        if is_admin(_role(self.worker, key)):
+            return result
+        if path in ACTION_ORACLE_PATHS:
+            uid = _argument(api_call.message, "obj_id" if path == "action.exists" else "uid", 0)
+            return result if self._visible_action(uid, key) else False
+        value = getattr(result, "value", result)
+        owner = getattr(value, OWNER_FIELDS.get(type(value).__name__, ""), None)
+        if owner is not None and owner == key:
+            return result
+        from syft.service.response import SyftError
+
+        reason = "it reads only your own requests and codes, and this is not one of them"
+        self._refused(api_call, reason)
+        return SyftError(message=f"refused by this hospital: {path} {reason}.")
+
+    def _visible_action(self, uid: Any, key: Any) -> bool:
+        """The caller holds a permission of its own on the action object, or it is one of
+        the hospital's assets (listed to every scientist)."""
+        from syft.service.action.action_permissions import ActionObjectPermission, ActionPermission
+
+        uid = getattr(uid, "id", uid)
+        stash = self.worker.services.action.stash
+        for permission in (
+            ActionPermission.OWNER,
+            ActionPermission.READ,
+            ActionPermission.WRITE,
+            ActionPermission.EXECUTE,
+        ):
+            grant = ActionObjectPermission(uid=uid, permission=permission, credentials=key)
+            if stash.has_permissions([grant]):
+                return True
+        return uid in self._asset_ids()
+
+    def _asset_ids(self) -> set[Any]:
+        datasets = self.worker.services.dataset.stash.get_all(self.worker.verify_key).unwrap()
+        return {a.action_id for d in datasets for a in d.asset_list}
+
+    def migrate_users(self) -> int:
+        """Make every existing user readable by itself and the admin only; how many were
+        readable by all."""
+        from syft.service.action.action_permissions import (
+            ActionObjectPermission,
+            ActionObjectREAD,
+            ActionPermission,
+        )
+
+        stash = self.worker.services.user.stash
+        users = stash.get_all(self.worker.verify_key, has_permission=True).unwrap()
+        widened = 0
+        for user in users:
+            everyone = ActionObjectPermission(uid=user.id, permission=ActionPermission.ALL_READ)
+            if stash.has_permissions([everyone]):
+                widened += 1
+                stash.remove_permission(everyone)
+            stash.add_permission(ActionObjectREAD(uid=user.id, credentials=user.verify_key))
+        if widened:
+            log.info("%d accounts were readable by every account; now by themselves only", widened)
+        return widened
+
+    # -- quotas ---------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return Path(self.audit.path).parent
+
+    def _book(self) -> QuotaBook:
+        book = getattr(self, "_quota_book", None)
+        if book is None:
+            book = self._quota_book = QuotaBook(self.root)
+        return book
+
+    def quota(self, account: str) -> QuotaPolicy:
+        return Policy.load(self.root).quota_for(self.root, account)
+
+    def quota_refusal(self, api_call: Any, path: str) -> str | None:
+        """Why this storing or submitting call would take the caller past its quota."""
+        account = self._who(api_call.credentials)
+        quota = self.quota(account)
+        if path in SUBMISSION_PATHS:
+            return self._submission_refusal(api_call, account, quota)
+        size = self._stored_size(api_call, path)
+        if size is None:
+            return "a blob's size must be a whole number of bytes; allocate what you write"
+        if size > quota.object_bytes:
+            return (
+                f"one object may hold at most {quota.max_object_mb:g} MB here ({_mb(size)} "
+                "sent); store less, or ask the hospital's operator to raise your quota"
+            )
+        if path == "blob_storage.write_to_disk":
+            return self._write_refusal(api_call, size)
+        stored = self._book().usage(account).stored_bytes
+        if stored + size > quota.stored_bytes:
+            return (
+                f"your account may store at most {quota.max_stored_mb:g} MB here and holds "
+                f"{_mb(stored)}; ask the hospital's operator to raise your quota"
+            )
+        return None
+
+    def _stored_size(self, api_call: Any, path: str) -> int | None:
+        message = api_call.message
+        if path == "action.set":
+            return len(api_call.serialized_message)
+        if path == "blob_storage.allocate":
+            size = getattr(_argument(message, "obj", 0), "file_size", None)
+            ok = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            return size if ok else None
+        data = _argument(message, "data", 1)
+        return len(data) if isinstance(data, bytes | bytearray) else None
+
+    def _write_refusal(self, api_call: Any, size: int) -> str | None:
+        """A blob write holds at most what was allocated for it (and counted)."""
+        uid = _argument(api_call.message, "uid", 0)
+        try:
+            entry = self.worker.services.blob_storage.stash.get_by_uid(
+                self.worker.verify_key, uid=uid
+            ).unwrap()
+        except Exception:
+            return None  # syft answers that the entry is not found
+        if size > int(entry.file_size or 0):
+            return (
+                f"the write holds {_mb(size)}, more than the {_mb(entry.file_size or 0)} "
+                "allocated for it; allocate the size you write"
+            )
+        return None
+
+    def _submission_refusal(self, api_call: Any, account: str, quota: QuotaPolicy) -> str | None:
+        recent = self._book().usage(account).submissions_last_hour
+        if recent >= quota.max_submissions_per_hour:
+            return (
+                f"your account submitted {recent} requests in the last hour, the most this "
+                "hospital takes; submit again later, or ask its operator to raise your quota"
+            )
+        pending = self._pending(api_call.credentials)
+        if pending >= quota.max_pending_requests:
+            return (
+                f"{pending} of your requests wait for this hospital's decision, the most it "
+                "keeps per account; wait for its decisions, or ask its operator to raise "
+                "your quota"
+            )
+        return None
+
+    def _pending(self, key: Any) -> int:
+        from syft.service.context import AuthedServiceContext
+        from syft.service.request.request import RequestStatus
+
+        context = AuthedServiceContext(server=self.worker, credentials=self.worker.verify_key)
+        requests = self.worker.services.request.stash.get_all_for_verify_key(
+            self.worker.verify_key, verify_key=key
+        ).unwrap()
+        pending = 0
+        for request in requests:
+            try:
+                status = request.get_status(context)
+            except Exception:
+                status = RequestStatus.PENDING
+            pending += status == RequestStatus.PENDING
+        return pending
+
+    def _record_usage(self, api_call: Any, result: Any) -> None:
+        """Count what syft accepted against the caller's quota, never failing the call."""
+        try:
+            path = str(api_call.message.path)
+            if path not in STORING_PATHS | SUBMISSION_PATHS or _is_error(result):
+                return
+            if path == "blob_storage.write_to_disk":  # counted at its allocation
+                return
+            if is_admin(_role(self.worker, api_call.credentials)):
+                return
+            account = self._who(api_call.credentials)
+            if path in SUBMISSION_PATHS:
+                self._book().submitted(account)
+            else:
+                self._book().stored(account, self._stored_size(api_call, path) or 0, path)
+        except Exception:
+            log.exception("could not count a call against its account's quota")
 
     def _own_outputs(self, api_call: Any, result: Any) -> Any:
         """For `OWN_OUTPUT_PATHS` called by a scientist, only the caller's executions (syft
@@ -316,4 +543,48 @@ class Guard:
 def _is_error(result: Any) -> bool:
     from syft.service.response import SyftError
 
-    return isinstance(result, SyftError)
+    return isinstance(result, SyftError | Exception)
+
+
+def _argument(message: Any, name: str, index: int) -> Any:
+    """A call's argument by keyword, or by position."""
+    if name in message.kwargs:
+        return message.kwargs[name]
+    args = list(message.args)
+    return args[index] if len(args) > index else None
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:,.1f} MB"
+
+
+def own_type_refusal(path: str, message: Any) -> str | None:
+    """`OWN_OBJECT_PATHS` read requests and codes only (a user, never)."""
+    if path == "migration._get_object":
+        kind = _argument(message, "object_type", 1)
+    else:
+        kind = getattr(_argument(message, "linked_obj", 0), "object_type", None)
+    if getattr(kind, "__name__", None) in OWNER_FIELDS:
+        return None
+    return "it reads only your own requests and codes here"
+
+
+def users_readable_by_themselves() -> None:
+    """syft's `UserService._add_user` grants ALL_READ on every new user (its signing key,
+    password hash and salt among the fields); here a user is readable by itself and the
+    admin only. Idempotent."""
+    from syft.service.action.action_permissions import ActionObjectREAD
+    from syft.service.user.user_service import UserService
+    from syft.store.document_store_errors import StashException
+    from syft.types.result import as_result
+
+    if getattr(UserService._add_user, "guarded", False):
+        return
+
+    @as_result(StashException)
+    def _add_user(service: Any, credentials: Any, user: Any) -> Any:
+        own = ActionObjectREAD(uid=user.id, credentials=user.verify_key)
+        return service.stash.set(credentials=credentials, obj=user, add_permissions=[own]).unwrap()
+
+    _add_user.guarded = True  # type: ignore[attr-defined]
+    UserService._add_user = _add_user

@@ -17,6 +17,10 @@ authenticates API calls as ADMIN) and the logins. Rotation happens in two halves
 
 Old keys and passwords are refused from that start on; `launch.py` rewrites
 credentials.json from identity.json, so it hands out the new logins.
+
+One account's key is rotated on a running datasite too (`rekey_account`): syft
+authenticates every call by the key that signs it, so `scientists reset-password` gives the
+account a new key as well, and a session opened with the old password ends at its next call.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from typing import Any
 from datasites.contract.health import is_up
 from datasites.site.audit import AuditLog, Event
 from datasites.site.identity import Identity, strong_password, write_private_json
-from datasites.site.paths import FEDERATION_FILE, IDENTITY_FILE, LOCK_FILE, HospitalConfig
+from datasites.site.paths import (
+    FEDERATION_FILE,
+    IDENTITY_FILE,
+    LOCK_FILE,
+    SYFT_DIR,
+    HospitalConfig,
+)
 from datasites.site.paths import KEYS_APPLIED_FILE as APPLIED_FILE
 
 BCRYPT_ROUNDS = 12  # what syft uses for the passwords it hashes itself
@@ -202,6 +212,50 @@ def _rekey_users(database: Path, identity: Identity) -> int:
                 moved[old] = str(user.verify_key)
             _move_keys(session, moved)
         return len(users)
+    finally:
+        db.engine.dispose()
+
+
+def store_path(root: Path, identity: Identity) -> Path:
+    """The SQLite file of the hospital at `root` (`serve.database_path`'s layout)."""
+    from syft.types.uid import UID
+
+    uid = str(UID.from_string(identity.server_uid))
+    return Path(root) / SYFT_DIR / uid / "db" / f"{uid}_json.db"
+
+
+def rekey_account(root: Path, email: str) -> bool:
+    """Give the account `email` a fresh signing key in the hospital's store, running or not:
+    every call signed with its old key finds no account from now (the guard answers such a
+    caller as a guest), and what it owns follows the new key. False if no such account."""
+    from syft.server.credentials import SyftSigningKey
+    from syft.service.user.user_stash import UserStash
+    from syft.store.db.sqlite import SQLiteDBConfig, SQLiteDBManager
+    from syft.types.uid import UID
+
+    identity = Identity.load_or_create(Path(root) / IDENTITY_FILE, Path(root).name)
+    if email == identity.admin_email:
+        raise RotationError("the operator's key is rotated with rotate-keys, not per account.")
+    database = store_path(root, identity)
+    key = SyftSigningKey.from_string(identity.signing_key)
+    db = SQLiteDBManager(
+        config=SQLiteDBConfig(filename=database.name, path=database.parent),
+        server_uid=UID.from_string(identity.server_uid),
+        root_verify_key=key.verify_key,
+    )
+    try:
+        stash = UserStash(store=db)
+        with db.sessionmaker() as session, session.begin():
+            users = stash.get_all(key.verify_key, has_permission=True, session=session).unwrap()
+            user = next((u for u in users if str(u.email).lower() == email.lower()), None)
+            if user is None:
+                return False
+            old = str(user.verify_key)
+            new = SyftSigningKey.generate()
+            user.signing_key, user.verify_key = new, new.verify_key
+            stash.update(key.verify_key, user, has_permission=True, session=session).unwrap()
+            _move_keys(session, {old: str(new.verify_key)})
+        return True
     finally:
         db.engine.dispose()
 

@@ -7,10 +7,12 @@ keys are an error, because a misspelt limit silently ignored is a limit not enfo
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +71,25 @@ scientists = []
 vetted_only = true
 # Most epsilon a study approved automatically may spend.
 max_epsilon = 1.0
+
+[quota]
+# What one scientist account may take from this datasite, whatever it studies. The guard
+# refuses a call past a limit before syft stores anything, and audits the refusal.
+# `python -m datasites scientists quota EMAIL ...` raises (or lowers) them for one account.
+# Bytes stored through action.set and blob storage, in all (syft keeps every object).
+max_stored_mb = 1024
+# One stored object or blob: the largest allowed model's weights are 20 MB a call.
+max_object_mb = 64
+# Requests waiting for this hospital's decision.
+max_pending_requests = 20
+# Code and request submissions in any hour.
+max_submissions_per_hour = 60
 """
+
+# Per-account quotas set by `scientists quota` (email -> {key: value}); policy.toml holds
+# the defaults.
+QUOTAS_FILE = "quotas.json"
+MB = 1024 * 1024
 
 
 class PolicyError(ValueError):
@@ -265,10 +285,74 @@ def _num(plan: Mapping[str, Any], key: str, missing: float = -math.inf) -> float
 
 
 @dataclass(frozen=True)
+class QuotaPolicy:
+    """What one account may take from the datasite: storage, pending requests, submissions."""
+
+    max_stored_mb: float = 1024
+    max_object_mb: float = 64
+    max_pending_requests: int = 20
+    max_submissions_per_hour: int = 60
+
+    def __post_init__(self) -> None:
+        _limit("quota.max_stored_mb", self.max_stored_mb, 0.0)
+        _limit("quota.max_object_mb", self.max_object_mb, 0.0)
+        _limit("quota.max_pending_requests", self.max_pending_requests, 0, int)
+        _limit("quota.max_submissions_per_hour", self.max_submissions_per_hour, 0, int)
+        for name in ("max_stored_mb", "max_object_mb"):
+            if getattr(self, name) > 1e9:
+                raise PolicyError(f"quota.{name} must be at most 1e9 MB.")
+
+    @property
+    def stored_bytes(self) -> int:
+        return int(self.max_stored_mb * MB)
+
+    @property
+    def object_bytes(self) -> int:
+        return int(self.max_object_mb * MB)
+
+
+QUOTA_KEYS = tuple(f.name for f in fields(QuotaPolicy))
+
+
+def read_quotas(root: Path) -> dict[str, dict[str, Any]]:
+    """The per-account quotas `scientists quota` wrote: {email: {key: value}}."""
+    path = root / QUOTAS_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PolicyError(f"{path} is not valid JSON; fix it or delete it.") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise PolicyError(f"{path} must map emails to quotas; fix it or delete it.")
+    return raw
+
+
+def write_quota(root: Path, email: str, **values: float) -> QuotaPolicy:
+    """Set `email`'s own quotas (checked first); the others keep the policy's. Returns the
+    account's quota as it now stands."""
+    unknown = sorted(set(values) - set(QUOTA_KEYS))
+    if unknown:
+        raise PolicyError(f"unknown quota keys {unknown}; allowed: {list(QUOTA_KEYS)}.")
+    quotas = read_quotas(root)
+    own = {**quotas.get(email, {}), **values}
+    effective = replace(Policy.load(root).quota, **own)  # raises on a bad value
+    quotas[email] = own
+    path = root / QUOTAS_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(quotas, out, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return effective
+
+
+@dataclass(frozen=True)
 class Policy:
     budget: BudgetPolicy = BudgetPolicy()
     study: StudyPolicy = StudyPolicy()
     auto_approve: AutoApprovePolicy = AutoApprovePolicy()
+    quota: QuotaPolicy = QuotaPolicy()
 
     @classmethod
     def load(cls, root: Path) -> Policy:
@@ -280,8 +364,21 @@ class Policy:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise PolicyError(f"{path} is not valid TOML ({error}); fix or delete it.") from None
-        sections = {"budget": BudgetPolicy, "study": StudyPolicy, "auto_approve": AutoApprovePolicy}
+        sections = {
+            "budget": BudgetPolicy,
+            "study": StudyPolicy,
+            "auto_approve": AutoApprovePolicy,
+            "quota": QuotaPolicy,
+        }
         return cls(**_sections(raw, sections, path))
+
+    def quota_for(self, root: Path, email: str) -> QuotaPolicy:
+        """`email`'s quota: the policy's, with what `scientists quota` set for it."""
+        own = read_quotas(root).get(email, {})
+        try:
+            return replace(self.quota, **own)
+        except (TypeError, PolicyError) as error:
+            raise PolicyError(f"{root / QUOTAS_FILE}: {email}: {error}") from None
 
     @staticmethod
     def write_default(root: Path) -> Path:

@@ -7,6 +7,7 @@ datasites start once per test run, like the main session's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from datasites.site.audit import AuditLog
 from scientist import Federation
 from tests.conftest import Launch, admin_login, start_launch
 
-GUARDED_BASE_PORT = 18481
+# Overridable, as the main session's FEDERATION_TEST_BASE_PORT, for two runs on one machine.
+GUARDED_BASE_PORT = int(os.environ.get("GUARDED_TEST_BASE_PORT", "18481"))
 GUARDED_CAP = 1.8
 HOSPITALS = ("hospital-a", "hospital-b")
 POLICY = f"""

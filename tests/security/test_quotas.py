@@ -1,0 +1,207 @@
+"""Each account's storage, pending requests and submissions are bounded (issue 27, finding 4).
+
+The live attack stored three 100 MB objects with `action.set` (the store grew 13 -> 282 MB),
+filed 25 code requests in 19 s, and got a deposit for a 1 TB `blob_storage.allocate`. The
+site policy's `[quota]` bounds each account, the guard refuses a call past it before syft
+stores anything (one sentence, audited), and `python -m datasites scientists quota` raises
+the limits for one scientist. Everything here runs as fresh accounts of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from datasites.contract.invitation import read_invitation
+from datasites.governance.accounts import Accounts
+from datasites.governance.operator import Operator
+from datasites.site.audit import AuditLog
+from datasites.site.policy import QuotaPolicy
+from scientist import Federation, StudyConfig
+from tests.conftest import Launch, datasites_cli, one_round_ehr
+
+HOSPITAL = "hospital-b"
+MB = 2**20
+DEFAULTS = QuotaPolicy()
+
+
+@pytest.fixture(scope="module")
+def made(operators: dict[str, Operator]) -> Any:
+    emails: list[str] = []
+    yield emails
+    accounts = Accounts(operators[HOSPITAL])
+    for email in emails:
+        with contextlib.suppress(Exception):
+            accounts.remove(email, "test cleanup")
+
+
+def account(
+    who: str, guarded: Launch, operators: dict[str, Operator], made: list[str], tmp: Path
+) -> tuple[str, Federation]:
+    email = f"{who}-quota@uni-research.org"
+    issued = Accounts(operators[HOSPITAL]).add(email, out=tmp / f"{who}.invite.json")
+    made.append(email)
+    invitation = read_invitation(issued.invitation)
+    fed = Federation.connect(
+        [invitation.url], email=email, password=invitation.password, workdir=tmp / who
+    )
+    return email, fed
+
+
+def scientists(guarded: Launch, *argv: str) -> Any:
+    return datasites_cli(guarded.data_dir, HOSPITAL, "scientists", *argv)
+
+
+def store(client: Any, megabytes: float) -> Any:
+    """`action.set` of an object holding `megabytes` inline (not through blob storage): the
+    reply, or the exception the client raised."""
+    from syft.service.action.action_object import ActionObject
+
+    obj = ActionObject.from_obj(np.ones(int(megabytes * MB) // 8))
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return client.api.services.action.set(
+                action_object=obj, add_storage_permission=True, ignore_detached_objs=True
+            )
+        except Exception as error:
+            return error
+
+
+def refusal(reply: Any) -> str:
+    """The one sentence a refused call carried; '' when it went through."""
+    from syft.service.response import SyftError
+
+    if isinstance(reply, SyftError | Exception):
+        text = str(getattr(reply, "public_message", None) or getattr(reply, "message", reply))
+        return text.strip()
+    return ""
+
+
+def refused_entries(guarded: Launch, start: int, email: str) -> list[dict[str, Any]]:
+    entries = AuditLog.open(guarded.data_dir / HOSPITAL).entries()[start:]
+    return [e for e in entries if e["event"] == "refused" and e.get("user") == email]
+
+
+def audit_size(guarded: Launch) -> int:
+    return len(AuditLog.open(guarded.data_dir / HOSPITAL).entries())
+
+
+def test_an_object_above_the_per_object_quota_is_refused_before_it_is_stored(
+    guarded: Launch, operators: dict[str, Operator], made: list[str], tmp_path: Path
+) -> None:
+    email, fed = account("olga", guarded, operators, made, tmp_path)
+    start = audit_size(guarded)
+
+    big = store(fed.client(HOSPITAL), DEFAULTS.max_object_mb + 6)
+
+    message = refusal(big)
+    assert "at most 64 MB" in message and "raise your quota" in message, message
+    assert len(message.splitlines()) == 1
+    assert refused_entries(guarded, start, email), "the refusal is audited"
+    assert not refusal(store(fed.client(HOSPITAL), 1)), "a small object still goes through"
+
+
+def test_an_account_total_is_bounded_and_an_operator_raises_it(
+    guarded: Launch, operators: dict[str, Operator], made: list[str], tmp_path: Path
+) -> None:
+    email, fed = account("tomas", guarded, operators, made, tmp_path)
+    lowered = scientists(guarded, "quota", email, "--stored-mb", "40")
+    assert lowered.returncode == 0, lowered.stderr
+    assert "40 MB stored in all" in lowered.stdout
+    client = fed.client(HOSPITAL)
+    start = audit_size(guarded)
+
+    first, second, third = (store(client, 15) for _ in range(3))
+
+    assert not refusal(first) and not refusal(second), (first, second)
+    message = refusal(third)
+    assert "may store at most 40 MB" in message and "raise your quota" in message, message
+    assert refused_entries(guarded, start, email)
+    raised = scientists(guarded, "quota", email, "--stored-mb", "100")
+    assert raised.returncode == 0, raised.stderr
+    assert not refusal(store(client, 15)), "raised by the operator, it goes through"
+    shown = scientists(guarded, "quota", email)
+    assert "100 MB stored in all" in shown.stdout, shown.stdout
+
+
+def test_an_allocation_above_the_quota_is_refused_before_it_exists(
+    guarded: Launch,
+    operators: dict[str, Operator],
+    admins: dict[str, Any],
+    made: list[str],
+    tmp_path: Path,
+) -> None:
+    from syft.types.blob_storage import CreateBlobStorageEntry
+
+    email, fed = account("ugo", guarded, operators, made, tmp_path)
+    client = fed.client(HOSPITAL)
+    admin = admins[HOSPITAL]
+
+    def entries() -> int:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return len(admin.api.services.blob_storage.get_all())
+
+    before = entries()
+    start = audit_size(guarded)
+    terabyte = CreateBlobStorageEntry(file_size=2**40, type_=bytes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            deposit = client.api.services.blob_storage.allocate(terabyte)
+        except Exception as error:
+            deposit = error
+    message = refusal(deposit)
+    assert "at most 64 MB" in message, f"a 1 TB allocation got {deposit!r}"[:300]
+    assert entries() == before, "nothing was allocated"
+    assert refused_entries(guarded, start, email)
+
+    small = CreateBlobStorageEntry(file_size=1024, type_=bytes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        deposit = client.api.services.blob_storage.allocate(small)
+        overflow = refusal(_write(deposit, b"x" * (2 * MB)))
+    assert "more than the" in overflow and "allocated" in overflow, overflow
+
+
+def _write(deposit: Any, data: bytes) -> Any:
+    try:
+        return deposit.write(io.BytesIO(data))
+    except Exception as error:
+        return error
+
+
+def test_pending_requests_and_submissions_an_hour_are_bounded(
+    guarded: Launch, operators: dict[str, Operator], made: list[str], tmp_path: Path
+) -> None:
+    email, fed = account("vito", guarded, operators, made, tmp_path)
+    assert scientists(guarded, "quota", email, "--pending", "3").returncode == 0
+    start = audit_size(guarded)
+
+    def submit() -> str:
+        try:
+            fed.submit(StudyConfig(**one_round_ehr(epsilon=0.1)), hospitals=[HOSPITAL])
+        except Exception as error:
+            return str(error)
+        return ""
+
+    outcomes = [submit() for _ in range(4)]
+
+    assert outcomes[:3] == ["", "", ""], outcomes
+    assert "3 of your requests wait for this hospital's decision" in outcomes[3], outcomes[3]
+    assert refused_entries(guarded, start, email)
+
+    # raised pending, lowered rate: the three accepted count against the hour
+    assert scientists(guarded, "quota", email, "--pending", "50", "--per-hour", "4").returncode == 0
+    assert submit() == ""
+    late = submit()
+    assert "submitted 4 requests in the last hour" in late, late
+
+    op = operators[HOSPITAL]
+    request = next(v for v in op.requests() if v.scientist == email)
+    shown = datasites_cli(guarded.data_dir, HOSPITAL, "show", request.id)
+    assert shown.returncode == 0, shown.stderr
+    quota = next(line for line in shown.stdout.splitlines() if line.startswith("quota"))
+    assert "50 pending requests" in quota and "4 submissions an hour (4 in the last" in quota
