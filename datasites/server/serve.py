@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 from datasites.server import code_owner
 from datasites.server.admin_key import forget_admin_key
 from datasites.server.audit_hooks import audit_api_calls, audit_auth_routes
+from datasites.server.gate import ROUTES, Gate, GateSettings
 from datasites.server.guard import Guard
+from datasites.server.refusals import RefusalAudit
 from datasites.server.rotate import apply_pending_rotation
 from datasites.server.syft_fixes import apply_all as apply_syft_fixes
 from datasites.site.audit import AuditLog
@@ -72,9 +74,12 @@ def database_path(config: HospitalConfig, identity: Identity) -> Path:
 
 
 def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
-    """The HTTP API a syft client talks to, without syft's allow-all CORS policy or API docs;
-    with an audit log, the unused syft surface is closed (`datasites.server.guard`), and
-    refused calls, logins, registrations and new requests are recorded."""
+    """The HTTP API a syft client talks to, without syft's allow-all CORS policy or API docs,
+    and only the routes this platform uses (`datasites.server.gate.ROUTES`); with an audit
+    log, the unused syft surface is closed (`datasites.server.guard`), every request passes
+    the gate first (sizes, rates, logins, who may call what, `datasites.server.gate`), and
+    refused calls (one entry per source and interval, `datasites.server.refusals`), logins,
+    registrations and new requests are recorded."""
     from fastapi import APIRouter, FastAPI
     from syft.server.routes import make_routes
     from syft.server.uvicorn import get_lifetime
@@ -87,13 +92,19 @@ def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    served = {path.removeprefix(API_PREFIX) for _, path in ROUTES}
+    syft_routes = make_routes(worker=worker)
+    syft_routes.routes = [r for r in syft_routes.routes if getattr(r, "path", None) in served]
     router = APIRouter()
-    router.include_router(make_routes(worker=worker))
+    router.include_router(syft_routes)
     app.include_router(router, prefix=API_PREFIX)
     if audit is not None:
+        settings = GateSettings.from_env()
+        audit = RefusalAudit(audit.path, interval=settings.refusal_interval)
         audit_api_calls(worker, audit)  # syft's own refusals (inner)
         Guard(worker, audit).install()  # what syft would allow but this hospital does not
         audit_auth_routes(app, worker, audit, API_PREFIX)
+        app.add_middleware(Gate, worker=worker, audit=audit, settings=settings)  # outermost
     return app
 
 

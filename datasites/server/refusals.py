@@ -1,0 +1,180 @@
+"""Refused calls from one source become one audit entry per interval, not one each.
+
+Anyone who reaches the port can be refused, and the audit log is append-only and hashed, so
+an entry per refusal let a stranger grow it without bound (300 entries in 1.7 s). Here a
+refusal is first written in full, as before; further refusals of the same kind (same source,
+layer, path and claimed user) within `interval` seconds are only counted, and when the
+interval closes one entry records how many there were, when the first and the last came,
+and the first one's fields. A source is the caller's verified account if it has one (set by
+`datasites.server.gate`), else its network address, so a stranger cannot open new kinds by
+claiming other emails or paths: each source may open at most `kinds_per_source` kinds an
+interval, and everything past that is counted under one kind of its own ("*"). At most
+`MAX_SOURCES` sources are tracked at once; the rest share one bucket. A source therefore adds
+at most 2 * (kinds_per_source + 1) entries an interval, whatever it sends.
+
+`RefusalAudit` is an `AuditLog` whose `append` does this for `Event.REFUSED` (every other
+event is written at once), so the guard, syft's own refusals and the login routes need no
+change: the datasite hands them this log (`datasites.server.serve.build_app`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from datasites.site.audit import AuditLog, Event
+
+log = logging.getLogger("datasites.server.refusals")
+
+# Who sent the request being handled: "account:<email>" once the gate verified its
+# signature, else "address:<ip>". Set by the gate for each request; threads syft runs the
+# call in inherit it (Starlette and anyio copy the context).
+SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("datasites_source", default="")
+DEFAULT_INTERVAL = 60.0
+KINDS_PER_SOURCE = 16
+MAX_SOURCES = 4096
+OVERFLOW_SOURCE = "many sources"
+FIELD_CHARS = 200
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass
+class _Kind:
+    """One kind of refusal in its open interval: the first entry was written in full."""
+
+    opened: float
+    fields: dict[str, Any]
+    count: int = 0  # refusals after the first, not written yet
+    first: str = ""
+    last: str = ""
+
+
+@dataclass
+class _Source:
+    opened: float
+    kinds: set[tuple[str, ...]] = field(default_factory=set)
+
+
+class RefusalAudit(AuditLog):
+    """The hospital's audit log, with refusals aggregated per source and interval."""
+
+    def __init__(
+        self,
+        path: Path,
+        interval: float = DEFAULT_INTERVAL,
+        kinds_per_source: int = KINDS_PER_SOURCE,
+    ) -> None:
+        super().__init__(path)
+        self.interval = float(interval)
+        self.kinds_per_source = int(kinds_per_source)
+        self._lock = threading.Lock()
+        self._kinds: dict[tuple[str, ...], _Kind] = {}
+        self._sources: dict[str, _Source] = {}
+        self._summaries: list[tuple[dict[str, Any], _Kind]] = []
+        self._flusher: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @classmethod
+    def wrapping(cls, audit: AuditLog, interval: float = DEFAULT_INTERVAL) -> RefusalAudit:
+        return cls(audit.path, interval)
+
+    def append(self, event: str, /, **fields: Any) -> dict[str, Any]:
+        if event != Event.REFUSED:
+            return super().append(event, **fields)
+        source = SOURCE.get() or f"user:{fields.get('user', '')}"
+        fields = {**fields, "source": source} if "source" not in fields else fields
+        written = self._count(source, fields)
+        if written is not None:
+            return written
+        return super().append(event, **fields)
+
+    def _count(self, source: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """None when this refusal opens its kind (the caller writes it in full), else the
+        counted entry as it stands (nothing written now)."""
+        now = time.monotonic()
+        stamp = _now()
+        with self._lock:
+            self._start_flusher()
+            self._close_due(now)
+            if source not in self._sources and len(self._sources) >= MAX_SOURCES:
+                source = OVERFLOW_SOURCE
+            opened = self._sources.setdefault(source, _Source(now))
+            key = (
+                source,
+                *(str(fields.get(k, ""))[:FIELD_CHARS] for k in ("layer", "path", "user")),
+            )
+            full = len(opened.kinds) >= self.kinds_per_source
+            if full and key not in self._kinds and key not in opened.kinds:
+                key = (source, "*", "*", "*")
+            kind = self._kinds.get(key)
+            if kind is None:
+                opened.kinds.add(key)
+                shown = dict(fields)
+                if key[1] == "*":
+                    shown.update(layer="*", path="*", user="*", source=source)
+                self._kinds[key] = _Kind(now, shown, first=stamp, last=stamp)
+                return None if key[1] != "*" else self._counted(self._kinds[key], stamp)
+            return self._counted(kind, stamp)
+
+    @staticmethod
+    def _counted(kind: _Kind, stamp: str) -> dict[str, Any]:
+        if kind.count == 0:
+            kind.first = stamp
+        kind.count += 1
+        kind.last = stamp
+        return {"event": Event.REFUSED.value, **kind.fields, "count": kind.count, "pending": True}
+
+    def _close_due(self, now: float) -> None:
+        """Forget the kinds (and sources) whose interval closed, keeping their summaries
+        for `flush` to write; called with the lock held."""
+        for key, kind in list(self._kinds.items()):
+            if now - kind.opened >= self.interval:
+                del self._kinds[key]
+                if kind.count:
+                    self._summaries.append((kind.fields, kind))
+        for name, source in list(self._sources.items()):
+            if now - source.opened >= self.interval:
+                del self._sources[name]
+
+    def flush(self, everything: bool = False) -> int:
+        """Write the summaries of closed intervals (of all open ones too with `everything`);
+        the number written."""
+        with self._lock:
+            self._close_due(float("inf") if everything else time.monotonic())
+            due, self._summaries = self._summaries, []
+        for fields, kind in due:
+            try:
+                super().append(
+                    Event.REFUSED,
+                    **{**fields, "count": kind.count, "first": kind.first, "last": kind.last},
+                )
+            except Exception:
+                log.exception("could not write the audit summary of refused calls")
+        return len(due)
+
+    def _start_flusher(self) -> None:
+        if self._flusher is not None:
+            return
+        self._flusher = threading.Thread(target=self._flush_loop, name="refusal-audit", daemon=True)
+        self._flusher.start()
+        atexit.register(self.close)
+
+    def _flush_loop(self) -> None:
+        pause = max(0.2, min(1.0, self.interval / 4))
+        while not self._stopped.wait(pause):
+            self.flush()
+
+    def close(self) -> None:
+        """Write every open interval's summary (at exit: nothing counted is lost)."""
+        self._stopped.set()
+        self.flush(everything=True)
