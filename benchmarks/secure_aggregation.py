@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import signal
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import round_overhead
 
+from datasites.contract.stored import loads as stored_loads
 from scientist.recipes import recipe
 
 RECIPE = recipe("pathmnist")
@@ -115,7 +115,7 @@ def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
 
     start = initial_weights(config)
     releases = [
-        pickle.loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 1))
+        stored_loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 1))
         for h in sorted(study.requests)
     ]
     total = sum(r["n"] for r in releases)

@@ -23,14 +23,18 @@ syft's own HTTP calls are routed through it, so nothing reaches a hospital any o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from datasites.contract.files import CREDENTIALS_FILE, FEDERATION_FILE
+from datasites.contract.files import (
+    CREDENTIALS_FILE,
+    FEDERATION_FILE,
+    JsonFileError,
+    read_bounded_json,
+)
 from datasites.contract.health import READY_PATH
 from datasites.contract.invitation import (
     INVITATION_SUFFIX,
@@ -76,8 +80,8 @@ class HospitalLogin:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = read_bounded_json(path)
+    except (OSError, JsonFileError) as error:
         raise FederationError(f"cannot read {what} {path}: {error}.") from None
     if not isinstance(data, dict):
         raise FederationError(f"{what} {path} is not a JSON object.")

@@ -54,6 +54,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore::PendingDeprecationWarning")
 
 
+# The account in-process runtime calls run for (a datasite sets it from the key that
+# submitted the code, `datasites.server.code_owner`); the plans tests build name it.
+IN_PROCESS_ACCOUNT = "scientist@research.org"
+
+
+@pytest.fixture(autouse=True)
+def in_process_account() -> Any:
+    """Run every test as IN_PROCESS_ACCOUNT; a test acts as another with `acting_as`."""
+    from datasites.site.caller import acting_as
+
+    with acting_as(IN_PROCESS_ACCOUNT):
+        yield
+
+
 @dataclass
 class Launch:
     """A running `python launch.py` and everything it printed so far."""

@@ -6,13 +6,13 @@ tests/conftest.py."""
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from datasites.contract.release import LOSS_BOUND, LOSS_STEPS
 from datasites.contract.secure_sum import Quantizer
+from datasites.contract.stored import loads as stored_loads
 from datasites.privacy.ledger import Ledger
 from datasites.runtime.execute import current_hospital, execute
 from datasites.site.identity import Identity
@@ -106,7 +106,7 @@ def relay(federation, tables, plan: dict, down: set[str] = frozenset()):
 def recorded_update(root: Path, study: str, round_: int) -> tuple[dict, int]:
     """A hospital's own recorded training release (its ledger), as the plain protocol sends."""
     result = Ledger(root / LEDGER_FILE).result(study, "train", round_)
-    released = pickle.loads(result)
+    released = stored_loads(result)
     return released["weights"], released["n"]
 
 
@@ -133,7 +133,7 @@ def true_vector(federation: dict, plan, layout, weights) -> np.ndarray:
     root = federation["roots"]["hospital-a"]
     trained, n = recorded_update(root, plan.study_id, 1)
     ledger = Ledger(root / LEDGER_FILE)
-    evaluation = pickle.loads(ledger.result(plan.study_id, "eval", 0))
+    evaluation = stored_loads(ledger.result(plan.study_id, "eval", 0))
     update = {k: n * (trained[k] - weights[k].astype(np.float64)) for k, _ in layout.weights}
     steps = round(evaluation["loss_sum"] * LOSS_STEPS / LOSS_BOUND)
     quantizer = Quantizer(plan.secure_scale, plan.secure_clip)

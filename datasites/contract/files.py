@@ -45,3 +45,51 @@ def write_json(path: Path, payload: Any, *, mode: int = 0o600) -> None:
     """`payload` as indented JSON, atomically (`atomic_write`), owner-only by default."""
     text = json.dumps(payload, indent=2) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()), mode=mode)
+
+
+# A JSON file one party hands another (an invitation, a federation file, a partner
+# registry) is small and flat: bound its size and nesting before parsing, so a hostile file
+# is one clear error rather than a RecursionError or a memory blow-up (issue 27).
+MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 16
+
+
+class JsonFileError(ValueError):
+    """A JSON file is too large, too deeply nested or not JSON; the message says which."""
+
+
+def bounded_json(
+    raw: bytes, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """Parse `raw` as JSON after checking its size and its nesting depth (outside strings)."""
+    if len(raw) > max_bytes:
+        raise JsonFileError(f"it is larger than {max_bytes} bytes")
+    depth, in_string, escaped = 0, False, False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                raise JsonFileError(f"it nests deeper than {max_depth} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise JsonFileError(f"it is not JSON ({error})") from None
+
+
+def read_bounded_json(path: Path, **bounds: int) -> Any:
+    """`bounded_json` of a file, reading at most one byte past the size bound."""
+    limit = bounds.get("max_bytes", MAX_JSON_BYTES)
+    with open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    return bounded_json(raw, **bounds)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from datasites.contract.files import write_json
+from datasites.contract.files import JsonFileError, read_bounded_json, write_json
 from datasites.contract.plan import HOSPITAL_NAME
 
 INVITATION_SUFFIX = ".invite.json"
@@ -184,10 +184,10 @@ def read_invitation(path: str | Path) -> Invitation:
     """Read and check one invitation file; any fault is one `InvitationError` naming it."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if len(raw) > MAX_INVITATION_BYTES:
-            raise InvitationError(f"it is larger than {MAX_INVITATION_BYTES} bytes.")
-        return Invitation.from_dict(json.loads(raw))
+        data = read_bounded_json(path, max_bytes=MAX_INVITATION_BYTES)
+        return Invitation.from_dict(data)
+    except JsonFileError as error:
+        raise InvitationError(f"invitation {path} cannot be read: {error}.") from None
     except InvitationError as error:
         raise InvitationError(f"invitation {path}: {error}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:

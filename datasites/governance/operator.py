@@ -348,8 +348,9 @@ class Operator:
 
             projection = project(self.hospital, parsed, self._training_rows(parsed))
         # The other approved requests, listed once: for reused study ids and for the diff.
-        approved = [r for r in self.requests() if r.status == "approved" and r.id != view.id]
-        problems = self._problems(view, parsed, projection, approved)
+        others = [r for r in self.requests() if r.id != view.id]
+        approved = [r for r in others if r.status == "approved"]
+        problems = self._problems(view, parsed, projection, others)
         return Review(view, projection, tuple(problems), _diff(view, approved))
 
     def _plan(self, view: RequestView) -> Plan | None:
@@ -367,9 +368,10 @@ class Operator:
         view: RequestView,
         plan: Plan | None,
         projection: Projection | None,
-        approved: list[RequestView],
+        others: list[RequestView],
     ) -> list[str]:
-        """Why approving would be refused; custom code comes first (it needs an override)."""
+        """Why approving would be refused; custom code comes first (it needs an override).
+        `others` are this hospital's other requests."""
         problems = []
         if not view.verdict.vetted:
             problems.append("custom code: " + "; ".join(view.verdict.reasons))
@@ -383,6 +385,8 @@ class Operator:
                 problems.append(
                     f"policy: delta {plan.delta:g} differs from this hospital's {delta:g}"
                 )
+            problems += self._ownership(view, plan, others)
+            approved = [r for r in others if r.status == "approved"]
             problems += self._reused_id(view, plan, approved)
             if plan.secure:
                 problems += [f"partners: {p}" for p in self._partner_problems(plan)]
@@ -404,6 +408,35 @@ class Operator:
         return partner_violations(
             plan.partners, registered, self.hospital.name, identity.verify_key
         )
+
+    def _ownership(self, view: RequestView, plan: Plan, others: list[RequestView]) -> list[str]:
+        """A study belongs to the account that submits it: the plan must name that account,
+        and its id must not be another account's (registered here, or in another request
+        that is not denied). The runtime refuses both too (issue 27)."""
+        problems = []
+        if plan.scientist != view.scientist:
+            problems.append(
+                f"owner: the plan names {plan.scientist} as its scientist, but the request "
+                f"comes from {view.scientist or 'no account'}"
+            )
+        owner = self.hospital.ledger.owner(plan.study_id)
+        if owner is not None and owner != view.scientist:
+            problems.append(f"owner: study id {plan.study_id} belongs to {owner} here")
+        others = sorted(
+            {
+                r.scientist
+                for r in others
+                if r.status != "denied"
+                and r.scientist != view.scientist
+                and (r.plan or {}).get("study_id") == plan.study_id
+            }
+        )
+        if others and owner is None:
+            problems.append(
+                f"owner: study id {plan.study_id} is also in a request from "
+                f"{', '.join(others)}; a study id belongs to one account, deny one of them"
+            )
+        return problems
 
     def _reused_id(self, view: RequestView, plan: Plan, approved: list[RequestView]) -> list[str]:
         """A second request under an approved study id, with another plan, is how a

@@ -27,6 +27,7 @@ from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from datasites.contract.stored import StoredFormatError, dumps, legacy_loads
 from datasites.privacy.accounting import (
     ACCOUNTANT,
     ACCOUNTANTS,
@@ -40,7 +41,7 @@ from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 
 KINDS = ("train", "eval")
 BUSY_TIMEOUT_S = 60.0
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # An event's result while its release is being computed: charged, nothing released yet.
 PENDING = b""
 # A dataset's size is released once, as a discrete Gaussian count (sensitivity 1 under add/remove
@@ -81,6 +82,9 @@ CREATE TABLE IF NOT EXISTS events (
     result BLOB NOT NULL, recorded_at TEXT NOT NULL,
     UNIQUE (study_id, kind, round)
 );
+CREATE TABLE IF NOT EXISTS owners (
+    study_id TEXT PRIMARY KEY, owner TEXT NOT NULL, since TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS accountants (
     id INTEGER PRIMARY KEY AUTOINCREMENT, accountant TEXT NOT NULL, since TEXT NOT NULL,
     note TEXT NOT NULL
@@ -111,6 +115,10 @@ class RoundRefused(LedgerError):
 
 class StudyConflict(LedgerError):
     """A study id already registered with different parameters."""
+
+
+class StudyOwned(LedgerError):
+    """A study id registered to another account: ids are keyed by (owner, id)."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,11 @@ class Ledger:
         if not isinstance(record, StudyRecord):
             raise ValueError(f"record must be a StudyRecord, found {type(record).__name__}.")
         with self._write() as conn:
-            stored = _study(conn, record.study_id)
+            stored = _study(conn, record.study_id, record.scientist)
+            conn.execute(
+                "INSERT OR IGNORE INTO owners (study_id, owner, since) VALUES (?, ?, ?)",
+                (record.study_id, record.scientist, _now()),
+            )
             if stored is not None:
                 if stored != record:
                     changed = [
@@ -321,9 +333,29 @@ class Ledger:
             )
         return record
 
-    def study(self, study_id: str) -> StudyRecord | None:
+    def own(self, study_id: str, owner: str) -> None:
+        """Bind `study_id` to the account `owner` at its first call here, whatever the call
+        (a secure study's first phases register nothing else); StudyOwned if another
+        account holds it. Every later lookup with `owner` checks this binding."""
+        if not (isinstance(owner, str) and owner and isinstance(study_id, str) and study_id):
+            raise ValueError("a study is owned by a non-empty account and id.")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO owners (study_id, owner, since) VALUES (?, ?, ?)",
+                (study_id, owner, _now()),
+            )
+            _check_owner(conn, study_id, owner)
+
+    def owner(self, study_id: str) -> str | None:
+        """The account `study_id` belongs to here, or None if no call has bound it yet."""
         with self._connect() as conn:
-            return _study(conn, study_id)
+            return _owner(conn, study_id)
+
+    def study(self, study_id: str, *, owner: str | None = None) -> StudyRecord | None:
+        """The study registered under `study_id`; with `owner`, only if it is that account's
+        (StudyOwned if another account holds the id)."""
+        with self._connect() as conn:
+            return _study(conn, study_id, owner)
 
     def studies(self, dataset: str | None = None) -> list[StudyRecord]:
         query = f"SELECT {_STUDY_COLUMNS} FROM studies"
@@ -334,17 +366,31 @@ class Ledger:
 
     # -- releases ----------------------------------------------------------------------
 
-    def result(self, study_id: str, kind: str, round: int) -> bytes | None:
-        """The stored release of (study, kind, round), or None if it never happened."""
+    def result(
+        self, study_id: str, kind: str, round: int, *, owner: str | None = None
+    ) -> bytes | None:
+        """The stored release of (study, kind, round), or None if it never happened; with
+        `owner`, StudyOwned if the study is another account's."""
         _check_kind(kind)
         with self._connect() as conn:
+            if owner is not None:
+                _study(conn, study_id, owner)
             row = conn.execute(
                 "SELECT result FROM events WHERE study_id = ? AND kind = ? AND round = ?",
                 (study_id, kind, round),
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def record(self, study_id: str, kind: str, round: int, event: DpEvent, result: bytes) -> float:
+    def record(
+        self,
+        study_id: str,
+        kind: str,
+        round: int,
+        event: DpEvent,
+        result: bytes,
+        *,
+        owner: str | None = None,
+    ) -> float:
         """Charge `event` and store `result` in one transaction; the dataset's new epsilon.
 
         Training rounds are 1..rounds; evaluation round r is "after round r" (0..rounds),
@@ -356,14 +402,16 @@ class Ledger:
         if not isinstance(result, bytes | bytearray | memoryview):
             raise ValueError(f"result must be bytes, found {type(result).__name__}.")
         with self._write() as conn:
-            study = self._admissible(conn, study_id, kind, round)
+            study = self._admissible(conn, study_id, kind, round, owner)
             if study is None:  # already recorded
                 return parallel_epsilon(_parts(conn, dataset=_dataset(conn, study_id)), self.delta)
             total = self._charge(conn, study, kind, round, event)
             _insert_event(conn, study_id, kind, round, event, bytes(result))
         return total
 
-    def claim(self, study_id: str, kind: str, round: int, event: DpEvent) -> bool:
+    def claim(
+        self, study_id: str, kind: str, round: int, event: DpEvent, *, owner: str | None = None
+    ) -> bool:
         """Charge `event` for a release about to be computed; False if it was charged before.
 
         The release is charged before anything is computed from private rows, so a
@@ -373,18 +421,22 @@ class Ledger:
         if not isinstance(event, DpEvent):
             raise ValueError(f"event must be a DpEvent, found {type(event).__name__}.")
         with self._write() as conn:
-            study = self._admissible(conn, study_id, kind, round)
+            study = self._admissible(conn, study_id, kind, round, owner)
             if study is None:
                 return False
             self._charge(conn, study, kind, round, event)
             _insert_event(conn, study_id, kind, round, event, PENDING)
         return True
 
-    def complete(self, study_id: str, kind: str, round: int, result: bytes) -> None:
+    def complete(
+        self, study_id: str, kind: str, round: int, result: bytes, *, owner: str | None = None
+    ) -> None:
         """Store the release of a claimed (charged, still pending) event; once."""
         if not isinstance(result, bytes | bytearray | memoryview) or not result:
             raise ValueError("result must be non-empty bytes.")
         with self._write() as conn:
+            if owner is not None:
+                _study(conn, study_id, owner)
             updated = conn.execute(
                 "UPDATE events SET result = ? WHERE study_id = ? AND kind = ? AND round = ? "
                 "AND result = ?",
@@ -432,14 +484,16 @@ class Ledger:
             )
         return noisy
 
-    def check_round(self, study_id: str, kind: str, round: int) -> None:
+    def check_round(
+        self, study_id: str, kind: str, round: int, *, owner: str | None = None
+    ) -> None:
         """Raise what `record` would raise for the study's planned event, writing nothing.
 
         Call it before computing a release, so no work is done for a refused round. A round
         already recorded passes: `record` will return without charging.
         """
         with self._read() as conn:
-            study = self._admissible(conn, study_id, kind, round)
+            study = self._admissible(conn, study_id, kind, round, owner)
             if study is not None:
                 budget = study.budget()
                 self._charge(
@@ -447,13 +501,18 @@ class Ledger:
                 )
 
     def _admissible(
-        self, conn: sqlite3.Connection, study_id: str, kind: str, round: int
+        self,
+        conn: sqlite3.Connection,
+        study_id: str,
+        kind: str,
+        round: int,
+        owner: str | None = None,
     ) -> StudyRecord | None:
         """The study if (kind, round) may be charged; None if it is already recorded."""
         _check_kind(kind)
         if isinstance(round, bool) or not isinstance(round, int):
             raise ValueError(f"round must be an int, found {type(round).__name__}.")
-        study = _study(conn, study_id)
+        study = _study(conn, study_id, owner)
         if study is None:
             raise LedgerError(f"study {study_id} is not registered at this hospital.")
         first = 1 if kind == "train" else 0
@@ -523,9 +582,11 @@ class Ledger:
             for part, events in self.parts(dataset).items()
         }
 
-    def study_spent(self, study_id: str) -> float:
+    def study_spent(self, study_id: str, *, owner: str | None = None) -> float:
         """The study's own epsilon (what it cost, were it alone)."""
         with self._connect() as conn:
+            if owner is not None:
+                _study(conn, study_id, owner)
             return parallel_epsilon(_parts(conn, study_id=study_id), self.delta)
 
     def spent_rdp(self, dataset: str) -> float:
@@ -554,6 +615,12 @@ def _migrate(conn: sqlite3.Connection, delta: float) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(studies)")}
     if "plan_sha256" not in columns:
         conn.execute("ALTER TABLE studies ADD COLUMN plan_sha256 TEXT NOT NULL DEFAULT ''")
+    _migrate_pickles(conn)
+    # Schema 3 and older: a registered study is its registrant's.
+    conn.execute(
+        "INSERT OR IGNORE INTO owners (study_id, owner, since) "
+        "SELECT study_id, scientist, registered_at FROM studies"
+    )
     current = conn.execute("SELECT accountant FROM accountants ORDER BY id DESC LIMIT 1")
     row = current.fetchone()
     if row is not None and row[0] == LEDGER_ACCOUNTING:
@@ -579,11 +646,54 @@ def _migrate(conn: sqlite3.Connection, delta: float) -> None:
     )
 
 
-def _study(conn: sqlite3.Connection, study_id: str) -> StudyRecord | None:
+def _migrate_pickles(conn: sqlite3.Connection) -> None:
+    """Schema 3 and older pickled each release: rewrite them as plain data
+    (`datasites.contract.stored`), reading each through an unpickler that builds arrays and
+    containers only. A row that names anything else (a tampered file) is never run: the
+    ledger refuses to open, in one sentence, until the operator restores a trusted copy
+    (dropping the row would forget a charged release)."""
+    rows = conn.execute("SELECT id, result FROM events WHERE substr(result, 1, 1) = x'80'")
+    for event_id, raw in rows.fetchall():
+        try:
+            value = legacy_loads(raw)
+        except StoredFormatError as error:
+            raise LedgerError(
+                f"the ledger's release {event_id} is not plain data ({error}); restore the "
+                "ledger from a trusted copy."
+            ) from None
+        conn.execute("UPDATE events SET result = ? WHERE id = ?", (dumps(value), event_id))
+
+
+def _study(conn: sqlite3.Connection, study_id: str, owner: str | None = None) -> StudyRecord | None:
+    """The study of `study_id`; with `owner`, StudyOwned when another account holds it."""
     row = conn.execute(
         f"SELECT {_STUDY_COLUMNS} FROM studies WHERE study_id = ?", (study_id,)
     ).fetchone()
-    return None if row is None else StudyRecord(*row)
+    study = None if row is None else StudyRecord(*row)
+    if owner is not None:
+        _check_owner(conn, study_id, owner)
+        if study is not None and study.scientist != owner:
+            raise _owned(study_id)
+    return study
+
+
+def _owner(conn: sqlite3.Connection, study_id: str) -> str | None:
+    row = conn.execute("SELECT owner FROM owners WHERE study_id = ?", (study_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _check_owner(conn: sqlite3.Connection, study_id: str, owner: str) -> None:
+    bound = _owner(conn, study_id)
+    if bound is not None and bound != owner:
+        raise _owned(study_id)
+
+
+def _owned(study_id: str) -> StudyOwned:
+    # Which account holds the id is not the caller's business: only that it is not theirs.
+    return StudyOwned(
+        f"study id {study_id} belongs to another account at this hospital; submit your "
+        "study under a new study id."
+    )
 
 
 def _dataset(conn: sqlite3.Connection, study_id: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import secrets
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from datasites.contract.release import (
     sensitivity,
 )
 from datasites.contract.secure_wire import Layout, round_layout
+from datasites.contract.stored import dumps, loads
 from datasites.contract.syft_io import CALL_AGAIN
 from datasites.contract.untrusted import int_fits, shown
 from datasites.contract.zoo import build_model, load_weights
@@ -51,6 +51,7 @@ from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 from datasites.runtime import secure
 from datasites.runtime.cache import EncodedMemo
 from datasites.site.audit import Event, weights_digest
+from datasites.site.caller import NoAccount, current_account
 from datasites.site.compute import Compute
 from datasites.site.hospital import Hospital
 from datasites.site.identity import Identity
@@ -173,6 +174,8 @@ def _call_fields(plan: Any, request: Any) -> dict[str, Any]:
 
 
 def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any) -> dict:
+    _check_owner(plan)  # from here on, plan.scientist is the authenticated account
+    hospital.ledger.own(plan.study_id, plan.scientist)  # the id is this account's, or refused
     if plan.secure:
         secure.check_request(request, plan)
     else:
@@ -192,6 +195,24 @@ def _execute(hospital: Hospital, plan: Plan, train: Any, test: Any, request: Any
     if round_ <= plan.rounds:
         out["train"] = _train(hospital, plan, record, round_, weights, features, labels)
     return _spent(hospital, plan, out)
+
+
+def _check_owner(plan: Plan) -> None:
+    """The plan must name the account it runs for: the study is that account's, and every
+    record of it is keyed by (plan.scientist, plan.study_id) once this has passed. The
+    account comes from the key that signed the code's submission, never from the plan."""
+    try:
+        account = current_account()
+    except NoAccount:
+        raise RequestError(
+            "this code runs for no account of this hospital (its submitter was removed); "
+            "ask the operator."
+        ) from None
+    if plan.scientist != account:
+        raise RequestError(
+            f"the plan names {shown(plan.scientist)} as its scientist but runs for the account "
+            f"{account}; a plan names the account that submits it."
+        )
 
 
 def _check_policy(hospital: Hospital, plan: Plan) -> bytes:
@@ -227,7 +248,7 @@ def _prepare(hospital: Hospital, plan: Plan, train: Any) -> tuple[StudyRecord, A
 
 def _spent(hospital: Hospital, plan: Plan, out: dict[str, Any]) -> dict[str, Any]:
     """The reply with what the study and the dataset have spent here (public figures)."""
-    out["epsilon_study"] = hospital.ledger.study_spent(plan.study_id)
+    out["epsilon_study"] = hospital.ledger.study_spent(plan.study_id, owner=plan.scientist)
     out["epsilon_total"] = hospital.ledger.spent(plan.dataset)
     out["epsilon_cap"] = hospital.ledger.cap(plan.dataset)
     return out
@@ -335,7 +356,7 @@ def _register(hospital: Hospital, plan: Plan, n: int) -> StudyRecord:
     the plan still matches what was registered (a reused study id with other parameters is
     refused by the ledger).
     """
-    stored = hospital.ledger.study(plan.study_id)
+    stored = hospital.ledger.study(plan.study_id, owner=plan.scientist)
     if stored is not None and _same_plan(stored, plan, n):
         return stored
     evaluations = len(plan.eval_rounds())
@@ -382,7 +403,7 @@ def _same_plan(stored: StudyRecord, plan: Plan, n: int) -> bool:
 
 def _once(
     hospital: Hospital,
-    study_id: str,
+    study: tuple[str, str],
     kind: str,
     round_: int,
     event: Any,
@@ -397,8 +418,9 @@ def _once(
     Only the call that charged it computes it; a concurrent identical call gets the
     recorded release, or is told to call again while it is being computed.
     """
+    owner, study_id = study
     ledger = hospital.ledger
-    recorded = ledger.result(study_id, kind, round_)
+    recorded = ledger.result(study_id, kind, round_, owner=owner)
     if recorded:
         hospital.audit.append(
             Event.REPEAT_SERVED,
@@ -407,20 +429,21 @@ def _once(
             round=round_,
             note="the recorded release was returned; nothing spent",
         )
-        return pickle.loads(recorded)
-    if recorded is not None or not ledger.claim(study_id, kind, round_, event):
-        return _claimed_elsewhere(hospital, study_id, kind, round_)
+        return loads(recorded)
+    if recorded is not None or not ledger.claim(study_id, kind, round_, event, owner=owner):
+        return _claimed_elsewhere(hospital, study, kind, round_)
     result = compute()
-    ledger.complete(study_id, kind, round_, pickle.dumps(result))
-    _audit_release(hospital, study_id, kind, round_, result, masked)
+    ledger.complete(study_id, kind, round_, dumps(result), owner=owner)
+    _audit_release(hospital, study, kind, round_, result, masked)
     return result
 
 
-def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int) -> dict:
+def _claimed_elsewhere(hospital: Hospital, study: tuple[str, str], kind: str, round_: int) -> dict:
     """The release another call charged: its result if stored, else a refusal to retry."""
-    recorded = hospital.ledger.result(study_id, kind, round_)
+    owner, study_id = study
+    recorded = hospital.ledger.result(study_id, kind, round_, owner=owner)
     if recorded:
-        return pickle.loads(recorded)
+        return loads(recorded)
     what = "training round" if kind == "train" else "evaluation after round"
     raise RequestError(
         f"the {what} {round_} of study {study_id} was charged by another call and has no "
@@ -430,7 +453,7 @@ def _claimed_elsewhere(hospital: Hospital, study_id: str, kind: str, round_: int
 
 def _audit_release(
     hospital: Hospital,
-    study_id: str,
+    study: tuple[str, str],
     kind: str,
     round_: int,
     result: dict[str, Any],
@@ -438,7 +461,8 @@ def _audit_release(
 ) -> None:
     """What left the hospital: sample count and weights digest, or the evaluation's noise;
     for a secure study, that it left masked (the `secure_phase` entry has what was sent)."""
-    spent = {"epsilon_study": hospital.ledger.study_spent(study_id)}
+    owner, study_id = study
+    spent = {"epsilon_study": hospital.ledger.study_spent(study_id, owner=owner), "owner": owner}
     if masked:
         spent["released"] = "masked (secure aggregation): only sums are readable"
     if kind == "train":
@@ -481,7 +505,8 @@ def _train(
         return {"weights": outcome.weights, "n": outcome.samples, "steps": outcome.steps}
 
     event = record.budget().train
-    return _once(hospital, plan.study_id, "train", round_, event, compute, plan.secure)
+    study = (plan.scientist, plan.study_id)
+    return _once(hospital, study, "train", round_, event, compute, plan.secure)
 
 
 def _evaluate(
@@ -498,7 +523,8 @@ def _evaluate(
         return {**released, "edges": scored[1].tolist(), "after_round": after}
 
     event = record.budget().evaluation
-    return _once(hospital, plan.study_id, "eval", after, event, compute, plan.secure)
+    study = (plan.scientist, plan.study_id)
+    return _once(hospital, study, "eval", after, event, compute, plan.secure)
 
 
 def _release(counts: Any, losses: np.ndarray, sigma: float) -> dict[str, Any]:

@@ -26,7 +26,6 @@ A round's secret keys and held shares are erased once the round is over.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from datasites.contract.secure_wire import (
     reply_to_wire,
     signatures_from_wire,
 )
+from datasites.contract.stored import dumps
 from datasites.site.audit import Event
 from datasites.site.hospital import Hospital
 from datasites.site.secure_store import SecureStore
@@ -141,7 +141,7 @@ def answer(
             Event.SECURE_PHASE,
             **fields,
             peers=sorted(plan.partners),
-            sha256=hashlib.sha256(pickle.dumps(out)).hexdigest(),
+            sha256=hashlib.sha256(dumps(out)).hexdigest(),
         )
     return {"hospital": hospital.name, "round": round_, "phase": phase, **out}
 
@@ -158,6 +158,12 @@ class Party:
     """Whether the call's phase was answered from the store (a repeat with the same inputs)."""
 
     @property
+    def study(self) -> tuple[str, str]:
+        """The store's key for this study: (owner, study id). The runtime has checked that
+        the plan's scientist is the account the call runs for."""
+        return (self.plan.scientist, self.plan.study_id)
+
+    @property
     def id(self) -> int:
         return self.plan.party_ids()[self.hospital.name]
 
@@ -172,7 +178,7 @@ class Party:
     def keys(self) -> tuple[Any, bytes]:
         """This round's key pairs and self-mask seed: drawn once, then always the same."""
         return self.store.put_once(
-            self.plan.study_id,
+            self.study,
             self.round,
             "keys",
             lambda: (new_round_keys(self.id), secrets.token_bytes(32)),
@@ -180,7 +186,7 @@ class Party:
 
     def stored(self, phase: str, before: str) -> Any:
         """What `phase` stored this round (a secret, or an answer without its digest)."""
-        found = self.store.get(self.plan.study_id, self.round, phase)
+        found = self.store.get(self.study, self.round, phase)
         if found is None:
             raise SecureRefusal(
                 f"{self.hospital.name} holds no {phase} state for round {self.round} (the "
@@ -195,13 +201,11 @@ class Party:
         that race both compute, the first stored wins, and the loser is refused unless its
         inputs were the same."""
         digest = inputs_digest(given)
-        found = self.store.get(self.plan.study_id, self.round, phase)
+        found = self.store.get(self.study, self.round, phase)
         fresh = False
         if found is None:
             made = make()
-            found, fresh = self.store.first(
-                self.plan.study_id, self.round, phase, lambda: (digest, made)
-            )
+            found, fresh = self.store.first(self.study, self.round, phase, lambda: (digest, made))
         if found[0] != digest:
             raise SecureRefusal(
                 f"{self.hospital.name} already answered the {phase} phase of round "
@@ -213,7 +217,7 @@ class Party:
     def erase_secrets(self, through: int) -> None:
         """Forward secrecy: rounds up to `through` are over; their keys and shares go."""
         if through >= 1:
-            self.store.erase(self.plan.study_id, through, _SECRETS)
+            self.store.erase(self.study, through, _SECRETS)
 
 
 _MAX_DEPTH = 8
@@ -289,7 +293,7 @@ def _share(party: Party, signing_key: bytes, request: dict, releases: Releases) 
 
     outbox = party.once("share", adverts, make)
     if not party.repeated:  # this call's shares are the stored ones: keep its own pair
-        party.store.put_once(plan.study_id, party.round, "own", lambda: made["own"])
+        party.store.put_once(party.study, party.round, "own", lambda: made["own"])
         party.once("adverts", adverts, lambda: adverts)
         party.repeated = False
     return {"shares": outbox}
@@ -307,7 +311,7 @@ def _mask(party: Party, signing_key: bytes, request: dict, releases: Releases) -
         own = party.stored("own", "share")
         keys, seed = party.keys()
         opened = open_shares(plan.study_id, party.round, keys, adverts, inbox, own, plan.threshold)
-        held = party.store.put_once(plan.study_id, party.round, "held", lambda: opened)
+        held = party.store.put_once(party.study, party.round, "held", lambda: opened)
         x, public = _vector(party, request, releases)
         masked = mask_update(plan.study_id, party.round, keys, adverts, held, seed, x)
         return {"masked": masked.astype("<u8").tobytes(), "entries": int(masked.size), **public}
@@ -315,7 +319,7 @@ def _mask(party: Party, signing_key: bytes, request: dict, releases: Releases) -
     out = party.once("mask", given, make)
     if not party.repeated:  # this call's vector is the stored one: keep what it came from
         inputs = bytes.fromhex(inputs_digest((request["weights"], request.get("edges"))))
-        party.store.put_once(plan.study_id, party.round, _INPUTS, lambda: inputs)
+        party.store.put_once(party.study, party.round, _INPUTS, lambda: inputs)
     party.erase_secrets(party.round - 1)
     return out
 

@@ -11,12 +11,11 @@ each other.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from datasites.contract.files import write_json
+from datasites.contract.files import read_bounded_json, write_json
 from datasites.contract.plan import HOSPITAL_NAME
 from datasites.site.audit import AuditLog, Event
 
@@ -33,7 +32,7 @@ def load_partners(root: Path) -> dict[str, str]:
     path = Path(root) / PARTNERS_FILE
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
+    data = read_bounded_json(path)
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

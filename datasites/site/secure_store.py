@@ -3,15 +3,21 @@
 Secure aggregation is safe only if a hospital never answers the same phase of a round two
 ways: a second set of round keys, a second set of shares for other adverts, or a second
 unmasking answer for other survivor sets would let a relay collect both of a peer's
-secrets. So every answer is written here before it leaves, keyed by (study, round, phase),
-and a repeated call gets the first answer back (`put_once`). The file holds this round's
+secrets. So every answer is written here before it leaves, keyed by (owner, study, round,
+phase) where the owner is the account the study runs for (issue 27: never an id alone), and
+a repeated call gets the first answer back (`put_once`). The file holds this round's
 private keys and the peers' shares: owner-only (0600) from creation, like the ledger.
+
+Values are plain data (`datasites.contract.stored`), never pickles: a tampered or restored
+file can hold wrong values, not code. A store from before owners and plain data is
+migrated when opened: its pickles are read without running anything they name, and its
+rows get no owner, so a study that still has such rows is refused (`LegacyState`) rather
+than answered a second time under an owner.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -19,14 +25,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from datasites.contract.secure_sum import Advert, RoundKeys, UnmaskingReply
+from datasites.contract.stored import StoredFormatError, dumps, is_legacy, legacy_loads, loads
+
 BUSY_TIMEOUT_S = 60.0
+# The dataclasses a stored answer may hold: rebuilt field by field, nothing else is.
+KINDS = (RoundKeys, Advert, UnmaskingReply)
+# The owner of rows stored before studies had owners: matches no account.
+NO_OWNER = ""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
-    study_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL, value BLOB NOT NULL,
-    created REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (study_id, round, phase)
+    owner TEXT NOT NULL, study_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL,
+    value BLOB NOT NULL, created REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, study_id, round, phase)
 )
 """
+_KEY = "owner = ? AND study_id = ? AND round = ? AND phase = ?"
+
+
+class LegacyState(ValueError):
+    """The study has state from before owners: it is not answered again."""
 
 
 class SecureStore:
@@ -38,11 +56,14 @@ class SecureStore:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
-            if "created" not in columns:  # a store from before rows were dated: from now
-                conn.execute("ALTER TABLE answers ADD COLUMN created REAL NOT NULL DEFAULT 0")
-                conn.execute("UPDATE answers SET created = ?", (time.time(),))
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _migrate(conn)
+                conn.execute(_SCHEMA)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -52,26 +73,29 @@ class SecureStore:
         finally:
             conn.close()
 
-    def get(self, study_id: str, round_: int, phase: str) -> Any | None:
+    def get(self, study: tuple[str, str], round_: int, phase: str) -> Any | None:
+        """The stored answer of (owner, study id) = `study`, round and phase, or None."""
         with self._connect() as conn:
+            _refuse_legacy(conn, study)
             row = conn.execute(
-                "SELECT value FROM answers WHERE study_id = ? AND round = ? AND phase = ?",
-                (study_id, round_, phase),
+                f"SELECT value FROM answers WHERE {_KEY}", (*study, round_, phase)
             ).fetchone()
-        return None if row is None else pickle.loads(row[0])
+        return None if row is None else loads(row[0], KINDS)
 
-    def put_once(self, study_id: str, round_: int, phase: str, make: Callable[[], Any]) -> Any:
+    def put_once(
+        self, study: tuple[str, str], round_: int, phase: str, make: Callable[[], Any]
+    ) -> Any:
         """The stored answer of (study, round, phase), or `make()`'s, stored first."""
-        return self.first(study_id, round_, phase, make)[0]
+        return self.first(study, round_, phase, make)[0]
 
-    def erase(self, study_id: str, rounds_through: int, phases: tuple[str, ...]) -> None:
+    def erase(self, study: tuple[str, str], rounds_through: int, phases: tuple[str, ...]) -> None:
         """Delete `phases` of every round up to `rounds_through` (forward secrecy: a round's
         secret keys and held shares go once the round is over). `secure_delete` overwrites
         the freed pages, so the secrets do not linger in the file."""
         marks = ", ".join("?" for _ in phases)
         self._delete(
-            f"study_id = ? AND round <= ? AND phase IN ({marks})",
-            (study_id, rounds_through, *phases),
+            f"owner = ? AND study_id = ? AND round <= ? AND phase IN ({marks})",
+            (*study, rounds_through, *phases),
         )
 
     def expire(self, phases: tuple[str, ...], older_than_s: float) -> None:
@@ -89,7 +113,7 @@ class SecureStore:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def first(
-        self, study_id: str, round_: int, phase: str, make: Callable[[], Any]
+        self, study: tuple[str, str], round_: int, phase: str, make: Callable[[], Any]
     ) -> tuple[Any, bool]:
         """(the stored answer of (study, round, phase), False), or (`make()`'s, True), stored
         first.
@@ -100,21 +124,65 @@ class SecureStore:
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                _refuse_legacy(conn, study)
                 row = conn.execute(
-                    "SELECT value FROM answers WHERE study_id = ? AND round = ? AND phase = ?",
-                    (study_id, round_, phase),
+                    f"SELECT value FROM answers WHERE {_KEY}", (*study, round_, phase)
                 ).fetchone()
                 if row is not None:
                     conn.execute("COMMIT")
-                    return pickle.loads(row[0]), False
+                    return loads(row[0], KINDS), False
                 value = make()
                 conn.execute(
-                    "INSERT INTO answers (study_id, round, phase, value, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (study_id, round_, phase, pickle.dumps(value), time.time()),
+                    "INSERT INTO answers (owner, study_id, round, phase, value, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (*study, round_, phase, dumps(value, KINDS), time.time()),
                 )
                 conn.execute("COMMIT")
                 return value, True
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+
+def _refuse_legacy(conn: sqlite3.Connection, study: tuple[str, str]) -> None:
+    owner, study_id = study
+    if not owner:
+        raise ValueError("a secure study's state is keyed by its owner's account.")
+    found = conn.execute(
+        "SELECT 1 FROM answers WHERE owner = ? AND study_id = ? LIMIT 1", (NO_OWNER, study_id)
+    ).fetchone()
+    if found:
+        raise LegacyState(
+            f"study {study_id}'s secure state was stored before studies had owners; "
+            "run it again under a new study id."
+        )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store from before owners (and before rows were dated) to this schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(answers)")}
+    if not columns or "owner" in columns:
+        return
+    created = "created" if "created" in columns else str(time.time())
+    rows = conn.execute(f"SELECT study_id, round, phase, value, {created} FROM answers")
+    migrated = [(NO_OWNER, s, r, p, _plain(v), c) for s, r, p, v, c in rows.fetchall()]
+    conn.execute("DROP TABLE answers")
+    conn.execute(_SCHEMA)
+    conn.executemany(
+        "INSERT INTO answers (owner, study_id, round, phase, value, created) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        migrated,
+    )
+
+
+def _plain(value: bytes) -> bytes:
+    """An old pickled value as plain data; one naming anything else is refused, never run."""
+    if not is_legacy(value):
+        return bytes(value)
+    try:
+        return dumps(legacy_loads(value, KINDS), KINDS)
+    except StoredFormatError as error:
+        raise ValueError(
+            f"the secure store holds a value that is not plain data ({error}); move the file "
+            "away (its studies cannot continue) or restore a trusted copy."
+        ) from None

@@ -13,7 +13,6 @@ a hospital's cable cut mid-study and plugged back in.
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasites.contract.stored import loads as stored_loads
 from datasites.privacy.ledger import Ledger
 from tests import netns
 from tests.conftest import REPO
@@ -271,7 +271,7 @@ def _check_round_one(site: Site, study: str) -> None:
     releases = []
     for hospital in HOSPITALS:
         ledger = Ledger(site.data_dir(hospital) / hospital / "ledger.sqlite")
-        releases.append(pickle.loads(ledger.result(study, "train", 1)))
+        releases.append(stored_loads(ledger.result(study, "train", 1)))
     total = sum(r["n"] for r in releases)
     for key, value in start.items():
         plain = value + sum(r["n"] * (r["weights"][key] - value) for r in releases) / total

@@ -5,7 +5,6 @@ later call. Its own federation: killing a datasite of the session's would distur
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 import scientist.study as study_module
 from datasites.contract.health import is_up
+from datasites.contract.stored import loads as stored_loads
 from datasites.governance.operator import Operator
 from datasites.privacy.ledger import Ledger
 from datasites.site.audit import AuditLog
@@ -117,7 +117,7 @@ def test_a_hospital_killed_mid_round_drops_out_and_rejoins(
     assert rounds[2]["contributors"] == ["hospital-a", "hospital-b"]
     assert VICTIM in rounds[2]["dropped"]
     releases = [
-        pickle.loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 2))
+        stored_loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 2))
         for h in ("hospital-a", "hospital-b")
     ]
     total = sum(r["n"] for r in releases)

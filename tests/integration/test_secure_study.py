@@ -3,7 +3,6 @@ vectors over syft, and reads nothing of one hospital (issue 15)."""
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import scientist.secure_round as secure_round
 import scientist.submit as submit
 from datasites.contract.plan import Plan
 from datasites.contract.secure_sum import Quantizer
+from datasites.contract.stored import loads as stored_loads
 from datasites.governance.operator import Operator, OperatorError
 from datasites.privacy.ledger import Ledger
 from scientist.checkpoint import Checkpoint
@@ -43,7 +43,7 @@ def approve_all(study: Study, operators: dict[str, Operator]) -> None:
 def recorded(federation: Launch, hospital: str, study: str, round_: int) -> dict[str, Any]:
     """The hospital's own record of its training release (never sent in the clear)."""
     ledger = Ledger(federation.data_dir / hospital / "ledger.sqlite")
-    return pickle.loads(ledger.result(study, "train", round_))
+    return stored_loads(ledger.result(study, "train", round_))
 
 
 def capture_masked(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:

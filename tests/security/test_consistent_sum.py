@@ -156,8 +156,12 @@ def _collude(trio: dict, plan: Plan, partner: str) -> tuple[bytes, dict, bytes]:
     digest of the round's inputs it signs."""
     identity = Identity.load_or_create(trio["roots"][partner] / IDENTITY_FILE, partner)
     store = SecureStore(trio["roots"][partner] / STORE_FILE)
-    held = store.get(plan.study_id, 1, "held")
-    return bytes.fromhex(identity.signing_key), held, store.get(plan.study_id, 1, "inputs")
+    held = store.get((plan.scientist, plan.study_id), 1, "held")
+    return (
+        bytes.fromhex(identity.signing_key),
+        held,
+        store.get((plan.scientist, plan.study_id), 1, "inputs"),
+    )
 
 
 def _relay_with_partner(trio, tables, threshold: int) -> tuple[dict, Any, Any]:
@@ -314,7 +318,7 @@ def _mask_request(trio, plan: Plan, name: str, ids: dict, weights=None) -> dict:
         if sender == name:
             continue
         store = SecureStore(trio["roots"][sender] / STORE_FILE)
-        inbox[ids[sender]] = store.get(plan.study_id, 1, "share")[1][ids[name]]
+        inbox[ids[sender]] = store.get((plan.scientist, plan.study_id), 1, "share")[1][ids[name]]
     request = {"round": 1, "phase": "mask", "shares": inbox}
     return {**request, "weights": weights} if weights is not None else request
 
@@ -370,8 +374,8 @@ def test_a_finished_rounds_secret_keys_and_shares_are_erased(secure_trio, secure
     for root in secure_trio["roots"].values():
         store = SecureStore(root / STORE_FILE)
         for phase in ("keys", "own", "held"):
-            assert store.get(plan.study_id, 1, phase) is None, phase
-        assert store.get(plan.study_id, 1, "unmask") is not None
+            assert store.get((plan.scientist, plan.study_id), 1, phase) is None, phase
+        assert store.get((plan.scientist, plan.study_id), 1, "unmask") is not None
         for path in root.glob(STORE_FILE + "*"):  # the file and its write-ahead log
             assert b"s_private" not in path.read_bytes(), path
     again = run_secure_round(call_all, plan, 1, initial_weights(CONFIG))
@@ -392,11 +396,11 @@ def test_a_round_whose_unmasking_never_comes_keeps_no_secret_past_its_time(
     call_all = relay(secure_trio, secure_tables, plan_dict)
     phases_until_mask(call_all, _names(3), plan, initial_weights(CONFIG))
     store = SecureStore(secure_trio["roots"]["hospital-b"] / STORE_FILE)
-    assert store.get(plan.study_id, 1, "keys") is not None
+    assert store.get((plan.scientist, plan.study_id), 1, "keys") is not None
     # Execute: the next secure call at hospital-b comes after the secrets' time ran out
     monkeypatch.setattr(secure_runtime, "SECRETS_TTL_S", 0.0)
     call_all({"hospital-b": {"round": 2, "phase": "advertise"}})
     # Assert: round 1's keys and shares are gone, its public answers stay
     for phase in ("keys", "own", "held"):
-        assert store.get(plan.study_id, 1, phase) is None, phase
-    assert store.get(plan.study_id, 1, "mask") is not None
+        assert store.get((plan.scientist, plan.study_id), 1, phase) is None, phase
+    assert store.get((plan.scientist, plan.study_id), 1, "mask") is not None

@@ -70,7 +70,7 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     # Positive control: with a's self-mask seed (read from its own store, which only the
     # hospital holds) the stripped vector is exactly its update: the attack needs b_a.
     _, seed = SecureStore(secure_trio["roots"]["hospital-a"] / STORE_FILE).get(
-        plan.study_id, 1, "keys"
+        (plan.scientist, plan.study_id), 1, "keys"
     )
     np.testing.assert_array_equal(stripped - expand(seed, layout.length), truth)
     # Nor will a survivor now reveal a's self-mask share: it answered the unmasking once.

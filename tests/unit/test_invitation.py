@@ -127,3 +127,22 @@ def test_loopback_http_is_allowed_and_nothing_else() -> None:
     assert check_url("http://localhost:8081") == "http://localhost:8081"
     with pytest.raises(InvitationError):
         check_url("http://10.0.0.1:8081")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 60_000, b'{"a":' * 20 + b"1" + b"}" * 20, b'{"x": "' + b"[" * 5000 + b'"}'],
+)
+def test_a_hostile_invitation_is_one_clear_error(tmp_path: Path, body: bytes) -> None:
+    """60,000 nested brackets raised RecursionError out of read_invitation (issue 27);
+    brackets inside a string are not nesting (the last case fails on its content)."""
+    path = tmp_path / "hostile.invite.json"
+    path.write_bytes(body)
+    with pytest.raises(InvitationError) as raised:
+        read_invitation(path)
+    message = str(raised.value)
+    assert str(path) in message and len(message.splitlines()) == 1
+    if body.startswith(b"[") or body.startswith(b'{"a"'):
+        assert "nests deeper than" in message
+    else:
+        assert "nests" not in message

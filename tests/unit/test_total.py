@@ -38,7 +38,7 @@ PLAN = Plan.from_dict(
         local_epochs=1,
         batch_size=64,
         dp=DPConfig(epsilon=1.0),
-    ).plan("ehr-total-0001", "s@research.org")
+    ).plan("ehr-total-0001", "scientist@research.org")
 )
 
 
@@ -99,7 +99,7 @@ def test_a_multiclass_non_finite_row_is_scored_uniform() -> None:
             rounds=1,
             batch_size=64,
             dp=DPConfig(epsilon=1.0),
-        ).plan("img-total-0001", "s@research.org")
+        ).plan("img-total-0001", "scientist@research.org")
     )
     model = build_model("pathmnist_cnn")
     with torch.no_grad():
@@ -123,12 +123,15 @@ def hospital(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     current_hospital.cache_clear()
 
 
+STUDY = ("scientist@research.org", "ehr-total-0001")  # (owner, study id)
+
+
 def register(ledger: Ledger) -> DpEvent:
     event = DpEvent(noise_multiplier=1.0, sample_rate=0.01, steps=10)
     ledger.register_study(
         StudyRecord(
             study_id="ehr-total-0001",
-            scientist="s@research.org",
+            scientist="scientist@research.org",
             dataset="ehr",
             rounds=2,
             local_epochs=1,
@@ -155,10 +158,10 @@ def test_a_failing_release_is_charged_and_never_retried(hospital) -> None:
         raise FloatingPointError("computed from private rows")
 
     with pytest.raises(FloatingPointError):
-        _once(hospital, "ehr-total-0001", "train", 1, event, fails)
+        _once(hospital, STUDY, "train", 1, event, fails)
     spent = hospital.ledger.study_spent("ehr-total-0001")
     with pytest.raises(RequestError, match="was charged by another call"):
-        _once(hospital, "ehr-total-0001", "train", 1, event, lambda: {"weights": {}})
+        _once(hospital, STUDY, "train", 1, event, lambda: {"weights": {}})
 
     assert spent > 0
     assert hospital.ledger.study_spent("ehr-total-0001") == spent
@@ -168,9 +171,9 @@ def test_a_release_is_charged_once_and_repeats_return_it(hospital) -> None:
     event = register(hospital.ledger)
     release = {"weights": {"w": np.ones(2, np.float32)}, "n": 5, "steps": 1}
 
-    first = _once(hospital, "ehr-total-0001", "train", 1, event, lambda: release)
+    first = _once(hospital, STUDY, "train", 1, event, lambda: release)
     spent = hospital.ledger.study_spent("ehr-total-0001")
-    again = _once(hospital, "ehr-total-0001", "train", 1, event, lambda: {"other": 1})
+    again = _once(hospital, STUDY, "train", 1, event, lambda: {"other": 1})
 
     assert first == release and again.keys() == release.keys()
     assert hospital.ledger.claim("ehr-total-0001", "train", 1, event) is False
@@ -244,7 +247,7 @@ def test_poisoned_weights_get_the_same_reply_and_charge_with_or_without_the_targ
 
     for i in range(6):
         for case, threshold in conditions.items():
-            plan = ATTACK.plan(f"ehr-poison-{case}-{i}", "s@research.org")
+            plan = ATTACK.plan(f"ehr-poison-{case}-{i}", "scientist@research.org")
             request = {"round": 1, "weights": condition_weights(feature, threshold)}
             replies[case].append(execute(plan, train=table, test=table, request=request))
 
@@ -288,7 +291,7 @@ def test_every_figure_that_depends_on_n_uses_the_released_count(hospital) -> Non
     )
 
     out = execute(
-        config.plan("ehr-size-0001", "s@research.org"),
+        config.plan("ehr-size-0001", "scientist@research.org"),
         train=table,
         test=table,
         request={"round": 1, "weights": initial_weights(config)},

@@ -117,7 +117,7 @@ def view_of(verdict: Verdict, source: str) -> RequestView:
     return RequestView(
         id="r1",
         status="pending",
-        scientist="s@x.org",
+        scientist="scientist@research.org",
         function=NAME,
         submitted="now",
         plan=verdict.plan,
@@ -292,7 +292,9 @@ def test_a_hostile_round_is_refused_and_audited_not_a_crash(
     table = ehr_training_view(generate_ehr(300, seed=1, identifiers=False))
     request = {"round": 10**5000, "weights": initial_weights(config)}
 
-    out = execute(config.plan(STUDY_ID, "s@x.org"), train=table, test=table, request=request)
+    out = execute(
+        config.plan(STUDY_ID, "scientist@research.org"), train=table, test=table, request=request
+    )
 
     assert out["refused"] == "RequestError"
     assert out["error"].startswith("round an integer too large to show is outside")
