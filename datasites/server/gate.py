@@ -8,7 +8,8 @@ let any number of passwords be tried. This ASGI middleware runs before all of th
 order, for every request:
 
 1. Only the routes this platform uses are served (`ROUTES`); any other is a 404 unread.
-2. Each network address has a request budget (a token bucket); past it, a 429 unread.
+2. Each network address has a request budget (a token bucket); past it, a 429 unread. An
+   API call signed by an account is charged to the account's budget instead (step 4).
 3. The body is bounded before it is read: a Content-Length above the route's limit is a
    413 at once, and the bytes actually received are counted as they arrive, so a chunked
    body is cut off at the same limit. An API call may carry the largest weights the site
@@ -252,9 +253,8 @@ class Gate:
         if kind is None:
             self._refuse("gate", "unserved route", "guest", f"{method} {path[:120]} is not served")
             raise Refused(404, b"Not Found")
-        if not self.addresses.take(address):
-            self._refuse("gate", path.rsplit("/", 1)[-1], "guest", "request rate of the address")
-            raise Refused(429, RATE_REPLY.encode(), "text/plain")
+        if kind != "call":  # a call is charged once its caller is known (`_check_call`)
+            self._charge_address(address, path.rsplit("/", 1)[-1])
         if kind == "none":
             if path.endswith("/api"):
                 self._check_api_map(scope)
@@ -263,7 +263,7 @@ class Gate:
         body = await self._read_body(scope, receive, kind)
         replay = _replay(body, receive)
         if path.endswith("/api_call"):
-            self._check_call(body)
+            self._check_call(body, address)
             await self.app(scope, replay, send)
         elif path.endswith("/login"):
             await self._login(scope, replay, send, body, address)
@@ -327,23 +327,33 @@ class Gate:
 
     # -- API calls -------------------------------------------------------------------------
 
-    def _check_call(self, body: bytes) -> None:
-        """Refuse, before syft deserializes the arguments, a call its caller may not make."""
+    def _charge_address(self, address: str, path: str) -> None:
+        if not self.addresses.take(address):
+            self._refuse("gate", path, "guest", "request rate of the address")
+            raise Refused(429, RATE_REPLY.encode(), "text/plain")
+
+    def _check_call(self, body: bytes, address: str) -> None:
+        """Refuse, before syft deserializes the arguments, a call its caller may not make.
+
+        A call signed by an account is charged to the account's budget, any other to its
+        address's: a stranger's flood from a shared address does not starve the account."""
         try:
             key, signature, message, path, server_uid = peek_call(body)
         except Exception:
+            self._charge_address(address, "api_call")
             raise Refused(400, b"not a signed syft API call") from None
         role = self.worker.get_role_for_credentials(credentials=key)
         user = self._email(key)
         reason = access_refusal(role, path, server_uid == self.worker.id)
-        if reason is None and user != "guest":
-            if not _signed(key, message, signature):
+        if user != "guest" and _signed(key, message, signature):
+            SOURCE.set(f"{'operator' if is_admin(role) else 'account'}:{user}")
+            if not self.accounts.take(user):
+                self._refuse("gate", path, user, "request rate of the account")
+                raise Refused(429, RATE_REPLY.encode())
+        else:
+            self._charge_address(address, path)
+            if reason is None and user != "guest":
                 reason = "the call's signature is invalid"
-            else:
-                SOURCE.set(f"account:{user}")
-                if not self.accounts.take(user):
-                    self._refuse("gate", path, user, "request rate of the account")
-                    raise Refused(429, RATE_REPLY.encode())
         if reason is not None:
             self._refuse("guard", path, user, reason, stage="before its arguments were read")
             raise Refused(200, self._call_error(f"refused by this hospital: {reason}."), _OCTET)

@@ -2,15 +2,19 @@
 
 Anyone who reaches the port can be refused, and the audit log is append-only and hashed, so
 an entry per refusal let a stranger grow it without bound (300 entries in 1.7 s). Here a
-refusal is first written in full, as before; further refusals of the same kind (same source,
-layer, path and claimed user) within `interval` seconds are only counted, and when the
-interval closes one entry records how many there were, when the first and the last came,
-and the first one's fields. A source is the caller's verified account if it has one (set by
-`datasites.server.gate`), else its network address, so a stranger cannot open new kinds by
-claiming other emails or paths: each source may open at most `kinds_per_source` kinds an
-interval, and everything past that is counted under one kind of its own ("*"). At most
-`MAX_SOURCES` sources are tracked at once; the rest share one bucket. A source therefore adds
-at most 2 * (kinds_per_source + 1) entries an interval, whatever it sends.
+refusal is first written in full, as before; further refusals of the same kind within
+`interval` seconds are only counted, and when the interval closes one entry records how
+many there were (`count`), when the first and the last came (`first`, `last`) and the first
+one's fields. A source is the caller's verified account if it has one (set by
+`datasites.server.gate`), else its network address. A stranger's
+kind is (address, layer, path, claimed user); a verified account's refusals are each written
+in full, up to four times `kinds_per_source` an interval, since they name what it tried. A
+source may open at most `kinds_per_source` kinds an interval, and everything past that is
+counted under one kind of its own ("*"), so a stranger cannot open new kinds by claiming
+other emails or paths. At most `MAX_SOURCES` sources are tracked at once; the rest
+share one bucket. A stranger's address therefore adds at most 2 * (kinds_per_source + 1)
+entries an interval, whatever it sends. The hospital's own operator, and anything outside a
+request, is written in full as before.
 
 `RefusalAudit` is an `AuditLog` whose `append` does this for `Event.REFUSED` (every other
 event is written at once), so the guard, syft's own refusals and the login routes need no
@@ -34,14 +38,22 @@ from datasites.site.audit import AuditLog, Event
 log = logging.getLogger("datasites.server.refusals")
 
 # Who sent the request being handled: "account:<email>" once the gate verified its
-# signature, else "address:<ip>". Set by the gate for each request; threads syft runs the
-# call in inherit it (Starlette and anyio copy the context).
+# signature ("operator:<email>" for the hospital's admin, whose refusals are always written
+# in full), else "address:<ip>"; empty outside a request (written in full too). Set by the
+# gate for each request; the threads syft runs a call in inherit it (Starlette and anyio
+# copy the context).
 SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("datasites_source", default="")
 DEFAULT_INTERVAL = 60.0
 KINDS_PER_SOURCE = 16
 MAX_SOURCES = 4096
 OVERFLOW_SOURCE = "many sources"
 FIELD_CHARS = 200
+# What makes two refusals of a stranger (an address) the same kind.
+KIND_FIELDS = ("layer", "path", "user")
+# A verified account's refusals are each written in full, up to this many times
+# `kinds_per_source` an interval: they name what it tried (and its request budget and
+# account bound it); past that they are counted like a stranger's.
+ACCOUNT_FACTOR = 4
 
 
 def _now() -> str:
@@ -91,7 +103,9 @@ class RefusalAudit(AuditLog):
     def append(self, event: str, /, **fields: Any) -> dict[str, Any]:
         if event != Event.REFUSED:
             return super().append(event, **fields)
-        source = SOURCE.get() or f"user:{fields.get('user', '')}"
+        source = SOURCE.get()
+        if not source or source.startswith("operator:"):
+            return super().append(event, **fields)  # the hospital's own, or no request
         fields = {**fields, "source": source} if "source" not in fields else fields
         written = self._count(source, fields)
         if written is not None:
@@ -109,11 +123,13 @@ class RefusalAudit(AuditLog):
             if source not in self._sources and len(self._sources) >= MAX_SOURCES:
                 source = OVERFLOW_SOURCE
             opened = self._sources.setdefault(source, _Source(now))
-            key = (
-                source,
-                *(str(fields.get(k, ""))[:FIELD_CHARS] for k in ("layer", "path", "user")),
-            )
-            full = len(opened.kinds) >= self.kinds_per_source
+            if source.startswith("account:"):
+                # Each is written in full up to the budget: they name what it tried.
+                key = (source, str(len(opened.kinds)))
+                full = len(opened.kinds) >= self.kinds_per_source * ACCOUNT_FACTOR
+            else:
+                key = (source, *(str(fields.get(k, ""))[:FIELD_CHARS] for k in KIND_FIELDS))
+                full = len(opened.kinds) >= self.kinds_per_source
             if full and key not in self._kinds and key not in opened.kinds:
                 key = (source, "*", "*", "*")
             kind = self._kinds.get(key)
