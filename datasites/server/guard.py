@@ -555,7 +555,7 @@ def _argument(message: Any, name: str, index: int) -> Any:
 
 
 def _mb(size: int) -> str:
-    return f"{size / MB:,.1f} MB"
+    return f"{size / MB:,.1f} MB" if size >= MB // 10 else f"{size:,} bytes"
 
 
 def own_type_refusal(path: str, message: Any) -> str | None:

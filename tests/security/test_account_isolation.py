@@ -35,7 +35,6 @@ from datasites.server.guard import GUEST_PATHS, SCIENTIST_PATHS
 from datasites.site.audit import AuditLog
 from scientist import Federation, StudyConfig
 from tests.conftest import Launch, one_round_ehr
-from tests.security.forge import code_approval
 
 HOSPITAL = "hospital-a"
 STUDY = one_round_ehr(epsilon=0.05)
@@ -198,7 +197,7 @@ class Attack:
                 return error
 
 
-def _linked(uid: Any, kind: str) -> Any:
+def _linked(uid: Any, kind: str, server: Any) -> Any:
     from syft.service.code.user_code import UserCode
     from syft.service.code.user_code_service import UserCodeService
     from syft.service.request.request import Request
@@ -213,7 +212,7 @@ def _linked(uid: Any, kind: str) -> Any:
         "request": (Request, RequestService),
     }
     object_type, service = types[kind]
-    return LinkedObject.from_uid(uid, object_type, service_type=service, server_uid=None)
+    return LinkedObject.from_uid(uid, object_type, service_type=service, server_uid=server)
 
 
 def _get_object(a: Attack) -> list[Any]:
@@ -234,8 +233,7 @@ def _resolve(a: Attack) -> list[Any]:
     server = a.client.api.server_uid
     found = []
     for uid, kind in ((v.user, "user"), (v.code.id, "code"), (v.request.id, "request")):
-        linked = _linked(uid, kind)
-        linked.server_uid = server
+        linked = _linked(uid, kind, server)
         found.append(a("notifications.resolve_object", linked_obj=linked))
     return found
 
@@ -262,16 +260,31 @@ def _request_execution(a: Attack) -> Any:
 
 
 def _submit(a: Attack) -> Any:
-    """A request approving the victim's code."""
-    from syft.service.request.request import SubmitRequest
+    """A request approving the victim's code, named by its ids only."""
+    from syft.service.code.status_service import UserCodeStatusService
+    from syft.service.code.user_code import UserCodeStatus, UserCodeStatusCollection
+    from syft.service.request.request import SubmitRequest, UserCodeStatusChange
+    from syft.store.linked_obj import LinkedObject
 
-    return a("request.submit", request=SubmitRequest(changes=[code_approval(a.v.code)]))
+    server = a.client.api.server_uid
+    status = LinkedObject.from_uid(
+        a.v.code.status_link.object_uid,
+        UserCodeStatusCollection,
+        service_type=UserCodeStatusService,
+        server_uid=server,
+    )
+    change = UserCodeStatusChange(
+        value=UserCodeStatus.APPROVED,
+        linked_obj=status,
+        linked_user_code=_linked(a.v.code.id, "code", server),
+    )
+    return a("request.submit", request=SubmitRequest(changes=[change]))
 
 
 def _call(a: Attack) -> Any:
-    assets = a.client.api.services.dataset.get_all()
     ids = {}
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        assets = a.client.api.services.dataset.get_all()
         ehr = next(d for d in assets if d.name == STUDY["task"])
         ids = {"train": ehr.assets["train"].action_id, "test": ehr.assets["test"].action_id}
     return a("code.call", uid=a.v.code.id, **ids, weights=a.v.action)
@@ -377,8 +390,11 @@ def _text_of(result: Any) -> bytes:
 
 
 def _is_refusal(result: Any) -> bool:
+    """A refusal, or a case's list of calls that were all refused."""
     from syft.service.response import SyftError
 
+    if isinstance(result, list) and result and all(_is_reply(r) for r in result):
+        return all(_is_refusal(r) for r in result)
     return isinstance(result, SyftError | Exception)
 
 
@@ -453,7 +469,7 @@ def _victim_intact(v: Victim, admin: Any) -> None:
         data = getattr(stored, "syft_action_data", stored)
         np.testing.assert_array_equal(np.asarray(data), np.arange(64) + 0.5)
         blob = admin.api.services.blob_storage.read(uid=v.blob)
-        assert blob.read() == v.blob_bytes
+        assert blob.read(_deserialize=False) == v.blob_bytes
 
 
 def test_the_user_read_of_the_live_attack_is_refused_and_audited(
@@ -462,15 +478,19 @@ def test_the_user_read_of_the_live_attack_is_refused_and_audited(
     """The finding itself: `migration._get_object` on a User, and `resolve_object` on its
     link, refused in one sentence with nothing of it, and audited."""
     log = AuditLog.open(guarded.data_dir / HOSPITAL)
-    start = len(log.entries())
     attack = Attack(mallet, victim)
     for result in [*_get_object(attack)[:1], *_resolve(attack)[:1]]:
         assert _is_refusal(result), str(result)[:300]
         message = str(getattr(result, "message", result)).strip()
         assert len(message.splitlines()) == 1, message
         assert not found(result, attack)
-    refused = [e for e in log.entries()[start:] if e["event"] == "refused"]
-    assert len(refused) >= 2 and all(e["layer"] == "guard" for e in refused), refused
+    # refusals from one source are folded into one entry an interval: any entry will do
+    paths = {
+        e.get("path")
+        for e in log.entries()
+        if e["event"] == "refused" and e.get("layer") == "guard" and "mallet" in e.get("user", "")
+    }
+    assert {"migration._get_object", "notifications.resolve_object"} <= paths, paths
 
 
 def test_users_are_readable_by_themselves_and_the_admin_only(

@@ -100,7 +100,7 @@ def test_an_object_above_the_per_object_quota_is_refused_before_it_is_stored(
     big = store(fed.client(HOSPITAL), DEFAULTS.max_object_mb + 6)
 
     message = refusal(big)
-    assert "at most 64 MB" in message and "raise your quota" in message, message
+    assert "at most 64 MB" in message and "raise your quota" in message, repr(big)[:300]
     assert len(message.splitlines()) == 1
     assert refused_entries(guarded, start, email), "the refusal is audited"
     assert not refusal(store(fed.client(HOSPITAL), 1)), "a small object still goes through"
@@ -120,7 +120,7 @@ def test_an_account_total_is_bounded_and_an_operator_raises_it(
 
     assert not refusal(first) and not refusal(second), (first, second)
     message = refusal(third)
-    assert "may store at most 40 MB" in message and "raise your quota" in message, message
+    assert "may store at most 40 MB" in message, repr((first, second, third))[:500]
     assert refused_entries(guarded, start, email)
     raised = scientists(guarded, "quota", email, "--stored-mb", "100")
     assert raised.returncode == 0, raised.stderr
