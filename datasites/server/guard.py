@@ -228,6 +228,8 @@ class Guard:
                 and asked_for != api_call.credentials
             ):
                 reason = "it answers for your own account only; ask with your own key"
+            if reason is None and path == "request.submit":
+                reason = self.foreign_code_refusal(api_call)
             if reason is None and path in STORING_PATHS | SUBMISSION_PATHS:
                 reason = self.quota_refusal(api_call, path)
             return reason
@@ -258,6 +260,23 @@ class Guard:
         reason = "it reads only your own requests and codes, and this is not one of them"
         self._refused(api_call, reason)
         return SyftError(message=f"refused by this hospital: {path} {reason}.")
+
+    def foreign_code_refusal(self, api_call: Any) -> str | None:
+        """A scientist's request names only its own codes: syft's reply to a request naming
+        another account's code carried that code (its name and status)."""
+        request = _argument(api_call.message, "request", 0)
+        stash = self.worker.services.user_code.stash
+        for change in list(getattr(request, "changes", None) or []):
+            linked = getattr(change, "linked_user_code", None)
+            if linked is None:
+                continue
+            try:
+                code = stash.get_by_uid(self.worker.verify_key, uid=linked.object_uid).unwrap()
+            except Exception:
+                code = None
+            if code is None or code.user_verify_key != api_call.credentials:
+                return "a change names a code that is not yours; request your own code only"
+        return None
 
     def _visible_action(self, uid: Any, key: Any) -> bool:
         """The caller holds a permission of its own on the action object, or it is one of
