@@ -49,7 +49,7 @@ from datasites.privacy.evaluation import noisy
 from datasites.privacy.ledger import LedgerError, StudyRecord
 from datasites.privacy.noise import DISCRETE_NOISE_FACTOR, discrete_gaussian
 from datasites.runtime import secure
-from datasites.runtime.cache import EncodedMemo
+from datasites.runtime.cache import EncodedMemo, FrameMemo
 from datasites.site.audit import Event, weights_digest
 from datasites.site.caller import NoAccount, current_account
 from datasites.site.compute import Compute
@@ -66,6 +66,8 @@ MAX_BATCH = 3
 log = logging.getLogger("datasites.runtime.execute")
 # Encoded image assets, reused while the datasite hands out the same read-only arrays.
 _ENCODED_IMAGES = EncodedMemo(encode_images)
+# Encoded EHR tables, by the digest of the stored bytes the datasite read them from.
+_ENCODED_EHR = FrameMemo(encode_ehr)
 
 
 class RequestError(ValueError):
@@ -345,7 +347,7 @@ def _model(plan: Plan, weights: dict[str, Any]) -> Any:
 
 def _encode(plan: Plan, asset: Any) -> tuple[np.ndarray, np.ndarray]:
     if plan.task == "ehr":
-        return encode_ehr(asset, plan.label)
+        return _ENCODED_EHR(asset, plan.label)
     return _ENCODED_IMAGES(asset["images"], asset["labels"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -90,6 +91,10 @@ def test_blob_cache_serves_identical_bytes_only_and_freezes_what_it_keeps() -> N
     table.loc[0, "a"] = 99
     again = cache.load(other, lambda raw: frames.append(1) or pd.DataFrame({"a": [1, 2]}))
     assert len(frames) == 1 and again is not table and again["a"].tolist() == [1, 2]
+    # Each copy carries the digest of the bytes it came from (the runtime's encoding memo).
+    from datasites.runtime.cache import FRAME_DIGEST_ATTR
+
+    assert again.attrs[FRAME_DIGEST_ATTR] == hashlib.sha256(other).hexdigest()
     # Anything else (a list) is neither kept nor frozen.
     lists, third = [], blob[:-1] + b"\x02"
     cache.load(third, lambda raw: lists.append(1) or [1])

@@ -308,3 +308,25 @@ def test_encoded_memo_reuses_only_read_only_inputs() -> None:
     memo(view, fresh_labels)
     memo(view, fresh_labels)
     assert memo.hits == 1
+
+
+def test_frame_memo_reuses_only_tables_the_datasite_tagged() -> None:
+    from datasites.contract.encoding import encode_ehr
+    from datasites.runtime.cache import FRAME_DIGEST_ATTR, FrameMemo
+    from datasites.server.assets import ehr_training_view
+
+    table = ehr_training_view(generate_ehr(300, seed=9, identifiers=False))
+    calls = []
+    memo = FrameMemo(lambda frame, label: calls.append(label) or encode_ehr(frame, label))
+    memo(table, "readmitted_30")
+    memo(table, "readmitted_30")
+    assert len(calls) == 2 and memo.hits == 0  # untagged: encoded every time
+
+    table.attrs[FRAME_DIGEST_ATTR] = "d1"
+    first = memo(table.copy(deep=True), "readmitted_30")
+    second = memo(table.copy(deep=True), "readmitted_30")  # a reader's own copy, same tag
+    other = memo(table, "readmitted_any")
+    assert len(calls) == 4 and memo.hits == 1 and second[0] is first[0]
+    expected = encode_ehr(table, "readmitted_30")
+    assert np.array_equal(first[0], expected[0]) and np.array_equal(first[1], expected[1])
+    assert not first[0].flags.writeable and not other[1].flags.writeable
