@@ -402,7 +402,7 @@ def found(result: Any, attack: Attack) -> list[str]:
     """What of the victim's `result` carries: names of ids and secrets, or an oracle's yes."""
     if isinstance(result, list) and result and all(_is_reply(r) for r in result):
         return [hit for r in result for hit in found(r, attack)]
-    if result is True:
+    if result is True or getattr(result, "value", None) is True:  # syft wraps a bare yes
         return ["a yes about the victim's object"]
     v = attack.v
     text = _text_of(result)
