@@ -253,11 +253,13 @@ class Gate:
         if kind is None:
             self._refuse("gate", "unserved route", "guest", f"{method} {path[:120]} is not served")
             raise Refused(404, b"Not Found")
+        if kind == "none" and path.endswith("/api"):
+            self._check_api_map(scope, address)  # charged to the account it proves
+            await self.app(scope, receive, send)
+            return
         if kind != "call":  # a call is charged once its caller is known (`_check_call`)
             self._charge_address(address, path.rsplit("/", 1)[-1])
         if kind == "none":
-            if path.endswith("/api"):
-                self._check_api_map(scope)
             await self.app(scope, receive, send)
             return
         body = await self._read_body(scope, receive, kind)
@@ -377,7 +379,7 @@ class Gate:
 
     # -- the API map -----------------------------------------------------------------------
 
-    def _check_api_map(self, scope: Scope) -> None:
+    def _check_api_map(self, scope: Scope, address: str) -> None:
         from syft.server.credentials import SyftVerifyKey
 
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -385,17 +387,21 @@ class Gate:
         try:
             key = SyftVerifyKey.from_string(text)
         except Exception:
+            self._charge_address(address, "api")
             self._refuse("gate", "api", "guest", "the API map of a malformed key")
             raise Refused(400, b"verify_key is not a key") from None
         email = self._email(key)
         if email == "guest":
+            self._charge_address(address, "api")
             return  # a key with no account gets the guest's map
         role = self.worker.get_role_for_credentials(credentials=key)
-        if is_admin(role):
-            if _same_user_peer(scope):
-                return
-        elif self._cookie_holds(scope, text):
+        proven = _same_user_peer(scope) if is_admin(role) else self._cookie_holds(scope, text)
+        if proven:
+            if not self.accounts.take(email):
+                self._refuse("gate", "api", email, "request rate of the account")
+                raise Refused(429, RATE_REPLY.encode())
             return
+        self._charge_address(address, "api")
         self._refuse("gate", "api", "guest", f"the API map of {email}'s key, without its login")
         raise Refused(403, b"The API map is served to its own account only.")
 
