@@ -58,16 +58,41 @@ def scientists(guarded: Launch, *argv: str) -> Any:
 
 
 def store(client: Any, megabytes: float) -> Any:
-    """`action.set` of an object holding `megabytes` inline (not through blob storage): the
-    reply, or the exception the client raised."""
-    from syft.service.action.action_object import ActionObject
+    """Store `megabytes` the way syft stores data: allocate a blob of that size, then write
+    it. The refusal (a SyftError or an exception), or the write's reply."""
+    from syft.types.blob_storage import CreateBlobStorageEntry
 
-    obj = ActionObject.from_obj(np.ones(int(megabytes * MB) // 8))
+    size = int(megabytes * MB)
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            return client.api.services.action.set(
-                action_object=obj, add_storage_permission=True, ignore_detached_objs=True
+            deposit = client.api.services.blob_storage.allocate(
+                CreateBlobStorageEntry(file_size=size, type_=bytes)
             )
+            if refusal(deposit):
+                return deposit
+            return deposit.write(io.BytesIO(b"x" * size))
+        except Exception as error:
+            return error
+
+
+def inline_set(client: Any, megabytes: float) -> Any:
+    """A hand-made `action.set` whose message itself carries `megabytes` (syft's client
+    never inlines data, a hostile one may): the reply, or the exception raised."""
+    from syft.client.api import SyftAPICall
+    from syft.service.action.action_object import ActionObject
+
+    obj = ActionObject.from_obj(np.ones(4))
+    padding = b"x" * int(megabytes * MB)
+    call = SyftAPICall(
+        server_uid=client.id,
+        path="action.set",
+        args=[],
+        kwargs={"action_object": obj, "add_storage_permission": True, "padding": padding},
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            signed = client.api.connection.make_call(call.sign(client.api.signing_key))
+            return signed.message.data
         except Exception as error:
             return error
 
@@ -75,7 +100,10 @@ def store(client: Any, megabytes: float) -> Any:
 def refusal(reply: Any) -> str:
     """The one sentence a refused call carried; '' when it went through."""
     from syft.service.response import SyftError
+    from syft.types.result import Err, Ok
 
+    if isinstance(reply, Ok | Err):  # syft's Result
+        reply = reply.err() if reply.is_err() else reply.ok()
     if isinstance(reply, SyftError | Exception):
         text = str(getattr(reply, "public_message", None) or getattr(reply, "message", reply))
         return text.strip()
@@ -104,6 +132,8 @@ def test_an_object_above_the_per_object_quota_is_refused_before_it_is_stored(
     assert len(message.splitlines()) == 1
     assert refused_entries(guarded, start, email), "the refusal is audited"
     assert not refusal(store(fed.client(HOSPITAL), 1)), "a small object still goes through"
+    inline = inline_set(fed.client(HOSPITAL), DEFAULTS.max_object_mb + 6)
+    assert refusal(inline) or "413" in repr(inline), f"a 70 MB action.set got {inline!r}"[:300]
 
 
 def test_an_account_total_is_bounded_and_an_operator_raises_it(
