@@ -211,9 +211,11 @@ def test_guest_cannot_submit_or_write(guarded: Launch, audit_since: Since) -> No
     for answer in [*submissions, code, *writes, peer]:
         assert "needs an account at this hospital" in str(answer), answer
     assert size_after - size_before < 1_000_000
-    refusals = entries(log(), "refused", layer="guard", user="guest")
-    assert len(refusals) >= 40
-    assert {e["path"] for e in refusals} >= {"request.submit", "action.set"}
+    refusals = [e for e in log() if e["event"] == "refused" and e.get("user") == "guest"]
+    assert {e["path"] for e in refusals} >= {"request.submit", "action.set"}, refusals
+    # A stranger's repeats are folded into one entry per kind and interval (issue 27): the
+    # 40 submissions cannot grow the audit log by 40.
+    assert len(refusals) < 10, refusals
 
 
 def test_custom_output_policy_is_refused_at_submission(
