@@ -238,9 +238,7 @@ def _clipped_sum(
     with _recording(model, params) as records:
         losses = _per_example_loss(model(inputs), targets, task)
     _check_unmodified(records)
-    outputs = [r.output for r in records]
-    backprops = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
-    layers = [_per_example(r, b) for r, b in zip(records, backprops, strict=True) if b is not None]
+    layers = _backward(losses.sum(), records)
     squared = torch.zeros(inputs.shape[0])
     for layer in layers:
         squared += layer.squared_norms()
@@ -431,8 +429,8 @@ _SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
 @dataclass
 class _Record:
     module: nn.Module
-    input: torch.Tensor
-    output: torch.Tensor
+    input: torch.Tensor | None
+    output: torch.Tensor | None
     versions: tuple[int, int]
 
 
@@ -447,11 +445,126 @@ def _recording(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterator[li
         records.append(_Record(module, args[0], output, (args[0]._version, output._version)))
 
     handles = [m.register_forward_hook(hook) for m in _trainable_layers(model, params)]
+    handles += _pooling_in_channels_last(model)
     try:
         yield records
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _Relayout(torch.autograd.Function):
+    """The identity, with the output stored in `memory_format` and the gradient handed back
+    in the input's layout (so that the layers before see the layout they produced)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, memory_format: torch.memory_format) -> Any:
+        ctx.source = torch.contiguous_format if values.is_contiguous() else torch.channels_last
+        return values.contiguous(memory_format=memory_format)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        return grad.contiguous(memory_format=ctx.source), None
+
+
+def _pooling_in_channels_last(model: nn.Module) -> list[Any]:
+    """Hooks that run each MaxPool2d of the DP pass on a channels-last copy of its (N, C, H, W)
+    input, and hand its output on in the usual layout.
+
+    The same values and gradients: the maximum of each window and the index of its first
+    maximum (scanned in the same order) whatever the layout. torch's kernel for contiguous
+    (N, C, H, W) tensors is scalar and cost this CNN's DP step about 23 ms of 92 at batch 256;
+    the channels-last kernel is vectorised over channels and the four copies cost less than
+    the difference (benchmarks/README.md, "dp_throughput"). The scientist's module is not
+    changed; only the DP pass adds the hooks."""
+    converted: set[int] = set()
+
+    def before(module: nn.Module, args: tuple[Any, ...]) -> Any:
+        values = args[0]
+        if module.return_indices or values.ndim != 4 or not values.is_contiguous():
+            return None
+        converted.add(id(module))
+        return (_Relayout.apply(values, torch.channels_last), *args[1:])
+
+    def after(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
+        if id(module) not in converted:
+            return None
+        converted.discard(id(module))
+        return _Relayout.apply(output, torch.contiguous_format)
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.MaxPool2d):
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+    return handles
+
+
+def _backward(loss: torch.Tensor, records: list[_Record]) -> list[_Layer]:
+    """One backward pass that turns each layer's output gradient into its per-example form
+    as soon as the gradient exists, then lets it go.
+
+    Asking autograd for every recorded output's gradient would keep all of them (for this
+    CNN, tens of megabytes at batch 256) until the pass ends, and the process would take
+    fresh pages from the kernel at every step, a fault per page. Instead a hook on each
+    output consumes its gradient when the pass reaches it, and the pass is asked only for
+    the outputs that depend on no other recorded output (their gradients come last): the
+    rest are computed on the way, as for plain SGD. A layer's tensors are let go once
+    consumed (outputs that autograd does not keep, such as a GroupNorm's, at once), so that
+    the step's memory peaks no higher than it must.
+    """
+    layers: dict[int, _Layer] = {}
+
+    def consumer(index: int) -> Any:
+        def consume(grad: torch.Tensor) -> None:
+            if index not in layers:
+                layers[index] = _per_example(records[index], grad)
+                records[index].input = None
+
+        return consume
+
+    handles = [r.output.register_hook(consumer(i)) for i, r in enumerate(records)]
+    try:
+        sources = _sources(records)
+        outputs = [records[i].output for i in sources]
+        for record in records:
+            record.output = None
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    del outputs
+    for index, grad in zip(sources, grads, strict=True):
+        if grad is not None and index not in layers:
+            layers[index] = _per_example(records[index], grad)
+    return [layers[i] for i in sorted(layers)]
+
+
+def _sources(records: list[_Record]) -> list[int]:
+    """The records whose output depends on no other record's output (walking the graph back
+    from each output to the leaves, stopping at recorded outputs). Backpropagating to these
+    computes every recorded output's gradient that reaches the loss."""
+    nodes = {r.output.grad_fn: i for i, r in enumerate(records) if r.output.grad_fn is not None}
+    sources = []
+    for index, record in enumerate(records):
+        start = record.output.grad_fn
+        if start is None:
+            continue
+        stack = [fn for fn, _ in start.next_functions if fn is not None]
+        seen = set()
+        dependent = False
+        while stack and not dependent:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in nodes:
+                dependent = True
+            else:
+                stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+        if not dependent:
+            sources.append(index)
+    return sources
 
 
 def _check_unmodified(records: list[_Record]) -> None:
@@ -619,15 +732,36 @@ def _conv_weight_grads(
 def _group_norm_grads(
     module: nn.GroupNorm, activations: torch.Tensor, backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
-    batch, channels = backprops.shape[:2]
-    b = backprops.reshape(batch, channels, -1)
-
-    def weight() -> torch.Tensor:
-        # In place: a second activation-sized temporary costs more in page faults than math.
-        normalised = F.group_norm(activations, module.num_groups, eps=module.eps)
-        return normalised.reshape(batch, channels, -1).mul_(b).sum(2)
-
-    return _wanted(module, weight=weight, bias=lambda: b.sum(2))
+    """Per-example affine gradients from torch's own GroupNorm backward kernel, with each
+    example's channels as channels of one example: its (gamma, beta) gradients summed over
+    that one-example batch are exactly the per-example ones. The statistics come from the
+    forward kernel on the same input (the values the layer normalised with), and the kernel
+    forms sum(dy * x_hat) as (sum(dy * x) - mean * sum(dy)) * rstd, as it does for plain SGD."""
+    batch, channels = activations.shape[:2]
+    groups, spatial = module.num_groups, activations[0, 0].numel()
+    wanted = [p is not None and p.requires_grad for p in (module.weight, module.bias)]
+    if not any(wanted):
+        return {}
+    _, mean, rstd = torch.native_group_norm(
+        activations, None, None, batch, channels, spatial, groups, module.eps
+    )
+    _, weight, bias = torch.ops.aten.native_group_norm_backward(
+        backprops.reshape(1, batch * channels, spatial),
+        activations.reshape(1, batch * channels, spatial),
+        mean.reshape(1, batch * groups),
+        rstd.reshape(1, batch * groups),
+        torch.ones(batch * channels, dtype=activations.dtype),  # the signature needs it; unused
+        1,
+        batch * channels,
+        spatial,
+        batch * groups,
+        [False, *wanted],
+    )
+    return _wanted(
+        module,
+        weight=lambda: weight.view(batch, channels),
+        bias=lambda: bias.view(batch, channels),
+    )
 
 
 # --- inputs -----------------------------------------------------------------------------------

@@ -160,6 +160,83 @@ def test_clipped_sum_equals_microbatch_reference(name: str) -> None:
     assert loss_sum == pytest.approx(16 * _loss(model(x), y, task).item(), rel=1e-5)
 
 
+class _Branching(nn.Module):
+    """Two recorded layers that depend on no other (two sources for the backward pass), a
+    residual that sums two gradients into one recorded output, GroupNorm on (B, C) and on
+    images with only its bias trainable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Conv2d(3, 4, 3, padding=1)
+        self.right = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.norm.weight.requires_grad_(False)
+        self.mix = nn.Linear(4 * 6 * 6, 8)
+        self.flat_norm = nn.GroupNorm(4, 8)
+        self.head = nn.Linear(8, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = self.norm(self.left(x)).relu() + self.right(x)
+        hidden = self.mix(F.max_pool2d(images, 2).flatten(1))
+        return self.head(self.flat_norm(hidden).relu() + hidden)
+
+
+def test_clipped_sum_is_exact_on_branches_residuals_and_frozen_group_norm_weights() -> None:
+    torch.manual_seed(3)
+    model = _Branching()
+    x, y = torch.randn(12, 3, 12, 12), torch.randint(0, 9, (12,))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    examples = [
+        torch.autograd.grad(
+            F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), list(trainable.values())
+        )
+        for i in range(12)
+    ]
+    norms = [math.sqrt(sum(float(g.square().sum()) for g in grads)) for grads in examples]
+    bound = float(np.median(norms))
+    total = {name: torch.zeros_like(p) for name, p in trainable.items()}
+    for grads, norm in zip(examples, norms, strict=True):
+        for name, grad in zip(trainable, grads, strict=True):
+            total[name] += min(1.0, bound / (norm + 1e-6)) * grad
+    # Execute
+    sums, _ = clipped_gradient_sum(model, x, y, task="pathmnist", max_grad_norm=bound)
+    # Assert: the frozen GroupNorm weight has no sum; every trainable one is exact
+    assert min(norms) < bound < max(norms)
+    assert set(sums) == set(trainable) and "norm.weight" not in sums
+    for name, value in sums.items():  # sums of order 1: float rounding of batch vs one
+        torch.testing.assert_close(value, total[name], rtol=1e-4, atol=1e-4)
+
+
+def test_max_pooling_run_channels_last_in_the_dp_pass_gives_the_same_gradients() -> None:
+    """The DP pass pools on channels-last copies: with windows that overlap, pad and round
+    up, and inputs full of ties (ReLU zeros, coarse values), the clipped sum is still the
+    microbatch reference's, and the scientist's modules are left without hooks."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 3 * 3, 9),
+    )
+    x = torch.randint(-2, 3, (10, 3, 13, 13)).float()
+    y = torch.randint(0, 9, (10,))
+    _, norms = _microbatch_reference(model, x, y, "pathmnist", bound=1e9)
+    bound = float(np.median(norms))
+    reference, _ = _microbatch_reference(model, x, y, "pathmnist", bound)
+    # Execute
+    sums, _ = clipped_gradient_sum(model, x, y, task="pathmnist", max_grad_norm=bound)
+    # Assert
+    for name, value in sums.items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
+    pools = [m for m in model if isinstance(m, nn.MaxPool2d)]
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pools)
+
+
 @pytest.mark.parametrize("row_norm", [0.0, 1.0])
 def test_the_intercept_input_is_clipped_with_the_rest_of_each_example(row_norm: float) -> None:
     # Prepare: a scaled intercept (rows as encoded, or each scaled to norm 1); the reference

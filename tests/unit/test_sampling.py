@@ -1,6 +1,6 @@
-"""Poisson sampling with a round's work fixed by public figures: the budget's bound against
-the exact binomial tail, what an overrun adds to delta for the default recipes, the samples
-and the padding."""
+"""Poisson sampling with a round's work fixed by public figures: the budget against scipy's
+exact binomial tail (and Chernoff's bound above it), what an overrun adds to delta for the
+default recipes, the samples and the padding."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from datasites.privacy.sampling import (
     PoissonBatches,
     batch_bound,
     overflow_bound,
+    overflow_probability,
 )
 from datasites.privacy.stream import RandomStream
 
@@ -52,16 +53,42 @@ def test_an_overrun_adds_under_a_thousandth_of_delta_to_a_default_study(task: st
         assert budget < (1.25 if n >= 20_000 else 1.5) * expected, (task, n, budget / expected)
 
 
-@pytest.mark.parametrize(
-    ("rows", "rate"), [(1_024, 0.25), (2_381, 0.128), (80_381, 0.0064), (781, 0.75), (50, 0.5)]
-)
+CASES = [(1_024, 0.25), (2_381, 0.128), (80_381, 0.0064), (781, 0.75), (50, 0.5), (271_143, 0.0028)]
+
+
+@pytest.mark.parametrize(("rows", "rate"), CASES)
+def test_the_budget_is_the_least_size_whose_exact_tail_is_within_the_target(
+    rows: int, rate: float
+) -> None:
+    """The reference: scipy's binomial survival function. The budget's tail is at most the
+    target, one row less would exceed it (up to the 1e-6 safety margin), and the budget is
+    never above the one Chernoff's bound gave."""
+    size = batch_bound(rows, rate)
+    assert stats.binom.sf(size, rows, rate) <= OVERFLOW_PER_ROUND
+    assert stats.binom.sf(size - 1, rows, rate) * (1 + 1e-5) > OVERFLOW_PER_ROUND
+    chernoff = next(b for b in range(size, rows + 1) if overflow_bound(rows, rate, b) <= 1e-12)
+    assert size <= chernoff
+
+
+@pytest.mark.parametrize(("rows", "rate"), CASES)
+def test_the_exact_tail_equals_scipys(rows: int, rate: float) -> None:
+    mean, sd = rows * rate, math.sqrt(rows * rate * (1 - rate))
+    for k in range(-5, 15):
+        size = min(rows, max(-1, round(mean + k * sd / 2)))
+        expected = stats.binom.sf(size, rows, rate)
+        got = overflow_probability(rows, rate, size)
+        assert got == pytest.approx(expected, rel=1e-7, abs=1e-300), (size, got, expected)
+    assert overflow_probability(rows, rate, rows) == 0.0
+    assert overflow_probability(rows, 1.0, rows - 1) == 1.0 and batch_bound(rows, 1.0) == rows
+    assert overflow_probability(rows, 0.0, 0) == 0.0
+
+
+@pytest.mark.parametrize(("rows", "rate"), CASES)
 def test_the_chernoff_bound_dominates_the_exact_tail(rows: int, rate: float) -> None:
     size = batch_bound(rows, rate)
     for b in range(max(0, size - 60), size + 1):
         assert stats.binom.sf(b, rows, rate) <= overflow_bound(rows, rate, b) * (1 + 1e-9)
-    assert overflow_bound(rows, rate, size) <= OVERFLOW_PER_ROUND
-    assert overflow_bound(rows, rate, size - 1) > OVERFLOW_PER_ROUND
-    assert overflow_bound(rows, 1.0, rows - 1) == 1.0 and batch_bound(rows, 1.0) == rows
+    assert overflow_bound(rows, 1.0, rows - 1) == 1.0
 
 
 def test_the_row_bound_covers_the_released_size_noise() -> None:
