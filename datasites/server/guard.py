@@ -106,6 +106,8 @@ SCIENTIST_PATHS = frozenset(
 # request and code, so they stay, for those two types and the caller's own objects only.
 OWN_OBJECT_PATHS = frozenset({"migration._get_object", "notifications.resolve_object"})
 OWNER_FIELDS = {"Request": "requesting_user_verify_key", "UserCode": "user_verify_key"}
+# A code's status collection (what `code.status` resolves) is owned through its code.
+STATUS_TYPE = "UserCodeStatusCollection"
 # syft answers these for any uid, whoever owns it: yes only for the caller's own action
 # objects and the hospital's assets (the input policy asks `exists` of an asset).
 ACTION_ORACLE_PATHS = frozenset(
@@ -239,6 +241,9 @@ class Guard:
 
     # -- another account's objects ---------------------------------------------------------
 
+    def _status_owner(self, status: Any) -> Any:
+        return _linked_code_owner(self.worker, status)
+
     def _own_objects(self, api_call: Any, result: Any) -> Any:
         """`OWN_OBJECT_PATHS` answer with the caller's own object only, the oracles of
         `ACTION_ORACLE_PATHS` say yes for the caller's own objects and the assets only."""
@@ -253,6 +258,8 @@ class Guard:
             return result if self._visible_action(uid, key) else False
         value = getattr(result, "value", result)
         owner = getattr(value, OWNER_FIELDS.get(type(value).__name__, ""), None)
+        if type(value).__name__ == STATUS_TYPE:
+            owner = self._status_owner(value)
         if owner is not None and owner == key:
             return result
         from syft.service.response import SyftError
@@ -577,13 +584,25 @@ def _mb(size: int) -> str:
     return f"{size / MB:,.1f} MB" if size >= MB // 10 else f"{size:,} bytes"
 
 
+def _linked_code_owner(worker: Any, status: Any) -> Any:
+    """The key that submitted the code a status collection belongs to (None if unknown)."""
+    try:
+        uid = status.user_code_link.object_uid
+        code = worker.services.user_code.stash.get_by_uid(
+            credentials=worker.verify_key, uid=uid
+        ).unwrap()
+    except Exception:
+        return None
+    return code.user_verify_key
+
+
 def own_type_refusal(path: str, message: Any) -> str | None:
     """`OWN_OBJECT_PATHS` read requests and codes only (a user, never)."""
     if path == "migration._get_object":
         kind = _argument(message, "object_type", 1)
     else:
         kind = getattr(_argument(message, "linked_obj", 0), "object_type", None)
-    if getattr(kind, "__name__", None) in OWNER_FIELDS:
+    if getattr(kind, "__name__", None) in (*OWNER_FIELDS, STATUS_TYPE):
         return None
     return "it reads only your own requests and codes here"
 
