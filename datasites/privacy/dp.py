@@ -432,72 +432,170 @@ class _Record:
     input: torch.Tensor | None
     output: torch.Tensor | None
     versions: tuple[int, int]
+    fused: dict[str, _Layer] | None = None
+    """For a GroupNorm run by `_FusedGroupNorm`: where its backward leaves the layer's
+    per-example gradients (empty until the backward pass reaches the layer)."""
 
 
 @contextmanager
 def _recording(model: nn.Module, params: dict[str, nn.Parameter]) -> Iterator[list[_Record]]:
     """Keep each trainable layer's input and output during one forward pass."""
     records: list[_Record] = []
+    layers = _trainable_layers(model, params)
+    sinks: dict[int, dict[str, _Layer]] = {}
 
     def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         if any(r.module is module for r in records):
             raise ValueError(f"{type(module).__name__} runs twice in one forward; not supported.")
-        records.append(_Record(module, args[0], output, (args[0]._version, output._version)))
+        versions = (args[0]._version, output._version)
+        records.append(_Record(module, args[0], output, versions, sinks.pop(id(module), None)))
 
-    handles = [m.register_forward_hook(hook) for m in _trainable_layers(model, params)]
-    handles += _pooling_in_channels_last(model)
+    handles = [m.register_forward_hook(hook) for m in layers]
+    patched = _patch_forwards(model, layers, sinks)
     try:
         yield records
     finally:
         for handle in handles:
             handle.remove()
+        for module in patched:
+            del module.forward
 
 
-class _Relayout(torch.autograd.Function):
-    """The identity, with the output stored in `memory_format` and the gradient handed back
-    in the input's layout (so that the layers before see the layout they produced)."""
+def _patch_forwards(
+    model: nn.Module, layers: list[nn.Module], sinks: dict[int, dict[str, _Layer]]
+) -> list[nn.Module]:
+    """Run the DP pass's MaxPool2d and trainable GroupNorm layers through the functions
+    below (the same values and gradients, less work), by an instance attribute `forward`
+    that `_recording` deletes again: the scientist's modules are left as they were."""
+    patched = []
+    trainable = {id(m) for m in layers}
+    for module in model.modules():
+        if "forward" in vars(module):
+            continue
+        if type(module) is nn.MaxPool2d and not module.return_indices:
+            module.forward = _pool_forward(module)
+        elif type(module) is nn.GroupNorm and id(module) in trainable:
+            module.forward = _group_norm_forward(module, sinks)
+        else:
+            continue
+        patched.append(module)
+    return patched
+
+
+def _pool_forward(module: nn.MaxPool2d) -> Any:
+    kernel = _pair(module.kernel_size)
+    stride = _pair(module.stride) if module.stride else kernel
+    settings = (kernel, stride, _pair(module.padding), _pair(module.dilation), module.ceil_mode)
+
+    def forward(values: torch.Tensor) -> torch.Tensor:
+        if values.ndim != 4 or not values.is_contiguous():
+            return type(module).forward(module, values)
+        return _ChannelsLastMaxPool.apply(values, settings)
+
+    return forward
+
+
+def _pair(value: Any) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, tuple | list) else [int(value)] * 2
+
+
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """MaxPool2d of a contiguous (N, C, H, W) tensor, pooled on a channels-last copy, its
+    gradient scattered by torch's (N, C, H, W) backward kernel with the same indices.
+
+    The same values, indices and gradients: the maximum of each window and the index of its
+    first maximum (scanned in the same order) whatever the layout, and the indices of both
+    layouts count positions within one (H, W) plane. torch's forward kernel for contiguous
+    (N, C, H, W) tensors is scalar (about 23 ms of this CNN's 92 ms DP step at batch 256),
+    the channels-last one is vectorised over channels; its backward kernel is fast in
+    either layout, so the gradient needs no copies (benchmarks/README.md, "dp_throughput")."""
 
     @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, memory_format: torch.memory_format) -> Any:
-        ctx.source = torch.contiguous_format if values.is_contiguous() else torch.channels_last
-        return values.contiguous(memory_format=memory_format)
+    def forward(ctx: Any, values: torch.Tensor, settings: tuple[Any, ...]) -> Any:
+        pooled, indices = torch.ops.aten.max_pool2d_with_indices(
+            values.contiguous(memory_format=torch.channels_last), *settings
+        )
+        ctx.save_for_backward(values, indices)
+        ctx.settings = settings
+        return pooled.contiguous()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        return grad.contiguous(memory_format=ctx.source), None
+        values, indices = ctx.saved_tensors
+        return (
+            torch.ops.aten.max_pool2d_with_indices_backward(
+                grad.contiguous(), values, *ctx.settings, indices
+            ),
+            None,
+        )
 
 
-def _pooling_in_channels_last(model: nn.Module) -> list[Any]:
-    """Hooks that run each MaxPool2d of the DP pass on a channels-last copy of its (N, C, H, W)
-    input, and hand its output on in the usual layout.
+def _group_norm_forward(module: nn.GroupNorm, sinks: dict[int, dict[str, _Layer]]) -> Any:
+    def forward(values: torch.Tensor) -> torch.Tensor:
+        sink: dict[str, _Layer] = {}
+        sinks[id(module)] = sink
+        return _FusedGroupNorm.apply(values, module.weight, module.bias, module, sink)
 
-    The same values and gradients: the maximum of each window and the index of its first
-    maximum (scanned in the same order) whatever the layout. torch's kernel for contiguous
-    (N, C, H, W) tensors is scalar and cost this CNN's DP step about 23 ms of 92 at batch 256;
-    the channels-last kernel is vectorised over channels and the four copies cost less than
-    the difference (benchmarks/README.md, "dp_throughput"). The scientist's module is not
-    changed; only the DP pass adds the hooks."""
-    converted: set[int] = set()
+    return forward
 
-    def before(module: nn.Module, args: tuple[Any, ...]) -> Any:
-        values = args[0]
-        if module.return_indices or values.ndim != 4 or not values.is_contiguous():
-            return None
-        converted.add(id(module))
-        return (_Relayout.apply(values, torch.channels_last), *args[1:])
 
-    def after(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-        if id(module) not in converted:
-            return None
-        converted.discard(id(module))
-        return _Relayout.apply(output, torch.contiguous_format)
+class _FusedGroupNorm(torch.autograd.Function):
+    """GroupNorm whose backward also leaves the per-example affine gradients in `sink`.
 
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.MaxPool2d):
-            handles.append(module.register_forward_pre_hook(before))
-            handles.append(module.register_forward_hook(after))
-    return handles
+    One call of torch's GroupNorm backward kernel with the batch folded into the channels
+    (each example's channels as channels of one example, gamma tiled): its input gradient is
+    the layer's (each group is normalised alone either way) and its (gamma, beta) gradients,
+    summed over that one-example batch, are exactly the per-example ones. The statistics are
+    the forward kernel's own, kept from the forward pass; the kernel forms sum(dy * x_hat)
+    as (sum(dy * x) - mean * sum(dy)) * rstd, as it does for plain SGD. One kernel pass over
+    the layer's tensors instead of two, and no recomputed statistics."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        values: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        module: nn.GroupNorm,
+        sink: dict[str, _Layer],
+    ) -> Any:
+        batch, channels = values.shape[:2]
+        spatial = math.prod(values.shape[2:])
+        out, mean, rstd = torch.native_group_norm(
+            values, weight, bias, batch, channels, spatial, module.num_groups, module.eps
+        )
+        ctx.save_for_backward(values, weight, mean, rstd)
+        ctx.module, ctx.sink = module, sink
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        values, weight, mean, rstd = ctx.saved_tensors
+        module = ctx.module
+        batch, channels = values.shape[:2]
+        spatial, groups = math.prod(values.shape[2:]), batch * module.num_groups
+        wanted = [p is not None and p.requires_grad for p in (module.weight, module.bias)]
+        folded = None if weight is None else weight.detach().repeat(batch)
+        inputs, weights, biases = torch.ops.aten.native_group_norm_backward(
+            grad.reshape(1, batch * channels, spatial),
+            values.reshape(1, batch * channels, spatial),
+            mean.reshape(1, groups),
+            rstd.reshape(1, groups),
+            folded,
+            1,
+            batch * channels,
+            spatial,
+            groups,
+            [ctx.needs_input_grad[0], *wanted],
+        )
+        ctx.sink["layer"] = _Materialised(
+            _wanted(
+                module,
+                weight=lambda: weights.view(batch, channels),
+                bias=lambda: biases.view(batch, channels),
+            )
+        )
+        return (None if inputs is None else inputs.view(values.shape)), None, None, None, None
 
 
 def _backward(loss: torch.Tensor, records: list[_Record]) -> list[_Layer]:
@@ -511,7 +609,9 @@ def _backward(loss: torch.Tensor, records: list[_Record]) -> list[_Layer]:
     the outputs that depend on no other recorded output (their gradients come last): the
     rest are computed on the way, as for plain SGD. A layer's tensors are let go once
     consumed (outputs that autograd does not keep, such as a GroupNorm's, at once), so that
-    the step's memory peaks no higher than it must.
+    the step's memory peaks no higher than it must. A GroupNorm run by `_FusedGroupNorm`
+    leaves its per-example gradients from its own backward instead (unless it is a source:
+    the pass stops at its output, whose gradient is then used as for the other layers).
     """
     layers: dict[int, _Layer] = {}
 
@@ -523,17 +623,26 @@ def _backward(loss: torch.Tensor, records: list[_Record]) -> list[_Layer]:
 
         return consume
 
-    handles = [r.output.register_hook(consumer(i)) for i, r in enumerate(records)]
+    sources = _sources(records)
+    handles = [
+        r.output.register_hook(consumer(i))
+        for i, r in enumerate(records)
+        if r.fused is None or i in sources
+    ]
     try:
-        sources = _sources(records)
         outputs = [records[i].output for i in sources]
-        for record in records:
+        for index, record in enumerate(records):
             record.output = None
+            if record.fused is not None and index not in sources:
+                record.input = None  # the function's context keeps what it needs
         grads = torch.autograd.grad(loss, outputs, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
     del outputs
+    for index, record in enumerate(records):
+        if record.fused and index not in layers:
+            layers[index] = record.fused.pop("layer")
     for index, grad in zip(sources, grads, strict=True):
         if grad is not None and index not in layers:
             layers[index] = _per_example(records[index], grad)

@@ -208,9 +208,10 @@ def test_clipped_sum_is_exact_on_branches_residuals_and_frozen_group_norm_weight
 
 
 def test_max_pooling_run_channels_last_in_the_dp_pass_gives_the_same_gradients() -> None:
-    """The DP pass pools on channels-last copies: with windows that overlap, pad and round
-    up, and inputs full of ties (ReLU zeros, coarse values), the clipped sum is still the
-    microbatch reference's, and the scientist's modules are left without hooks."""
+    """The DP pass pools on channels-last copies (and scatters the gradient with their
+    indices in the usual layout): with windows that overlap, pad and round up, and inputs
+    full of ties (ReLU zeros, coarse values), the clipped sum is still the microbatch
+    reference's, and the scientist's modules are left without hooks or patched forwards."""
     torch.manual_seed(4)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -233,8 +234,36 @@ def test_max_pooling_run_channels_last_in_the_dp_pass_gives_the_same_gradients()
     # Assert
     for name, value in sums.items():
         torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
-    pools = [m for m in model if isinstance(m, nn.MaxPool2d)]
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pools)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model)
+    assert all("forward" not in vars(m) for m in model)  # the DP pass's functions are gone
+
+
+def test_a_group_norm_that_depends_on_no_other_layer_is_exact_too() -> None:
+    """GroupNorm layers leave their per-example gradients from their own backward, unless
+    the pass stops at their output (a source: no recorded layer before it); then the output
+    gradient is used. Both against the microbatch reference, on inputs with ties."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.GroupNorm(3, 3),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 9),
+    )
+    x = torch.randint(-2, 3, (10, 3, 7, 7)).float()
+    y = torch.randint(0, 9, (10,))
+    _, norms = _microbatch_reference(model, x, y, "pathmnist", bound=1e9)
+    bound = float(np.median(norms))
+    reference, _ = _microbatch_reference(model, x, y, "pathmnist", bound)
+    # Execute
+    sums, _ = clipped_gradient_sum(model, x, y, task="pathmnist", max_grad_norm=bound)
+    # Assert
+    assert set(sums) == set(reference)
+    for name, value in sums.items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5)
+    assert all("forward" not in vars(m) for m in model)
 
 
 @pytest.mark.parametrize("row_norm", [0.0, 1.0])
