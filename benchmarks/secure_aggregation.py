@@ -54,17 +54,21 @@ def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: 
     for hospital, request_id in study.requests.items():
         Operator.open(data_dir, hospital).approve(request_id)
     sent: dict[int, dict[str, int]] = {}
-    call_one = Study._call_one
+    call_one, light_one = Study._call_one, Study._light_one
     current = {"call": 1}
 
-    def measured(self: Study, hospital: str, client: Any, payload: dict) -> dict:
-        value = call_one(self, hospital, client, payload)
-        size = len(sy.serialize(value, to_bytes=True))
-        per = sent.setdefault(current["call"], {})
-        per[hospital] = per.get(hospital, 0) + size
-        return value
+    def counted(call: Any) -> Any:
+        def measured(self: Study, hospital: str, client: Any, payload: dict) -> dict:
+            value = call(self, hospital, client, payload)
+            size = len(sy.serialize(value, to_bytes=True))
+            per = sent.setdefault(current["call"], {})
+            per[hospital] = per.get(hospital, 0) + size
+            return value
 
-    Study._call_one = measured  # type: ignore[method-assign]
+        return measured
+
+    Study._call_one = counted(call_one)  # type: ignore[method-assign]
+    Study._light_one = counted(light_one)  # type: ignore[method-assign]
     stamps = [time.perf_counter()]
     first: dict[str, np.ndarray] = {}
 
@@ -78,6 +82,7 @@ def run_mode(args: argparse.Namespace, data_dir: Path, width: int, aggregation: 
         study.run(progress=False, on_round=on_round)
     finally:
         Study._call_one = call_one  # type: ignore[method-assign]
+        Study._light_one = light_one  # type: ignore[method-assign]
     calls = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:-1]
     steady = [sent[c] for c in range(2, args.rounds + 1)]
     per_hospital = statistics.mean(v for call in steady for v in call.values())

@@ -100,3 +100,25 @@ def login_client(url: str, session: requests.Session, email: str, password: str)
     conn = connection(url, session)
     client_type = conn.get_client_type().unwrap()
     return client_type(connection=conn).login(email=email, password=password)
+
+
+def post_phase_call(client: Any, body: bytes) -> bytes | None:
+    """POST a signed light-phase call (`datasites.contract.phase_call`) to the client's
+    datasite through its session; the reply's bytes, or None when the datasite has no such
+    route (an older datasite: the caller sends the phases as syft calls instead)."""
+    connection = client.connection
+    url = str(connection.url.with_path("/api/v2/secure_phase"))
+    response = connection.session.post(
+        url, data=body, headers={"content-type": "application/json"}, proxies={}
+    )
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise RuntimeError(f"the datasite answered HTTP {response.status_code} to a phase call")
+    return response.content
+
+
+def signing_identity(client: Any) -> tuple[bytes, str]:
+    """(Ed25519 seed, verify key hex) of the account the client is logged in as."""
+    credentials = client.credentials
+    return bytes(credentials.signing_key), str(credentials.verify_key)

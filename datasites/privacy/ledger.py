@@ -339,6 +339,12 @@ class Ledger:
         account holds it. Every later lookup with `owner` checks this binding."""
         if not (isinstance(owner, str) and owner and isinstance(study_id, str) and study_id):
             raise ValueError("a study is owned by a non-empty account and id.")
+        with self._connect() as conn:  # bound already (every call after the first): no write
+            bound = _owner(conn, study_id)
+        if bound is not None:
+            if bound != owner:
+                raise _owned(study_id)
+            return
         with self._write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO owners (study_id, owner, since) VALUES (?, ?, ?)",

@@ -28,6 +28,7 @@ import numpy as np
 
 from datasites.contract.encoding import N_CLASSES, encode_ehr, encode_images
 from datasites.contract.mocks import is_mock
+from datasites.contract.phase_call import LIGHT_PHASES
 from datasites.contract.plan import Plan, PlanError
 from datasites.contract.release import (
     LOSS_BOUND,
@@ -142,6 +143,25 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
             "operator can find the details in the datasite log.",
             "refused": "InternalError",
         }
+
+
+def execute_light(plan: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A secure study's phases that read no private row (advertise, share, confirm,
+    unmask), called by the datasite's own route rather than syft's code execution
+    (`datasites.server.phase_route`, which has checked that `plan` is the literal plan of
+    the caller's approved template code). They are answered, refused and audited exactly as
+    through `execute`; a batch naming any other phase is refused whole, since only the mask
+    phase reads the rows syft hands to approved code."""
+    hospital = current_hospital()
+    batch = request.get("batch") if isinstance(request, dict) else None
+    light = isinstance(batch, list) and all(
+        isinstance(r, dict) and r.get("phase") in LIGHT_PHASES for r in batch
+    )
+    if not light or not isinstance(plan, dict) or plan.get("aggregation") != "secure":
+        error = "this route answers a secure study's advertise, share, confirm and unmask only."
+        hospital.audit.append(Event.REFUSED, **_call_fields(plan, None), reason=error)
+        return {"hospital": hospital.name, "error": error, "refused": "RequestError"}
+    return execute(plan, train=None, test=None, request=request)
 
 
 def _batched(hospital: Hospital, plan: Any, train: Any, test: Any, request: dict) -> dict:

@@ -22,6 +22,7 @@ from datasites.server.admin_key import forget_admin_key
 from datasites.server.audit_hooks import audit_api_calls, audit_auth_routes
 from datasites.server.gate import ROUTES, Gate, GateSettings
 from datasites.server.guard import Guard
+from datasites.server.phase_route import phase_router
 from datasites.server.refusals import RefusalAudit
 from datasites.server.rotate import apply_pending_rotation
 from datasites.server.syft_fixes import apply_all as apply_syft_fixes
@@ -104,6 +105,8 @@ def build_app(worker: Datasite, audit: AuditLog | None = None) -> FastAPI:
         audit_api_calls(worker, audit)  # syft's own refusals (inner)
         Guard(worker, audit).install()  # what syft would allow but this hospital does not
         audit_auth_routes(app, worker, audit, API_PREFIX)
+        # A secure study's light phases, outside syft's code execution (issue 26).
+        app.include_router(phase_router(worker, audit), prefix=API_PREFIX)
         app.add_middleware(Gate, worker=worker, audit=audit, settings=settings)  # outermost
     return app
 

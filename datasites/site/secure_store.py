@@ -43,6 +43,21 @@ CREATE TABLE IF NOT EXISTS answers (
 _KEY = "owner = ? AND study_id = ? AND round = ? AND phase = ?"
 
 
+# Files whose schema is in place, by (device, inode): a replaced file is set up again.
+_READY: set[tuple[int, int, str]] = set()
+# When each file was last searched for expired secrets (monotonic seconds).
+_EXPIRY_CHECKED: dict[tuple, float] = {}
+EXPIRY_CHECK_S = 60.0
+
+
+def _file_marker(path: Path) -> tuple[int, int, str] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, str(path))
+
+
 class LegacyState(ValueError):
     """The study has state from before owners: it is not answered again."""
 
@@ -52,6 +67,17 @@ class SecureStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # The schema and the migration run once per file and process (every phase call
+        # opens the store; a write transaction each time cost more than the phase itself).
+        marker = _file_marker(self.path)
+        if marker is not None and marker in _READY:
+            return
+        self._create()
+        marker = _file_marker(self.path)
+        if marker is not None:
+            _READY.add(marker)
+
+    def _create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         with self._connect() as conn:
@@ -100,7 +126,14 @@ class SecureStore:
 
     def expire(self, phases: tuple[str, ...], older_than_s: float) -> None:
         """Delete `phases` of any study stored more than `older_than_s` ago: a round whose
-        end never came (the relay never asked for its unmasking) keeps no secret forever."""
+        end never came (the relay never asked for its unmasking) keeps no secret forever.
+        Looked for at most once every `EXPIRY_CHECK_S` per file and process: a secret
+        outlives its time by at most that much."""
+        now = time.monotonic()
+        key = (str(self.path), phases, older_than_s)
+        if now - _EXPIRY_CHECKED.get(key, -EXPIRY_CHECK_S) < EXPIRY_CHECK_S:
+            return
+        _EXPIRY_CHECKED[key] = now
         marks = ", ".join("?" for _ in phases)
         cutoff = time.time() - older_than_s
         self._delete(f"phase IN ({marks}) AND created < ?", (*phases, cutoff))

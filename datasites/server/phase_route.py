@@ -1,0 +1,138 @@
+"""The datasite's route for a secure study's light phases, beside syft's API.
+
+A secure round's advertise, share, confirm and unmask phases read no private row; through
+syft's code execution each cost about half a second of syft's own work, so a secure round of
+a light model took twice a plain one (issue 26). The scientist signs them as one JSON call
+(`datasites.contract.phase_call`) and posts it to `POST /api/v2/secure_phase`, which the
+gate bounds like any small body and charges to the caller's address. Here, in order:
+
+1. the envelope is well formed, signed by the key it names, for this datasite, and current;
+2. the key is a scientist's account here (no guest, no operator, no removed account);
+3. that account has a code for the study whose syft status at this datasite is approved,
+   whose policies are syft's built-in ones (`guard.builtin_policies_refusal`), and whose
+   source is exactly the study template of its own literal plan
+   (`contract.template.template_plan`): so these phases run exactly what syft would;
+4. the phases run through the runtime's own entry (`runtime.execute.execute_light`), for
+   that account (`site.caller.acting_as`), answered once, refused and audited as through
+   syft.
+
+Every refusal before the runtime is one sentence, the same whether a study does not exist,
+is another account's or is not approved here (no oracle), and is audited as a refusal of
+this route. The mask phase, which reads the rows syft hands to approved code, stays a syft
+call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from datasites.contract.phase_call import PhaseCall, PhaseCallError, open_call, reply_body
+from datasites.contract.template import function_name, template_plan
+from datasites.runtime.execute import execute_light
+from datasites.server.guard import builtin_policies_refusal
+from datasites.site.audit import AuditLog, Event
+from datasites.site.caller import acting_as
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from syft.server.datasite import Datasite
+
+PATH = "/secure_phase"
+NO_STUDY = "no approved study of yours by that id at this hospital; submit it and ask its operator"
+log = logging.getLogger("datasites.server.phase_route")
+
+
+class Refusal(Exception):
+    """The call is refused before the runtime; `reason` is one sentence for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def phase_router(worker: Datasite, audit: AuditLog) -> APIRouter:
+    """The FastAPI router serving `PATH` (mounted under the API prefix); the work runs in
+    the server's thread pool, as syft's own calls do, not on its event loop."""
+    from fastapi import APIRouter, Response
+    from starlette.concurrency import run_in_threadpool
+
+    async def secure_phase(request: Any) -> Response:
+        body = await request.body()  # the gate has bounded it
+        reply = await run_in_threadpool(answer, worker, audit, body)
+        return Response(content=reply_body(reply), media_type="application/json")
+
+    router = APIRouter()
+    # A plain Starlette route: the handler reads the raw body, nothing is injected.
+    router.add_route(PATH, secure_phase, methods=["POST"])
+    return router
+
+
+def answer(worker: Datasite, audit: AuditLog, body: bytes) -> dict[str, Any]:
+    """The reply to one posted call: the runtime's, or a refusal with `error`."""
+    name = worker.name
+    try:
+        call = open_call(body, str(worker.verify_key))
+        email = _scientist(worker, call.key)
+        plan = _approved_plan(worker, call)
+    except (PhaseCallError, Refusal) as error:
+        reason = (error.reason if isinstance(error, Refusal) else str(error)).rstrip(".")
+        _refused(audit, reason)
+        return {
+            "hospital": name,
+            "error": f"refused by this hospital: {reason}.",
+            "refused": "Route",
+        }
+    except Exception:
+        log.exception("could not check a secure phase call; refused")
+        _refused(audit, "the call could not be checked")
+        return {"hospital": name, "error": "the call could not be checked.", "refused": "Route"}
+    with acting_as(email):
+        return execute_light(plan, {"batch": call.batch})
+
+
+def _scientist(worker: Datasite, key: str) -> str:
+    """The email of the scientist account holding `key`; Refusal for anyone else."""
+    from syft.server.credentials import SyftVerifyKey
+    from syft.service.user.user_roles import ServiceRole
+
+    verify_key = SyftVerifyKey.from_string(key)
+    role = worker.get_role_for_credentials(credentials=verify_key)
+    if role != ServiceRole.DATA_SCIENTIST:
+        raise Refusal("this route serves scientists' accounts at this hospital only")
+    try:
+        user = worker.services.user.stash.get_by_verify_key(
+            credentials=worker.verify_key, verify_key=verify_key
+        ).unwrap()
+    except Exception:
+        raise Refusal("this route serves scientists' accounts at this hospital only") from None
+    return str(user.email)
+
+
+def _approved_plan(worker: Datasite, call: PhaseCall) -> dict[str, Any]:
+    """The literal plan of the caller's approved template code for the study."""
+    from syft.server.credentials import SyftVerifyKey
+    from syft.service.context import AuthedServiceContext
+
+    key = SyftVerifyKey.from_string(call.key)
+    name = function_name(call.study)
+    codes = worker.services.user_code.stash.get_by_service_func_name(
+        credentials=worker.verify_key, service_func_name=name
+    ).unwrap()
+    context = AuthedServiceContext(server=worker, credentials=worker.verify_key)
+    for code in codes:
+        if code.user_verify_key != key or builtin_policies_refusal(code) is not None:
+            continue
+        plan = template_plan(code.raw_code, name)
+        if plan is None or plan.get("study_id") != call.study:
+            continue
+        if code.get_status(context).unwrap().get_is_approved(context):
+            return plan
+    raise Refusal(NO_STUDY)
+
+
+def _refused(audit: AuditLog, reason: str) -> None:
+    try:
+        audit.append(Event.REFUSED, layer="route", path="secure_phase", reason=reason[:300])
+    except Exception:
+        log.exception("could not write the audit entry for a refused phase call")
