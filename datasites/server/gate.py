@@ -28,7 +28,11 @@ order, for every request:
 6. `GET /api` (the map of an account's endpoints) is answered for a key with no account
    (a guest's), for an account's key only to whoever logged in as it (an HMAC cookie set on
    the login reply, which syft's client keeps in its session), and for the admin's key only
-   to a process of the hospital's own user on this machine.
+   to a process of the hospital's own user on this machine. Its query must hold exactly
+   one `verify_key` and one `communication_protocol` that this datasite speaks, and
+   nothing else; anything other is a 400 here (syft answered an unknown protocol with a
+   500 and a 13 KB traceback in datasite.log, and a repeated `verify_key` was read first
+   here and last by syft).
 
 Every refusal goes to the audit log through `datasites.server.refusals.RefusalAudit`, which
 turns a flood into one entry per interval.
@@ -36,6 +40,7 @@ turns a flood into one entry per interval.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -49,7 +54,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from datasites.server.guard import access_refusal, is_admin
 from datasites.server.refusals import SOURCE
@@ -71,6 +76,8 @@ ROUTES = {
     ("GET", f"{PREFIX}/metadata"): "none",
     ("GET", f"{PREFIX}/api"): "none",
     ("POST", f"{PREFIX}/api_call"): "call",
+    # A secure study's light phases, outside syft's code execution (`server.phase_route`).
+    ("POST", f"{PREFIX}/secure_phase"): "small",
     ("POST", f"{PREFIX}/login"): "small",
     ("POST", f"{PREFIX}/register"): "small",
     ("POST", f"{PREFIX}/forgot_password"): "small",
@@ -84,6 +91,11 @@ DEFAULT_MAX_PARAMETERS = 5_000_000
 COOKIE_PREFIX = "ds_api_"
 COOKIE_SECONDS = 30 * 24 * 3600
 LOCKED_REPLY = "Too many failed logins from here or for this account; try again in {} s."
+API_MAP_PARAMS = ("verify_key", "communication_protocol")
+API_MAP_REPLY = (
+    b"The API map takes one verify_key and one communication_protocol this datasite speaks "
+    b"(%s); send those only."
+)
 RATE_REPLY = "Too many requests; try again in a moment."
 
 
@@ -382,8 +394,12 @@ class Gate:
     def _check_api_map(self, scope: Scope, address: str) -> None:
         from syft.server.credentials import SyftVerifyKey
 
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        text = (query.get("verify_key") or [""])[0]
+        query = _api_map_query(scope)
+        if query is None:
+            self._charge_address(address, "api")
+            self._refuse("gate", "api", "guest", "the API map with a malformed query")
+            raise Refused(400, API_MAP_REPLY % ", ".join(_protocols()).encode())
+        text = query["verify_key"]
         try:
             key = SyftVerifyKey.from_string(text)
         except Exception:
@@ -489,6 +505,29 @@ _OCTET = "application/octet-stream"
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _protocols() -> tuple[str, ...]:
+    """The communication protocols syft's API map can be built for, as query text."""
+    from syft.protocol.data_protocol import get_data_protocol
+
+    return tuple(str(version) for version in get_data_protocol().supported_protocols)
+
+
+def _api_map_query(scope: Scope) -> dict[str, str] | None:
+    """`GET /api`'s query as syft will read it (Starlette's parsing), when it holds each of
+    `API_MAP_PARAMS` once, nothing else, and a protocol this datasite speaks; else None."""
+    try:
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    except Exception:
+        return None
+    query = dict(pairs)
+    if len(pairs) != len(API_MAP_PARAMS) or sorted(query) != sorted(API_MAP_PARAMS):
+        return None
+    if query["communication_protocol"] not in _protocols():
+        return None
+    return query
 
 
 async def _respond(send: Send, status: int, body: bytes, media: str) -> None:

@@ -21,24 +21,32 @@ before syft's dispatcher sees the call, and every refusal is an audit entry:
 - the by-uid getters the library needs (`OWN_OBJECT_PATHS`: a request's status reads the
   request and its code) answer only for the caller's own requests and codes, and the
   existence checks (`ACTION_ORACLE_PATHS`) say yes only for the caller's own objects and the
-  hospital's assets; syft creates every user readable by all (ALL_READ), here only by
-  itself and the admin, and existing users are made so at every start
-  (tests/security/test_account_isolation.py calls every allowed path on another's objects);
+  hospital's assets; syft's by-uid reads of action objects (`ACTION_UID_PATHS`: a
+  pointer, a mock, the object itself) answer another account's object exactly as one that
+  does not exist, before syft looks it up; syft creates every user readable by all
+  (ALL_READ), here only by itself and the admin, and existing users are made so at every
+  start (tests/security/test_account_isolation.py calls every allowed path on another's
+  objects);
 - each account's storage, pending requests and submissions per hour are bounded by the site
-  policy's `[quota]` (`datasites.server.quotas`), checked before syft stores anything.
+  policy's `[quota]` (`datasites.server.quotas`), checked before syft stores anything; a
+  call's arrays and tables count what they decode to, not the (compressed) bytes sent, and
+  are refused before they are decoded past the caller's per-object quota.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasites.server.audit_hooks import caller
 from datasites.server.quotas import QuotaBook
+from datasites.server.syft_fixes import DecodeLimit, bound_decoding, decode_budget
 from datasites.site.audit import AuditLog, Event
-from datasites.site.policy import MB, Policy, QuotaPolicy
+from datasites.site.paths import POLICY_FILE
+from datasites.site.policy import MB, QUOTAS_FILE, Policy, QuotaPolicy
 
 if TYPE_CHECKING:
     from syft.server.datasite import Datasite
@@ -113,6 +121,21 @@ STATUS_TYPE = "UserCodeStatusCollection"
 ACTION_ORACLE_PATHS = frozenset(
     {"action.exists", "action.has_storage_permission", "action.is_resolved"}
 )
+# The action store's by-uid reads a scientist may call, with their uid argument's name and
+# position. syft's `get_pointer` and `get_mock` read the store ignoring permissions (a
+# pointer to another account's object carried its type, blob id and creation time), and
+# its errors told "not yours" from "not there". Here a uid that is neither the caller's
+# nor an asset's is answered before syft looks it up, whether it exists or not: False from
+# the oracles, `NO_OBJECT` from the getters.
+ACTION_UID_PATHS = {
+    "action.get": ("uid", 0),
+    "action.get_pointer": ("uid", 0),
+    "action.get_mock": ("uid", 0),
+    "action.is_resolved": ("uid", 0),
+    "action.has_storage_permission": ("uid", 0),
+    "action.exists": ("obj_id", 0),
+}
+NO_OBJECT = "there is no object with this id among yours and the hospital's assets"
 OUTPUT_PERMISSION_PATH = "output.has_output_read_permissions"
 STORING_PATHS = frozenset({"action.set", "blob_storage.allocate", "blob_storage.write_to_disk"})
 # syft answers these with the datasite's own key, not the caller's: any scientist who knows
@@ -122,6 +145,8 @@ OWN_OUTPUT_PATHS = frozenset({"output.get_by_user_code_id", "output.get_by_outpu
 CODE_PATHS = frozenset({"code.request_code_execution", "code.submit"})
 SUBMISSION_PATHS = CODE_PATHS | {"request.submit"}
 MESSAGE_CHARS = 200
+# What the current call's arguments decoded to (arrays and tables), for its quota.
+_DECODED: ContextVar[int] = ContextVar("datasites_decoded", default=0)
 
 
 def _role(worker: Datasite, credentials: Any) -> Any:
@@ -191,20 +216,29 @@ class Guard:
         original = self.worker.handle_api_call_with_unsigned_result
 
         def handle(api_call: Any, *args: Any, **kwargs: Any) -> Any:
-            if not hasattr(api_call, "message"):  # unsigned: syft refuses it itself
+            # unsigned: syft refuses it itself (`hasattr(.., "message")` would decode it)
+            if not hasattr(api_call, "serialized_message"):
                 return original(api_call, *args, **kwargs)
-            refusal = self.refusal(api_call)
-            if refusal is not None:
-                from syft.service.response import SyftError
+            token = _DECODED.set(0)
+            try:
+                refusal = self.refusal(api_call)
+                if refusal is not None:
+                    from syft.service.response import SyftError
 
-                self._refused(api_call, refusal)
-                return SyftError(message=f"refused by this hospital: {refusal}.")
-            result = original(api_call, *args, **kwargs)
-            self._record_submission(api_call, result)
-            self._record_usage(api_call, result)
-            result = self._own_objects(api_call, result)
-            return self._own_outputs(api_call, result)
+                    self._refused(api_call, refusal)
+                    return SyftError(message=f"refused by this hospital: {refusal}.")
+                unseen = self.unseen_action(api_call)
+                if unseen is not None:
+                    return unseen
+                result = original(api_call, *args, **kwargs)
+                self._record_submission(api_call, result)
+                self._record_usage(api_call, result)
+                result = self._own_objects(api_call, result)
+                return self._own_outputs(api_call, result)
+            finally:
+                _DECODED.reset(token)
 
+        bound_decoding()
         self.worker.handle_api_call_with_unsigned_result = handle
         self._guard_apply()
         users_readable_by_themselves()
@@ -213,8 +247,12 @@ class Guard:
     def refusal(self, api_call: Any) -> str | None:
         """Why the call is refused before syft sees it; never raises."""
         try:
-            message = api_call.message
             role = _role(self.worker, api_call.credentials)
+            if not is_admin(role):
+                reason = self.decode_refusal(api_call)
+                if reason is not None:
+                    return reason
+            message = api_call.message
             path = str(message.path)
             reason = access_refusal(role, path, message.server_uid == self.worker.id)
             if reason is not None or is_admin(role):
@@ -239,7 +277,59 @@ class Guard:
             log.exception("could not check an API call; refused")
             return "the call could not be checked"
 
+    def decode_refusal(self, api_call: Any) -> str | None:
+        """Decode the call's message (syft's `api_call.message`) with its arrays and tables
+        bounded by the caller's per-object quota; why not, if they would exceed it. An
+        action object of zeros compresses about a hundredfold, so the bytes sent say
+        nothing of what syft would hold; the bound is checked before the memory is taken."""
+        try:
+            quota = self.quota(self._who(api_call.credentials))
+        except Exception:  # a policy being edited: its defaults bound the decoding
+            log.warning("could not read the caller's quota; the default bounds its call")
+            quota = QuotaPolicy()
+        try:
+            with decode_budget(quota.object_bytes) as budget:
+                api_call.message  # noqa: B018 - syft decodes and keeps it here
+        except DecodeLimit as error:
+            path = _peek_path(api_call.serialized_message)
+            if path in STORING_PATHS:
+                return (
+                    f"one object may hold at most {quota.max_object_mb:g} MB here "
+                    f"({_mb(error.size)} or more once decoded); store less, or ask the "
+                    "hospital's operator to raise your quota"
+                )
+            return (
+                f"a call's arguments may hold at most {quota.max_object_mb:g} MB here once "
+                f"decoded ({_mb(error.size)} or more); send less, or store it first"
+            )
+        _DECODED.set(budget.charged)
+        return None
+
     # -- another account's objects ---------------------------------------------------------
+
+    def unseen_action(self, api_call: Any) -> Any:
+        """For `ACTION_UID_PATHS` called by a scientist on a uid that is neither its own
+        object nor an asset (whether it exists or not): the answer, given without asking
+        syft; None for every other call."""
+        path = str(api_call.message.path)
+        if path not in ACTION_UID_PATHS:
+            return None
+        key = api_call.credentials
+        if is_admin(_role(self.worker, key)):
+            return None
+        name, index = ACTION_UID_PATHS[path]
+        try:
+            visible = self._visible_action(_argument(api_call.message, name, index), key)
+        except Exception:
+            visible = False
+        if visible:
+            return None
+        if path in ACTION_ORACLE_PATHS:
+            return False
+        from syft.service.response import SyftError
+
+        self._refused(api_call, NO_OBJECT)
+        return SyftError(message=f"refused by this hospital: {NO_OBJECT}.")
 
     def _status_owner(self, status: Any) -> Any:
         return _linked_code_owner(self.worker, status)
@@ -253,8 +343,9 @@ class Guard:
         key = api_call.credentials
         if is_admin(_role(self.worker, key)):
             return result
-        if path in ACTION_ORACLE_PATHS:
-            uid = _argument(api_call.message, "obj_id" if path == "action.exists" else "uid", 0)
+        if path in ACTION_ORACLE_PATHS:  # an unseen uid was answered before syft's look-up
+            name, index = ACTION_UID_PATHS[path]
+            uid = _argument(api_call.message, name, index)
             return result if self._visible_action(uid, key) else False
         value = getattr(result, "value", result)
         owner = getattr(value, OWNER_FIELDS.get(type(value).__name__, ""), None)
@@ -289,8 +380,11 @@ class Guard:
         """The caller holds a permission of its own on the action object, or it is one of
         the hospital's assets (listed to every scientist)."""
         from syft.service.action.action_permissions import ActionObjectPermission, ActionPermission
+        from syft.types.uid import UID
 
         uid = getattr(uid, "id", uid)
+        if not isinstance(uid, UID):
+            return False
         stash = self.worker.services.action.stash
         for permission in (
             ActionPermission.OWNER,
@@ -342,7 +436,16 @@ class Guard:
         return book
 
     def quota(self, account: str) -> QuotaPolicy:
-        return Policy.load(self.root).quota_for(self.root, account)
+        """The account's quota, read again whenever policy.toml or quotas.json changed
+        (every call by an account needs it, for what its arguments may decode to)."""
+        stamps = tuple(_mtime(self.root / name) for name in (POLICY_FILE, QUOTAS_FILE))
+        cached = getattr(self, "_quotas", None)
+        if cached is None or cached[0] != stamps:
+            cached = self._quotas = (stamps, Policy.load(self.root), {})
+        _, policy, accounts = cached
+        if account not in accounts:
+            accounts[account] = policy.quota_for(self.root, account)
+        return accounts[account]
 
     def quota_refusal(self, api_call: Any, path: str) -> str | None:
         """Why this storing or submitting call would take the caller past its quota."""
@@ -359,7 +462,9 @@ class Guard:
                 "sent); store less, or ask the hospital's operator to raise your quota"
             )
         if path == "blob_storage.write_to_disk":
-            return self._write_refusal(api_call, size)
+            return self._write_refusal(api_call, size) or self._blob_decode_refusal(
+                api_call, account, quota
+            )
         stored = self._book().usage(account).stored_bytes
         if stored + size > quota.stored_bytes:
             return (
@@ -370,8 +475,8 @@ class Guard:
 
     def _stored_size(self, api_call: Any, path: str) -> int | None:
         message = api_call.message
-        if path == "action.set":
-            return len(api_call.serialized_message)
+        if path == "action.set":  # what its arrays decode to, if more than was sent
+            return max(len(api_call.serialized_message), _DECODED.get())
         if path == "blob_storage.allocate":
             size = getattr(_argument(message, "obj", 0), "file_size", None)
             ok = isinstance(size, int) and not isinstance(size, bool) and size >= 0
@@ -393,6 +498,37 @@ class Guard:
                 f"the write holds {_mb(size)}, more than the {_mb(entry.file_size or 0)} "
                 "allocated for it; allocate the size you write"
             )
+        return None
+
+    def _blob_decode_refusal(self, api_call: Any, account: str, quota: QuotaPolicy) -> str | None:
+        """A blob holding a serialized object counts what it decodes to, as `action.set`
+        does: syft decodes it whenever the object is read (a 2 MB blob of zeros became
+        200 MB in the datasite's memory). Its allocation was counted; what it decodes to
+        beyond that is counted here, and the per-object quota bounds the whole."""
+        from syft.serde.deserialize import _deserialize
+
+        data = bytes(_argument(api_call.message, "data", 1))
+        try:
+            with decode_budget(quota.object_bytes) as budget:
+                _deserialize(data, from_bytes=True)
+        except DecodeLimit as error:
+            return (
+                f"one object may hold at most {quota.max_object_mb:g} MB here "
+                f"({_mb(error.size)} or more once decoded); store less, or ask the "
+                "hospital's operator to raise your quota"
+            )
+        except Exception:
+            return None  # not a syft object: it holds its bytes
+        excess = budget.charged - len(data)
+        if excess <= 0:
+            return None
+        stored = self._book().usage(account).stored_bytes
+        if stored + excess > quota.stored_bytes:
+            return (
+                f"your account may store at most {quota.max_stored_mb:g} MB here and holds "
+                f"{_mb(stored)}; ask the hospital's operator to raise your quota"
+            )
+        _DECODED.set(budget.charged)
         return None
 
     def _submission_refusal(self, api_call: Any, account: str, quota: QuotaPolicy) -> str | None:
@@ -434,12 +570,14 @@ class Guard:
             path = str(api_call.message.path)
             if path not in STORING_PATHS | SUBMISSION_PATHS or _is_error(result):
                 return
-            if path == "blob_storage.write_to_disk":  # counted at its allocation
-                return
             if is_admin(_role(self.worker, api_call.credentials)):
                 return
             account = self._who(api_call.credentials)
-            if path in SUBMISSION_PATHS:
+            if path == "blob_storage.write_to_disk":  # counted at its allocation, but for
+                excess = _DECODED.get() - (self._stored_size(api_call, path) or 0)
+                if excess > 0:  # what it decodes to beyond its bytes
+                    self._book().stored(account, excess, path)
+            elif path in SUBMISSION_PATHS:
                 self._book().submitted(account)
             else:
                 self._book().stored(account, self._stored_size(api_call, path) or 0, path)
@@ -463,7 +601,7 @@ class Guard:
 
     def _refused(self, api_call: Any, reason: str) -> None:
         try:
-            path = str(api_call.message.path)[:MESSAGE_CHARS]
+            path = _path_of(api_call)[:MESSAGE_CHARS]
             self.audit.append(
                 Event.REFUSED,
                 layer="guard",
@@ -578,6 +716,39 @@ def _argument(message: Any, name: str, index: int) -> Any:
         return message.kwargs[name]
     args = list(message.args)
     return args[index] if len(args) > index else None
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _path_of(api_call: Any) -> str:
+    """The call's path, without decoding its arguments if syft has not (a refused call's
+    arguments may be too large to decode)."""
+    decoded = getattr(api_call, "cached_deseralized_message", None)  # syft's spelling
+    if decoded is not None:
+        return str(decoded.path)
+    return _peek_path(api_call.serialized_message)
+
+
+def _peek_path(message: bytes) -> str:
+    """A serialized `SyftAPICall`'s path, decoding nothing else ('' if it has none)."""
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.recursive import combine_bytes, recursive_scheme
+
+    try:
+        words = len(message) // 8 + 1024
+        with recursive_scheme.from_bytes(message, traversal_limit_in_words=words) as inner:
+            for name, data in zip(inner.fieldsName, inner.fieldsData, strict=False):
+                if name == "path":
+                    path = _deserialize(combine_bytes(data), from_bytes=True)
+                    return path if isinstance(path, str) else ""
+    except Exception:
+        return ""
+    return ""
 
 
 def _mb(size: int) -> str:

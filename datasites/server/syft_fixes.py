@@ -6,10 +6,11 @@ can be dropped the day syft fixes the cause. They run before the `Datasite` is b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -429,6 +430,128 @@ def remember_roles_per_call() -> None:
     Server.handle_api_call = handle_api_call
 
 
+# -- what a caller's message may decode to ----------------------------------------------------
+
+
+class DecodeLimit(ValueError):
+    """A message would decode to more bytes than its caller may send; `size` is at least
+    what it would have taken."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the message decodes to more than {limit} bytes")
+        self.size, self.limit = int(size), int(limit)
+
+
+class DecodeBudget:
+    """Bytes the arrays and tables of one message may take once decoded; `charged` counts
+    what they took."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.charged = 0
+
+    def charge(self, size: int) -> None:
+        size = max(0, int(size))
+        if self.charged + size > self.limit:
+            raise DecodeLimit(self.charged + size, self.limit)
+        self.charged += size
+
+
+_DECODE_BUDGET: ContextVar[DecodeBudget | None] = ContextVar("datasites_decode", default=None)
+
+
+@contextlib.contextmanager
+def decode_budget(limit: int) -> Iterator[DecodeBudget]:
+    """Within the block, each array or table syft decodes is charged to one budget before
+    its memory is taken (`bound_decoding`); past it, `DecodeLimit` is raised."""
+    budget = DecodeBudget(limit)
+    token = _DECODE_BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _DECODE_BUDGET.reset(token)
+
+
+def _object_itemsize(dtype: np.dtype) -> int:
+    """Bytes one element takes once decoded (a Python object per element for `object`)."""
+    return max(int(dtype.itemsize), 32 if dtype.kind == "O" else 1)
+
+
+def bound_decoding() -> None:
+    """Charge what an array or a DataFrame decodes to before syft allocates it.
+
+    syft sends a numpy array (and a torch tensor, and a string array) as an Arrow tensor
+    compressed with zstd, with its decompressed size and dtype beside it, and a DataFrame
+    as Parquet: a 200 MiB array of zeros travels as about 2 MB, and a body limit or a quota
+    that counts the bytes sent let a scientist store it whole (the datasite's memory grew by
+    600 MB). Inside `decode_budget`, the decompressed size is charged before decompressing,
+    and the tensor's element count times the wider of its two itemsizes (a tensor's shape
+    and dtype need not match its buffer), where it is more, before the copy to the dtype it
+    names; so an array is charged its `nbytes` (or its buffer, if larger), a string array's
+    count times its longest string before it is built, and a Parquet table's uncompressed
+    size (at least 8 bytes a cell) before it is read. Outside a budget nothing changes.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from syft.serde import arrow
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    if getattr(arrow.arrow_deserialize, "bounded", False):
+        return
+    original_arrow = arrow.arrow_deserialize
+    original_utf8 = arrow.numpyutf8toarray
+
+    def arrow_deserialize(numpy_bytes: bytes, decompressed_size: int, dtype: str) -> np.ndarray:
+        budget = _DECODE_BUDGET.get()
+        if budget is None:
+            return original_arrow(numpy_bytes, decompressed_size, dtype)
+        if not isinstance(decompressed_size, int) or decompressed_size < 0:
+            raise ValueError("an array's decompressed size is not a whole number of bytes")
+        budget.charge(decompressed_size)
+        target = np.dtype(dtype)
+        if arrow.flags.APACHE_ARROW_COMPRESSION is arrow.ApacheArrowCompression.NONE:
+            buffer = pa.BufferReader(numpy_bytes).read_buffer()
+        else:
+            codec = arrow.flags.APACHE_ARROW_COMPRESSION.value
+            buffer = pa.decompress(numpy_bytes, decompressed_size=decompressed_size, codec=codec)
+        tensor = pa.ipc.read_tensor(buffer)
+        width = max(tensor.type.bit_width // 8, _object_itemsize(target))
+        budget.charge(int(tensor.size) * width - decompressed_size)  # what exceeds it
+        array = tensor.to_numpy()
+        array.setflags(write=True)
+        return array.astype(target)
+
+    def numpyutf8toarray(input_index: np.ndarray) -> np.ndarray:
+        budget = _DECODE_BUDGET.get()
+        if budget is not None:
+            shape_length = int(input_index[-1])
+            string_index = input_index[: -(shape_length + 1)]
+            index_length = int(string_index[-1])
+            offsets = np.asarray(string_index[-(index_length + 1) : -1], dtype=np.int64)
+            longest = int(np.diff(offsets, prepend=0).max()) if offsets.size else 0
+            budget.charge(offsets.size * max(longest, 1) * 4)  # numpy's UCS-4 strings
+        return original_utf8(input_index)
+
+    arrow_deserialize.bounded = True  # type: ignore[attr-defined]
+    # numpy_deserialize (what syft registered) finds both through the module's globals.
+    arrow.arrow_deserialize = arrow_deserialize
+    arrow.numpyutf8toarray = numpyutf8toarray
+
+    versions = SyftObjectRegistry.__object_serialization_registry__.get("pandas_dataframe", {})
+    for version, properties in list(versions.items()):
+        original_frame = properties[2]
+
+        def deserialize_frame(blob: bytes, _original: Callable = original_frame) -> Any:
+            budget = _DECODE_BUDGET.get()
+            if budget is not None:
+                meta = pq.ParquetFile(pa.BufferReader(blob)).metadata
+                stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+                budget.charge(max(stored, meta.num_rows * meta.num_columns * 8))
+            return _original(blob)
+
+        versions[version] = (*properties[:2], deserialize_frame, *properties[3:])
+
+
 def apply_all() -> None:
     """Every fix, in the order the datasite needs them (before its tables exist)."""
     store_uuids_as_text()
@@ -441,3 +564,4 @@ def apply_all() -> None:
     summarize_frame_reprs()
     serialize_signatures_once()
     remember_roles_per_call()
+    bound_decoding()

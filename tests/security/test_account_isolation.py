@@ -31,7 +31,7 @@ import pytest
 from datasites.contract.syft_io import quiet
 from datasites.governance.accounts import Accounts
 from datasites.governance.operator import Operator
-from datasites.server.guard import GUEST_PATHS, SCIENTIST_PATHS
+from datasites.server.guard import ACTION_UID_PATHS, GUEST_PATHS, SCIENTIST_PATHS
 from datasites.site.audit import AuditLog
 from scientist import Federation, StudyConfig
 from tests.conftest import Launch, one_round_ehr
@@ -470,6 +470,52 @@ def _victim_intact(v: Victim, admin: Any) -> None:
         np.testing.assert_array_equal(np.asarray(data), np.arange(64) + 0.5)
         blob = admin.api.services.blob_storage.read(uid=v.blob)
         assert blob.read(_deserialize=False) == v.blob_bytes
+
+
+# Every by-uid read of the action store a scientist may call (all of `action.*` but `set`).
+ACTION_READS = sorted(p for p in SCIENTIST_PATHS if p.startswith("action.") and p != "action.set")
+
+
+def test_every_action_read_is_answered_by_ownership() -> None:
+    """An action path added to the scientist's list needs its place in the guard first."""
+    assert set(ACTION_READS) <= set(ACTION_UID_PATHS), set(ACTION_READS) - set(ACTION_UID_PATHS)
+
+
+def _without(text: str, uid: Any) -> str:
+    for form in _uid_forms(uid):
+        text = text.replace(form.decode("latin-1"), "<uid>")
+    return text
+
+
+@pytest.mark.parametrize("path", ACTION_READS)
+def test_anothers_action_object_is_answered_as_a_missing_one(
+    path: str, victim: Victim, mallet: Any
+) -> None:
+    """The live attack: `action.get_pointer` (and `get_mock`) returned a pointer to another
+    account's object, with its type, blob id and creation time. Asked for another's object,
+    every action read answers exactly as for an id that does not exist: nothing, no oracle."""
+    import syft as sy
+
+    name, _ = ACTION_UID_PATHS[path]
+    attack = Attack(mallet, victim)
+    missing = sy.UID()
+
+    theirs = attack(path, **{name: victim.action})
+    nothing = attack(path, **{name: missing})
+
+    assert _without(repr(theirs), victim.action) == _without(repr(nothing), missing), (
+        f"{path}: {str(theirs)[:200]} against {str(nothing)[:200]}"
+    )
+    assert type(theirs) is type(nothing)
+    assert _is_refusal(theirs) or getattr(theirs, "value", theirs) is False, str(theirs)[:200]
+    message = str(getattr(theirs, "message", "")).strip()
+    assert len(message.splitlines()) <= 1 and "Traceback" not in message
+    mine = victim.action
+    if path == "action.get_mock":  # the victim's array has no mock; an asset has
+        with quiet():
+            mine = victim.client.api.services.dataset.get_all()[0].asset_list[0].action_id
+    own = Attack(victim.client, victim)(path, **{name: mine})
+    assert not _is_refusal(own) and getattr(own, "value", own) is not False, str(own)[:200]
 
 
 def test_the_user_read_of_the_live_attack_is_refused_and_audited(

@@ -20,6 +20,7 @@ import pytest
 from datasites.contract.invitation import read_invitation
 from datasites.governance.accounts import Accounts
 from datasites.governance.operator import Operator
+from datasites.server.quotas import Usage, usage_of
 from datasites.site.audit import AuditLog
 from datasites.site.policy import QuotaPolicy
 from scientist import Federation, StudyConfig
@@ -95,6 +96,28 @@ def inline_set(client: Any, megabytes: float) -> Any:
             return signed.message.data
         except Exception as error:
             return error
+
+
+def zeros_set(client: Any, mebibytes: float) -> tuple[Any, Any]:
+    """A hand-made `action.set` of an array of zeros carried in the message itself (about a
+    thousandfold smaller once syft compresses it): (the object's id, the reply)."""
+    from syft.client.api import SyftAPICall
+    from syft.service.action.action_object import ActionObject
+
+    obj = ActionObject.from_obj(np.zeros(int(mebibytes * MB) // 8))
+    obj.syft_action_saved_to_blob_store = False  # inline, as the attacker sent it
+    call = SyftAPICall(
+        server_uid=client.id,
+        path="action.set",
+        args=[],
+        kwargs={"action_object": obj, "add_storage_permission": True, "ignore_detached_objs": True},
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            signed = client.api.connection.make_call(call.sign(client.api.signing_key))
+            return obj.id, signed.message.data
+        except Exception as error:
+            return obj.id, error
 
 
 def refusal(reply: Any) -> str:
@@ -235,3 +258,93 @@ def test_pending_requests_and_submissions_an_hour_are_bounded(
     assert shown.returncode == 0, shown.stderr
     quota = next(line for line in shown.stdout.splitlines() if line.startswith("quota"))
     assert "50 pending requests" in quota and "4 submissions an hour (4 in the last" in quota
+
+
+def test_a_compressible_object_counts_what_it_decodes_to(
+    guarded: Launch,
+    operators: dict[str, Operator],
+    admins: dict[str, Any],
+    made: list[str],
+    tmp_path: Path,
+) -> None:
+    """The live attack: `action.set` of `np.zeros(200 MiB)` sent about 2 MB and was stored
+    whole (the datasite grew by 600 MB). Its arrays count what they decode to, and one past
+    the per-object quota is refused before it is decoded."""
+    from syft.serde.serialize import _serialize
+    from syft.service.action.action_object import ActionObject
+
+    sent = len(_serialize(ActionObject.from_obj(np.zeros(200 * MB // 8)), to_bytes=True))
+    assert sent < 2 * MB, "the attack's message is small"
+    email, fed = account("wim", guarded, operators, made, tmp_path)
+    client = fed.client(HOSPITAL)
+    root = guarded.data_dir / HOSPITAL
+    start = audit_size(guarded)
+
+    uid, big = zeros_set(client, 200)
+
+    message = refusal(big)
+    assert "at most 64 MB" in message and "raise your quota" in message, repr(big)[:300]
+    assert len(message.splitlines()) == 1
+    assert refused_entries(guarded, start, email), "the refusal is audited"
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            stored = admins[HOSPITAL].api.services.action.get(uid=uid)
+        except Exception as error:  # syft's client raises "ActionObject: not found"
+            stored = error
+    assert refusal(stored), f"the refused array was stored: {stored!r}"[:300]
+    assert (usage_of(root, email) or Usage(0, 0)).stored_bytes == 0
+
+    # under the per-object quota it goes through, counted at what it decodes to
+    _, small = zeros_set(client, 8)
+    assert not refusal(small), repr(small)[:300]
+    usage = usage_of(root, email)
+    assert usage is not None and usage.stored_bytes >= 8 * MB, usage
+
+    # the same zeros written to a blob (syft decodes it whenever the object is read)
+    from syft.types.blob_storage import CreateBlobStorageEntry
+
+    serialized = _serialize(np.zeros(200 * MB // 8), to_bytes=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        deposit = client.api.services.blob_storage.allocate(
+            CreateBlobStorageEntry(file_size=len(serialized), type_=bytes)
+        )
+        written = refusal(_write(deposit, serialized))
+    assert "at most 64 MB" in written and "once decoded" in written, written
+
+    # and the total bounds them too: 8 + 8 of 20 MB, the third is refused
+    assert scientists(guarded, "quota", email, "--stored-mb", "20").returncode == 0
+    _, second = zeros_set(client, 8)
+    _, third = zeros_set(client, 8)
+    assert not refusal(second), repr(second)[:300]
+    assert "may store at most 20 MB" in refusal(third), repr(third)[:300]
+
+
+def test_a_decoded_array_is_charged_before_its_memory_is_taken() -> None:
+    """Inside a budget, an array's decompressed size is charged before it is decompressed,
+    and a tensor that names a wider dtype than its buffer is charged the wider size."""
+    import pyarrow as pa
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+
+    from datasites.server.syft_fixes import DecodeLimit, bound_decoding, decode_budget
+
+    bound_decoding()
+    zeros = _serialize(np.zeros(64 * MB // 8), to_bytes=True)
+    with pytest.raises(DecodeLimit) as limit, decode_budget(16 * MB):
+        _deserialize(zeros, from_bytes=True)
+    assert limit.value.size == 64 * MB + 192  # the Arrow frame: nothing was decompressed
+    with decode_budget(65 * MB) as budget:
+        assert _deserialize(zeros, from_bytes=True).nbytes == 64 * MB
+    assert 64 * MB <= budget.charged < 65 * MB
+
+    # int8 elements named complex128: sixteen times the buffer once converted
+    sink = pa.BufferOutputStream()
+    pa.ipc.write_tensor(pa.Tensor.from_numpy(np.zeros(MB, dtype=np.int8)), sink)
+    frame = sink.getvalue()
+    packed = pa.compress(frame, asbytes=True, codec="zstd")
+    lying = _serialize((packed, frame.size, "complex128"), to_bytes=True)
+    from syft.serde.arrow import numpy_deserialize
+
+    with pytest.raises(DecodeLimit), decode_budget(4 * MB):
+        numpy_deserialize(lying)
+    assert _deserialize(zeros, from_bytes=True).shape == (64 * MB // 8,)  # outside: unbounded
