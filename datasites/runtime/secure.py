@@ -131,6 +131,7 @@ def answer(
         out = _PHASE[phase](party, signing_key, request, releases)
     except ValueError as error:  # the protocol's and the wire's messages carry no secret
         raise SecureRefusal(str(error)) from None
+    store.sync()  # what this answer was made from is on disk before it leaves
     fields = {"study": plan.study_id, "round": round_, "phase": phase}
     if party.repeated:
         hospital.audit.append(
