@@ -8,7 +8,9 @@ the noise is measured against its formula; Poisson sampling against its binomial
 from __future__ import annotations
 
 import copy
+import ctypes.util
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from datasites.privacy.dp import (
     count_noise,
     dp_train,
     gradient_noise_multiplier,
+    keep_freed_memory,
     steps_per_epoch,
 )
 from datasites.privacy.sampling import batch_bound
@@ -790,3 +793,12 @@ def test_adaptive_clipping_keeps_c_finite_whatever_the_rows() -> None:
     # so C ends at the cap whatever the noise (at 1e-3 it hovered around 885 instead).
     assert outcome.clip == pytest.approx(1e-4 * 1e6)
     assert all(np.isfinite(w).all() for w in outcome.weights.values())
+
+
+def test_the_process_keeps_freed_memory_once_set() -> None:
+    """dp_train asks glibc to keep freed heap memory (no page fault per fresh page at every
+    step); asking again changes nothing and reports the same."""
+    kept = keep_freed_memory()
+    assert keep_freed_memory() is kept
+    if ctypes.util.find_library("c") and platform.libc_ver()[0] == "glibc":
+        assert kept
