@@ -10,7 +10,8 @@ figures, exact per-example clipping, Gaussian noise), the same without the maske
 path (`PrivacyEngine.make_private`, Poisson sampling) for reference. They are interleaved round
 by round, rotating the order, after one warm-up round, so that load from other processes on a
 shared machine hits all of them alike. Each rate is samples over time summed over the rounds;
-`ratio_median_round` is the median of the per-round dp/plain ratios. Prints one JSON line.
+`ratio_median_round` is the median of the per-round dp/plain ratios; `ratio_cpu` and
+`ratio_unpadded_cpu` are the ratios of the CPU time each trainer used. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ def main(argv: list[str] | None = None) -> None:
         "dp_unpadded": _ours(images, labels, args.batch_size, padded=False),
         "opacus_hooks": _opacus(images, labels, args.batch_size),
     }
-    times = _measure(trainers, args.seconds)
+    times, cpu = _measure(trainers, args.seconds, args.threads)
     report = _report(args, times, samples=images.shape[0])
+    # The same ratios from the CPU time each trainer used (this thread's with one torch
+    # thread, else the process's): time spent waiting for a core shared with other
+    # processes does not count, so these move less with outside load than the wall ratios.
+    report["ratio_cpu"] = round(sum(cpu["plain"]) / sum(cpu["dp"]), 3)
+    report["ratio_unpadded_cpu"] = round(sum(cpu["plain"]) / sum(cpu["dp_unpadded"]), 3)
     report["kept_freed_memory"] = kept
     print(json.dumps({**report, **_noise_cost(images.shape[0] // args.batch_size)}))
 
@@ -125,24 +131,30 @@ def _noise_cost(steps: int) -> dict[str, float]:
     }
 
 
-def _measure(trainers: dict[str, Callable[[], None]], seconds: float) -> dict[str, list[float]]:
+def _measure(
+    trainers: dict[str, Callable[[], None]], seconds: float, threads: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Warm up each trainer once, then run rounds (rotating order) until the budget is spent.
 
-    Returns each trainer's time per round, so that rates and per-round ratios can be formed.
+    Returns each trainer's wall time per round, so that rates and per-round ratios can be
+    formed, and its CPU time per round.
     """
+    clock = time.thread_time if threads == 1 else time.process_time
     for run in trainers.values():
         run()
     names = list(trainers)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     deadline = time.perf_counter() + seconds
     rounds = 0
     while rounds < 2 or time.perf_counter() < deadline:
         for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
-            start = time.perf_counter()
+            start, used = time.perf_counter(), clock()
             trainers[name]()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(clock() - used)
         rounds += 1
-    return times
+    return times, cpu
 
 
 def _plain(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Callable[[], None]:
