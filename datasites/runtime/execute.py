@@ -111,8 +111,14 @@ def execute(plan: Any, *, train: Any, test: Any, request: Any) -> dict[str, Any]
         # syft's second run of the approved code, on the mocks (the twin result's mock
         # half): nothing private is involved, so nothing is trained, recorded or spent.
         return {"hospital": hospital.name, "mock": True}
-    if isinstance(request, dict) and "batch" in request:
-        return _batched(hospital, plan, train, test, request)
+    # A call's audit entries are written together, before its reply is returned.
+    with hospital.audit.grouped():
+        if isinstance(request, dict) and "batch" in request:
+            return _batched(hospital, plan, train, test, request)
+        return _one_call(hospital, plan, train, test, request)
+
+
+def _one_call(hospital: Hospital, plan: Any, train: Any, test: Any, request: Any) -> dict:
     started = time.perf_counter()
     try:
         parsed = Plan.from_dict(plan)

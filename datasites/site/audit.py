@@ -36,6 +36,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -112,6 +113,10 @@ class _Head:
 
 
 _NO_HEAD = _Head(seq=-1, hash=GENESIS)
+# Entries held by `AuditLog.grouped` in this thread: log path -> (log, entries).
+_GROUPED: ContextVar[dict[Path, tuple[AuditLog, list[dict[str, Any]]]] | None] = ContextVar(
+    "audit_grouped", default=None
+)
 
 
 class AuditLog:
@@ -138,21 +143,54 @@ class AuditLog:
         line and rewriting the head leaves behind. `event` is positional-only so that a
         field named `event` is refused as reserved instead of colliding with it.
         """
-        entry = _new_entry(event, fields)
+        entry = {"time": _now(), **_new_entry(event, fields)}
+        pending = _GROUPED.get()
+        if pending is not None:  # written with the others at the end of `grouped`
+            pending.setdefault(self.path, (self, []))[1].append(entry)
+            return entry
+        return self._write([entry])[0]
+
+    @contextmanager
+    def grouped(self) -> Iterator[None]:
+        """Entries appended in this block, by this thread to any log, are written at its
+        end together: one flush and one head update per log instead of one per entry. The
+        caller ends the block before anything it records leaves the hospital (a call's
+        phases are audited together before its reply is returned). Nested blocks join
+        the outermost one."""
+        if _GROUPED.get() is not None:
+            yield
+            return
+        token = _GROUPED.set({})
+        try:
+            yield
+        finally:
+            pending = _GROUPED.get() or {}
+            _GROUPED.reset(token)
+            for log, entries in pending.values():
+                log._write(entries)
+
+    def _write(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chain `entries` after the head, append them, flush once, then move the head."""
         with _locked(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, fcntl.LOCK_EX) as fd:
             if os.fstat(fd).st_mode & 0o077:
                 os.fchmod(fd, 0o600)
             size = os.fstat(fd).st_size
             after = _chain_end(_last_line(fd, size), _head_or_none(self.head_path))
-            entry = {"seq": after.seq + 1, "time": _now(), **entry, "prev": after.hash}
-            entry["hash"] = _digest(entry)
-            line = _dumps(entry) + "\n"
+            chained, lines = [], []
+            for entry in entries:
+                time_, rest = entry["time"], {k: v for k, v in entry.items() if k != "time"}
+                entry = {"seq": after.seq + 1, "time": time_, **rest, "prev": after.hash}
+                entry["hash"] = _digest(entry)
+                after = _Head(entry["seq"], entry["hash"])
+                chained.append(entry)
+                lines.append(_dumps(entry) + "\n")
+            text = "".join(lines)
             if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = "\n" + line  # keep a half-written line apart from this one
-            _write_all(fd, line.encode("utf-8"))
+                text = "\n" + text  # keep a half-written line apart from these
+            _write_all(fd, text.encode("utf-8"))
             os.fsync(fd)
-            _write_head(self.head_path, _Head(entry["seq"], entry["hash"]))
-        return entry
+            _write_head(self.head_path, after)
+        return chained
 
     def entries(self) -> list[dict[str, Any]]:
         """Every line that is a JSON object, in file order; `verify` reports the others."""

@@ -420,3 +420,26 @@ def test_weights_digest_refuses_objects_and_non_str_names() -> None:
 
     one_sentence(str(objects.value))
     one_sentence(str(names.value))
+
+
+def test_grouped_entries_are_written_together_at_the_end_and_chain(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path)
+    log.append(Event.APPROVED, request="r0")
+    with log.grouped():
+        log.append(Event.SECURE_PHASE, study="s", round=1, phase="confirm")
+        with log.grouped():  # nested: joins the outer block
+            log.append(Event.SECURE_PHASE, study="s", round=3, phase="advertise")
+        assert len(log.entries()) == 1, "a grouped entry was written before the block ended"
+    entries = log.entries()
+    assert [e["seq"] for e in entries] == [0, 1, 2]
+    assert [e.get("phase") for e in entries] == [None, "confirm", "advertise"]
+    assert log.verify().ok
+
+
+def test_grouped_entries_are_written_even_when_the_block_fails(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path)
+    with pytest.raises(RuntimeError), log.grouped():
+        log.append(Event.INCIDENT, incident="ab12")
+        raise RuntimeError("boom")
+    assert [e["event"] for e in log.entries()] == ["incident"]
+    assert log.verify().ok
