@@ -28,6 +28,7 @@ expected work at the same tail; the round's budget costs a few percent at full s
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -99,11 +100,13 @@ def _log_space_sum(log_term: Any, ks: range) -> float:
     return total * math.exp(first)
 
 
+@lru_cache(maxsize=256)
 def batch_bound(rows: int, rate: float, tail: float = OVERFLOW_PER_ROUND) -> int:
     """The least B with P(Binomial(rows, rate) > B) <= tail: a round's row budget.
 
     The probability is computed with a relative margin of 1e-6 on top of its float
-    rounding, so that the budget never falls short of the exact one."""
+    rounding, so that the budget never falls short of the exact one. Remembered: a study
+    asks for the same public figures every round (the search takes about 0.6 ms)."""
     low, high = max(0, math.floor(rows * rate) - 1), rows
     while low < high:  # the tail decreases in B; it is 0 at B = rows
         middle = (low + high) // 2
