@@ -119,10 +119,12 @@ def _error(data_dir: Path, study: Any, config: Any, first: dict) -> float:
     from scientist.study import initial_weights
 
     start = initial_weights(config)
-    releases = [
-        stored_loads(Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 1))
+    recorded = [
+        Ledger(data_dir / h / "ledger.sqlite").result(study.id, "train", 1)
         for h in sorted(study.requests)
     ]
+    # A hospital that dropped out of round 1 before training recorded nothing.
+    releases = [stored_loads(r) for r in recorded if r is not None]
     total = sum(r["n"] for r in releases)
     worst = 0.0
     for key, value in start.items():
