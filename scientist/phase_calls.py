@@ -26,7 +26,15 @@ def light_call(
 ) -> dict[str, Any] | None:
     """The datasite's reply to `payload` ({"batch": [...]}) over its light route, or None
     when it has none. Network errors propagate, as a syft call's would."""
+    import requests
+
     seed, verify_key = signing_identity(client)
     body = seal(seed, verify_key, server_key, study_id, payload["batch"])
-    raw = post_phase_call(client, body)
+    try:
+        raw = post_phase_call(client, body)
+    except requests.ConnectionError:
+        # A kept-alive connection the server closed while idle (a round of training can
+        # outlast its keep-alive) fails at once: send it again, once. Safe: a hospital
+        # answers a phase once and gives the same answer to the same call.
+        raw = post_phase_call(client, body)
     return None if raw is None else read_reply(raw)
