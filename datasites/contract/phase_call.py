@@ -106,7 +106,11 @@ def _checked(key: str, raw: bytes, server: str, now: float) -> PhaseCall:
     if message["server"] != server:
         raise PhaseCallError("the call was signed for another datasite.")
     issued = message["issued"]
-    if type(issued) not in (int, float) or not math.isfinite(issued):
+    try:
+        issued = float(issued) if type(issued) in (int, float) else math.nan
+    except OverflowError:  # an int of hundreds of digits
+        issued = math.nan
+    if not math.isfinite(issued):
         raise PhaseCallError("the call's issued time is not a number.")
     if abs(now - issued) > MAX_SKEW_S:
         raise PhaseCallError(
@@ -119,7 +123,8 @@ def _checked(key: str, raw: bytes, server: str, now: float) -> PhaseCall:
     if not isinstance(batch, list) or not 1 <= len(batch) <= 3:
         raise PhaseCallError("a phase call carries 1-3 phase requests.")
     for request in batch:
-        if not isinstance(request, dict) or request.get("phase") not in LIGHT_PHASES:
+        phase = request.get("phase") if isinstance(request, dict) else None
+        if not isinstance(phase, str) or phase not in LIGHT_PHASES:
             raise PhaseCallError(
                 f"this route answers only the phases {', '.join(sorted(LIGHT_PHASES))}; "
                 "the mask phase is a syft call."

@@ -141,7 +141,7 @@ def _decode(tree: Any, kinds: dict[str, type], depth: int) -> Any:
             if set(values) != fields:
                 raise StoredFormatError(f"a stored {kind.__name__} has other fields.")
             return kind(**values)
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
         if isinstance(error, StoredFormatError):
             raise
         raise StoredFormatError(f"a malformed stored {tag}.") from None

@@ -8,14 +8,17 @@ let any number of passwords be tried. This ASGI middleware runs before all of th
 order, for every request:
 
 1. Only the routes this platform uses are served (`ROUTES`); any other is a 404 unread.
-2. Each network address has a request budget (a token bucket); past it, a 429 unread. An
-   API call signed by an account is charged to the account's budget instead (step 4).
+2. Each network address has a request budget (a token bucket) and may have at most
+   `in_flight_per_address` requests inside at once; past either, a 429 unread. An API call
+   signed by an account is charged to the account's budget instead (step 4).
 3. The body is bounded before it is read: a Content-Length above the route's limit is a
    413 at once, and the bytes actually received are counted as they arrive, so a chunked
-   body is cut off at the same limit. An API call may carry the largest weights the site
-   policy allows (`max_model_parameters` float32 values, plus a quarter for syft's framing,
-   plus 1 MiB) and not more; the hospital's own operator, a process of the hospital's own
-   user on this machine, may send up to `OPERATOR_BODY_BYTES` (datasets are uploaded so).
+   body is cut off at the same limit, and a body must arrive within `body_seconds` plus
+   its size at 256 kB/s (a 408: a slow sender cannot hold connections open). An API call
+   may carry the largest weights the site policy allows (`max_model_parameters` float32
+   values, plus a quarter for syft's framing, plus 1 MiB) and not more; the hospital's
+   own operator, a process of the hospital's own user on this machine, may send up to
+   `OPERATOR_BODY_BYTES` (datasets are uploaded so).
    Every other route takes `SMALL_BODY_BYTES`.
 4. An API call's signing key and path are read from the capnp frame without deserializing
    its arguments (syft keeps the signed message as bytes; only its `path` and `server_uid`
@@ -40,6 +43,7 @@ turns a flood into one entry per interval.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -97,6 +101,8 @@ API_MAP_REPLY = (
     b"(%s); send those only."
 )
 RATE_REPLY = "Too many requests; try again in a moment."
+# A body must arrive within `GateSettings.body_seconds` plus its size at this rate.
+BODY_BYTES_PER_S = 256 * 1024
 
 
 def _env(name: str, default: float) -> float:
@@ -120,6 +126,8 @@ class GateSettings:
     address_burst: float = 500.0
     account_rate: float = 50.0
     account_burst: float = 500.0
+    body_seconds: float = 30.0  # a body must arrive within this plus its size at 256 kB/s
+    in_flight_per_address: int = 64  # requests one address may have in the datasite at once
 
     @classmethod
     def from_env(cls) -> GateSettings:
@@ -242,6 +250,7 @@ class Gate:
             b"datasites api-map cookie\0" + bytes(worker.signing_key.signing_key)
         ).digest()
         self._policy_stamp: float | None = None
+        self._in_flight: dict[str, int] = {}  # requests being handled, by address
         self._call_limit = self._limit_for(DEFAULT_MAX_PARAMETERS)
 
     # -- the request ---------------------------------------------------------------------
@@ -252,12 +261,20 @@ class Gate:
             return
         address = (scope.get("client") or ("", 0))[0]
         token = SOURCE.set(f"address:{address}")
+        busy = self._in_flight.get(address, 0)
+        self._in_flight[address] = busy + 1
         try:
+            if busy >= self.settings.in_flight_per_address:
+                self._refuse("gate", "*", "guest", "requests in flight from the address")
+                raise Refused(429, RATE_REPLY.encode())
             await self._handle(scope, receive, send, address)
         except Refused as refused:
             await _respond(send, refused.status, refused.body, refused.media)
         finally:
             SOURCE.reset(token)
+            left = self._in_flight.pop(address, 1) - 1
+            if left > 0:
+                self._in_flight[address] = left
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, address: str) -> None:
         method, path = scope["method"], scope["path"]
@@ -312,10 +329,20 @@ class Gate:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             limit = self._operator_limit(scope, kind, limit, declared)
+            if declared > limit:
+                raise Refused(413, b"Request body too large")
+        # The body must come at a pace: a slow sender holds a connection (and a file
+        # descriptor) only this long, however many bytes a second it trickles.
+        deadline = time.monotonic() + self.settings.body_seconds
+        deadline += (declared or limit) / BODY_BYTES_PER_S
         chunks: list[bytes] = []
         received = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError:
+                self._refuse("gate", scope["path"].rsplit("/", 1)[-1], "guest", "a slow body")
+                raise Refused(408, b"The request body came too slowly.") from None
             if message["type"] == "http.disconnect":
                 raise Refused(400, b"the client went away")
             chunk = message.get("body", b"")

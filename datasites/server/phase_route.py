@@ -24,13 +24,20 @@ call.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
+import threading
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from datasites.contract.phase_call import PhaseCall, PhaseCallError, open_call, reply_body
 from datasites.contract.template import function_name, template_plan
 from datasites.runtime.execute import execute_light
+from datasites.server.gate import Buckets
 from datasites.server.guard import builtin_policies_refusal
+from datasites.server.refusals import SOURCE
 from datasites.site.audit import AuditLog, Event
 from datasites.site.caller import acting_as
 
@@ -39,6 +46,16 @@ if TYPE_CHECKING:
     from syft.server.datasite import Datasite
 
 PATH = "/secure_phase"
+MAX_CODES = 8  # of one account with one study's function name, newest first
+MAX_SOURCE_CHARS = 64 * 1024  # a study template is a few kB
+MAX_PLANS = 256
+TRACE_EVERY_S = 60.0
+# Phase calls an account may keep up (a round makes two per hospital).
+ACCOUNT_RATE, ACCOUNT_BURST = 20.0, 100.0
+_ACCOUNTS = Buckets(ACCOUNT_RATE, ACCOUNT_BURST)
+_PLANS: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
+_PLANS_LOCK = threading.Lock()
+_TRACED: dict[str, float] = {}
 NO_STUDY = "no approved study of yours by that id at this hospital; submit it and ask its operator"
 log = logging.getLogger("datasites.server.phase_route")
 
@@ -70,22 +87,29 @@ def phase_router(worker: Datasite, audit: AuditLog) -> APIRouter:
 
 def answer(worker: Datasite, audit: AuditLog, body: bytes) -> dict[str, Any]:
     """The reply to one posted call: the runtime's, or a refusal with `error`."""
-    name = worker.name
+    name, who = worker.name, {"user": "guest"}
     try:
         call = open_call(body, str(worker.verify_key))
+        who["study"] = call.study
         email = _scientist(worker, call.key)
+        who["user"] = email
+        SOURCE.set(f"account:{email}")  # this thread's refusals are the account's
+        with _PLANS_LOCK:  # the buckets are not thread-safe on their own
+            allowed = _ACCOUNTS.take(email)
+        if not allowed:
+            raise Refusal("too many phase calls from this account; try again in a moment")
         plan = _approved_plan(worker, call)
     except (PhaseCallError, Refusal) as error:
         reason = (error.reason if isinstance(error, Refusal) else str(error)).rstrip(".")
-        _refused(audit, reason)
+        _refused(audit, reason, who)
         return {
             "hospital": name,
             "error": f"refused by this hospital: {reason}.",
             "refused": "Route",
         }
-    except Exception:
-        log.exception("could not check a secure phase call; refused")
-        _refused(audit, "the call could not be checked")
+    except Exception as error:
+        _log_unexpected(error)
+        _refused(audit, "the call could not be checked", who)
         return {"hospital": name, "error": "the call could not be checked.", "refused": "Route"}
     with acting_as(email):
         return execute_light(plan, {"batch": call.batch})
@@ -110,29 +134,65 @@ def _scientist(worker: Datasite, key: str) -> str:
 
 
 def _approved_plan(worker: Datasite, call: PhaseCall) -> dict[str, Any]:
-    """The literal plan of the caller's approved template code for the study."""
+    """The literal plan of the caller's approved template code for the study.
+
+    Only the caller's own codes of that name are read (syft's permission filter, as the
+    caller), newest first and at most `MAX_CODES`; a code's source is parsed only once it
+    is approved here, and each parse is kept (a pending code of any size costs nothing)."""
     from syft.server.credentials import SyftVerifyKey
     from syft.service.context import AuthedServiceContext
 
     key = SyftVerifyKey.from_string(call.key)
     name = function_name(call.study)
-    codes = worker.services.user_code.stash.get_by_service_func_name(
-        credentials=worker.verify_key, service_func_name=name
+    codes = worker.services.user_code.stash.get_all(
+        credentials=key,
+        filters={"service_func_name": name},
+        sort_order="desc",
+        limit=MAX_CODES,
     ).unwrap()
     context = AuthedServiceContext(server=worker, credentials=worker.verify_key)
     for code in codes:
         if code.user_verify_key != key or builtin_policies_refusal(code) is not None:
             continue
-        plan = template_plan(code.raw_code, name)
-        if plan is None or plan.get("study_id") != call.study:
+        if not code.get_status(context).unwrap().get_is_approved(context):
             continue
-        if code.get_status(context).unwrap().get_is_approved(context):
+        plan = _template(str(code.id), code.raw_code, name)
+        if plan is not None and plan.get("study_id") == call.study:
             return plan
     raise Refusal(NO_STUDY)
 
 
-def _refused(audit: AuditLog, reason: str) -> None:
+def _template(code_id: str, source: Any, name: str) -> dict[str, Any] | None:
+    """`template_plan` of an approved code's source, parsed once per code and source."""
+    if not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS:
+        return None
+    key = (code_id, hashlib.sha256(source.encode("utf-8", "replace")).hexdigest())
+    with _PLANS_LOCK:
+        if key in _PLANS:
+            _PLANS.move_to_end(key)
+            return copy.deepcopy(_PLANS[key])
+    plan = template_plan(source, name)
+    with _PLANS_LOCK:
+        _PLANS[key] = plan
+        while len(_PLANS) > MAX_PLANS:
+            _PLANS.popitem(last=False)
+    return copy.deepcopy(plan)
+
+
+def _refused(audit: AuditLog, reason: str, who: dict[str, str]) -> None:
     try:
-        audit.append(Event.REFUSED, layer="route", path="secure_phase", reason=reason[:300])
+        audit.append(Event.REFUSED, layer="route", path="secure_phase", reason=reason[:300], **who)
     except Exception:
         log.exception("could not write the audit entry for a refused phase call")
+
+
+def _log_unexpected(error: Exception) -> None:
+    """Log an unexpected failure: with its traceback at most once a minute per kind, so
+    that hostile input cannot grow the datasite's log by a traceback a call."""
+    kind = type(error).__name__
+    now = time.monotonic()
+    if now - _TRACED.get(kind, -TRACE_EVERY_S) >= TRACE_EVERY_S:
+        _TRACED[kind] = now
+        log.exception("could not check a secure phase call; refused")
+    else:
+        log.warning("could not check a secure phase call (%s); refused", kind)

@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from datasites.client.connection import post_phase_call, signing_identity
 from datasites.contract.invitation import read_invitation
 from datasites.contract.phase_call import read_reply, seal
 from datasites.contract.syft_io import quiet
+from datasites.contract.template import function_name
 from datasites.governance.accounts import Accounts
 from datasites.governance.operator import Operator
 from datasites.server.phase_route import NO_STUDY
@@ -172,3 +174,85 @@ def test_a_repeat_is_the_stored_answer_and_other_inputs_are_refused(
     wrong = [{"round": 2, "phase": "confirm", "survivors": [1, 2]}]
     reply = post(client, signed(client, key, approved.id, wrong))
     assert "error" in reply["batch"][0], reply  # no mask answered: nothing to confirm
+
+
+def test_pending_codes_of_any_size_cost_nothing_to_refuse(
+    approved: Study, bob: Any, audit_since: Callable
+) -> None:
+    """Found live: the route parsed every code of the caller's with the study's name, pending
+    ones included; two 250 kB template-shaped codes made each refusal cost about 2 s."""
+    import importlib.util
+    import tempfile
+
+    import syft as sy
+    from syft.service.policy.policy import OutputPolicyExecuteCount
+
+    study_id = f"dos-{secrets.token_hex(3)}"
+    name = function_name(study_id)
+    assets = bob.datasets["ehr"].assets
+    with tempfile.TemporaryDirectory() as folder, quiet():
+        for copy in range(2):  # two distinct codes (syft keeps one request per code)
+            literal = ", ".join(f'"k{i}": [{i}, {copy}]' for i in range(12_000))
+            source = (
+                f"def {name}(train, test, weights):\n    from datasites.runtime import execute\n"
+                f'    plan = {{{literal}, "study_id": "{study_id}"}}\n'
+                "    return execute(plan, train=train, test=test, request=weights)\n"
+            )
+            assert len(source) > 200_000
+            path = f"{folder}/{name}_{copy}.py"
+            with open(path, "w") as handle:
+                handle.write(source)
+            spec = importlib.util.spec_from_file_location(f"{name}_{copy}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            policy = sy.MixedInputPolicy(
+                train=assets["train"], test=assets["test"], weights=dict, client=bob
+            )
+            function = sy.syft_function(
+                input_policy=policy, output_policy=OutputPolicyExecuteCount(limit=2)
+            )(getattr(module, name))
+            assert hasattr(bob.code.request_code_execution(function), "id")
+    log = audit_since(HOSPITAL)
+    key = approved.partners[HOSPITAL]
+    for _ in range(3):
+        started = time.monotonic()
+        reply = post(bob, signed(bob, key, study_id, ADVERTISE["batch"]))
+        assert NO_STUDY in refused(reply)
+        assert time.monotonic() - started < 1.0, "a pending code was parsed to refuse a call"
+    entries = [e for e in log() if e["event"] == "refused" and e.get("path") == "secure_phase"]
+    assert entries and all(e.get("user", "").startswith("bob-") for e in entries), entries
+    assert all(e.get("study") == study_id for e in entries), entries
+
+
+def test_hostile_literals_are_refused_in_one_sentence_without_a_traceback(
+    approved: Study, guarded: Launch
+) -> None:
+    """Found live: a list as the phase, an issued time of 400 digits, or an array whose
+    shape is Infinity raised past the route's checks: a traceback in the log per call."""
+    from syft.server.credentials import SyftSigningKey
+
+    from datasites.contract.phase_call import DOMAIN
+    from datasites.contract.secure_sum import sign
+
+    key = approved.partners[HOSPITAL]
+    stranger = SyftSigningKey.generate()
+    seed, verify_key = bytes(stranger.signing_key), str(stranger.verify_key)
+    log_file = Path(guarded.data_dir) / HOSPITAL / "datasite.log"
+    messages = [
+        {"server": key, "study": approved.id, "issued": time.time(), "batch": [{"phase": []}]},
+        {"server": key, "study": approved.id, "issued": 10**400, "batch": ADVERTISE["batch"]},
+    ]
+    texts = [json.dumps(m) for m in messages]
+    texts.append(
+        texts[0].replace(
+            '{"phase": []}', '{"$": "array", "dtype": "float64", "shape": [Infinity], "b64": ""}'
+        )
+    )
+    before = log_file.stat().st_size
+    for _ in range(10):
+        for text in texts:
+            signature = sign(seed, DOMAIN + text.encode()).hex()
+            body = json.dumps({"key": verify_key, "message": text, "signature": signature})
+            error = refused(post(alice(approved), body.encode()))
+            assert "could not be checked" not in error, error
+    assert log_file.stat().st_size - before < 2_000, "refusals wrote to the datasite log"
