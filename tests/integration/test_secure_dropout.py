@@ -1,6 +1,11 @@
 """A hospital SIGKILLed in the middle of a secure round: the round completes over the
 survivors and equals their plain FedAvg, launch.py restarts the hospital, and it rejoins a
-later call. Its own federation: killing a datasite of the session's would disturb the rest."""
+later call.
+
+Uses the session federation (its policy's `min_secure_threshold = 2` is for these tests),
+as tests/integration/test_network_faults.py does: the tests run one at a time, and each
+waits until the launcher has every killed datasite back up before it ends, so the modules
+after it find the federation whole (its state is on disk; a restart keeps it)."""
 
 from __future__ import annotations
 
@@ -25,9 +30,8 @@ from scientist.checkpoint import Checkpoint
 from scientist.config import DPConfig, StudyConfig
 from scientist.secure_round import SecureRelay
 from scientist.study import StudyError
-from tests.conftest import SESSION_POLICY, start_launch
+from tests.conftest import Launch
 
-BASE_PORT = 18581
 VICTIM = "hospital-c"
 CONFIG = StudyConfig(
     task="ehr",
@@ -61,18 +65,13 @@ def _wait_up(url: str, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Three hospitals of this module's own launch.py (it restarts a killed datasite)."""
-    data_dir = tmp_path_factory.mktemp("dropout") / "datasites"
-    for name in ("hospital-a", "hospital-b", VICTIM):
-        (data_dir / name).mkdir(parents=True)
-        (data_dir / name / "policy.toml").write_text(SESSION_POLICY)
-    launch = start_launch(
-        "--hospitals", "3", "--base-port", str(BASE_PORT), "--seed", "5", data_dir=data_dir
-    )
-    yield launch
-    launch.stop()
+@pytest.fixture
+def trio(federation: Launch) -> Any:
+    """The session's three hospitals (launch.py restarts a killed datasite); whatever the
+    test did, every hospital answers again before the next test starts."""
+    yield federation
+    for hospital in ("hospital-a", "hospital-b", VICTIM):
+        _wait_up(federation.hospital(hospital)["url"])
 
 
 def _approved(fed: Federation, data_dir: Path) -> Any:
