@@ -38,14 +38,25 @@ min_secure_threshold = 2
 """
 
 
+# The fixtures that start datasites (or name the session's): a test of tests/integration or
+# tests/security is live when one of them is among its fixtures (directly or through
+# another fixture), or when it is marked `live` (it starts processes itself).
+LIVE_FIXTURES = frozenset({"federation", "guarded", "site"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by its folder: `-m "not integration and not security"` runs the unit
-    tests alone, in about a minute."""
+    """Mark each test by its folder (`integration`, `security`), and a test of those folders
+    that starts and reaches no datasite `in_process`, so that it runs with the unit tests:
+    `-m "in_process or not (integration or security)"` is the half without datasites."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for marker in ("integration", "security"):
-            if marker in parts:
-                item.add_marker(marker)
+        folders = [m for m in ("integration", "security") if m in parts]
+        for marker in folders:
+            item.add_marker(marker)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        live = item.get_closest_marker("live") is not None or fixtures & LIVE_FIXTURES
+        if folders and not live:
+            item.add_marker("in_process")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,12 +138,42 @@ def launch_command(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "launch.py"), *args]
 
 
+@dataclass
+class Starting:
+    """A launch.py begun and not yet waited for (`begin_launch`)."""
+
+    launch: Launch
+    ready: threading.Event
+    deadline: float
+    timeout: float
+
+    def wait(self) -> Launch:
+        """Its `ready:` line, or fail with its output."""
+        launch, proc = self.launch, self.launch.proc
+        while not self.ready.wait(0.5):
+            if time.monotonic() > self.deadline:
+                proc.kill()
+                pytest.fail(f"launch.py not ready after {self.timeout} s:\n{launch.output}")
+        if not any(x.startswith("ready:") for x in launch.lines):
+            pytest.fail(f"launch.py exited with {proc.wait(30)}:\n{launch.output}")
+        return launch
+
+
 def start_launch(
     *args: str, data_dir: Path, timeout: float = 300, ignore_sigint: bool = False
 ) -> Launch:
     """Start launch.py and wait for its `ready:` line (or fail with its output).
 
     `ignore_sigint` starts it as a background job of a non-interactive shell would be."""
+    return begin_launch(
+        *args, data_dir=data_dir, timeout=timeout, ignore_sigint=ignore_sigint
+    ).wait()
+
+
+def begin_launch(
+    *args: str, data_dir: Path, timeout: float = 300, ignore_sigint: bool = False
+) -> Starting:
+    """Start launch.py without waiting for it: `.wait()` when its datasites are needed."""
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     proc = subprocess.Popen(
         launch_command(*args, "--data-dir", str(data_dir)),
@@ -155,14 +196,7 @@ def start_launch(
         ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready.wait(0.5):
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"launch.py not ready after {timeout} s:\n{launch.output}")
-    if not any(x.startswith("ready:") for x in launch.lines):
-        pytest.fail(f"launch.py exited with {proc.wait(30)}:\n{launch.output}")
-    return launch
+    return Starting(launch, ready, time.monotonic() + timeout, timeout)
 
 
 def run_launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -205,8 +239,19 @@ def datasites_cli(data_dir: Path, hospital: str, *args: str) -> Completed:
     return _in_process(main, [*args, "--hospital", hospital, "--data-dir", str(data_dir)])
 
 
+# Launches begun in the background before a fixture asks for them, by fixture name: the
+# session federation begins the guarded one (tests/security/conftest.py) once it is ready
+# itself, so that its start overlaps the integration tests, which mostly wait on replies.
+EARLY: dict[str, Starting] = {}
+
+
+def wanted(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether a test of this run uses `fixture`."""
+    return any(fixture in getattr(item, "fixturenames", ()) for item in request.session.items)
+
+
 @pytest.fixture(scope="session")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Launch:
     """Three hospital datasites on loopback, started once for the whole session."""
     data_dir = tmp_path_factory.mktemp("federation") / "datasites"
     for name in ("hospital-a", "hospital-b", "hospital-c")[:SESSION_HOSPITALS]:
@@ -221,8 +266,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Launch:
         "7",
         data_dir=data_dir,
     )
+    if wanted(request, "guarded") and "guarded" not in EARLY:
+        from tests.security.conftest import begin_guarded
+
+        EARLY["guarded"] = begin_guarded(tmp_path_factory)
     yield launch
     launch.stop()
+    unused = EARLY.pop("guarded", None)  # begun, but the run ended before a test used it
+    if unused is not None:
+        unused.launch.stop()
 
 
 def login(url: str, email: str, password: str) -> Any:

@@ -4,6 +4,7 @@ budget, audit and automatic approval, through the Python API and the command lin
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from scientist.study import initial_weights
 from tests.conftest import Launch, datasites_cli, one_round_ehr, start_launch
 
 STUDY = one_round_ehr(epsilon=2.0)
+# The auto-approve launch's port; overridable, as the session's FEDERATION_TEST_BASE_PORT.
+AUTO_APPROVE_PORT = int(os.environ.get("AUTO_APPROVE_TEST_PORT", "18591"))
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +234,7 @@ def test_custom_code_needs_the_recorded_override(
     op.deny(request_id, "custom code is not accepted here")
 
 
+@pytest.mark.live
 def test_launch_auto_approve_starts_a_watcher_per_hospital(tmp_path: Path) -> None:
     data_dir = tmp_path / "auto"
     (data_dir / "hospital-a").mkdir(parents=True)
@@ -238,7 +242,12 @@ def test_launch_auto_approve_starts_a_watcher_per_hospital(tmp_path: Path) -> No
         AUTO_POLICY.format(email="scientist@research.org")
     )
     launch = start_launch(
-        "--hospitals", "1", "--base-port", "18591", "--auto-approve", data_dir=data_dir
+        "--hospitals",
+        "1",
+        "--base-port",
+        str(AUTO_APPROVE_PORT),
+        "--auto-approve",
+        data_dir=data_dir,
     )
     try:
         scientist = Federation.connect(data_dir, workdir=tmp_path / "studies")

@@ -8,6 +8,7 @@ any address but 127.0.0.1: the outside address below is refused before anything 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -32,7 +33,8 @@ from synthetic.pathology import generate_pathmnist, save_pathmnist_npz
 
 REPO = Path(__file__).resolve().parents[2]
 HOSPITAL = "hospital-q"
-PORT = 19150  # this module's range is 19100-19199
+# This module's range is 19100-19199; overridable, as the session's FEDERATION_TEST_BASE_PORT.
+PORT = int(os.environ.get("INIT_SERVE_TEST_PORT", "19150"))
 OUTSIDE = "198.18.0.1"  # RFC 2544 benchmarking range; refused before any bind
 DNS_NAME = "datasite.hospital-q.example"
 

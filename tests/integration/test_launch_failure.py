@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import run_launch
 from tests.unit.test_launch_errors import BASE_PORT, args, assert_refused
 
 
+@pytest.mark.live
 def test_a_datasite_that_fails_to_start_stops_the_rest(tmp_path: Path) -> None:
     data_dir = tmp_path / "d"
     broken = data_dir / "hospital-b" / "identity.json"

@@ -17,7 +17,7 @@ import pytest
 from datasites.governance.operator import Operator
 from datasites.site.audit import AuditLog
 from scientist import Federation
-from tests.conftest import Launch, admin_login, start_launch
+from tests.conftest import EARLY, Launch, Starting, admin_login, begin_launch
 
 # Overridable, as the main session's FEDERATION_TEST_BASE_PORT, for two runs on one machine.
 GUARDED_BASE_PORT = int(os.environ.get("GUARDED_TEST_BASE_PORT", "18481"))
@@ -32,13 +32,13 @@ max_epsilon = 1.5
 """
 
 
-@pytest.fixture(scope="session")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+def begin_guarded(tmp_path_factory: pytest.TempPathFactory) -> Starting:
+    """Start the guarded federation's launch.py, without waiting for it."""
     data_dir = tmp_path_factory.mktemp("guarded") / "datasites"
     for name in HOSPITALS:
         (data_dir / name).mkdir(parents=True)
         (data_dir / name / "policy.toml").write_text(POLICY)
-    launch = start_launch(
+    return begin_launch(
         "--hospitals",
         str(len(HOSPITALS)),
         "--base-port",
@@ -47,6 +47,14 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Launch:
         "11",
         data_dir=data_dir,
     )
+
+
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    """Started once per run: begun in the background when the session federation came up
+    (tests/conftest.py, EARLY), or here when this run has no session federation."""
+    starting = EARLY.pop("guarded", None) or begin_guarded(tmp_path_factory)
+    launch = starting.wait()
     yield launch
     launch.stop()
 

@@ -418,7 +418,7 @@ def test_11_audit_tampering_is_caught(
 # 12 -----------------------------------------------------------------------------------------
 
 
-def test_12_datasites_cannot_be_reached_off_loopback() -> None:
+def test_12_datasites_cannot_be_reached_off_loopback(guarded: Launch) -> None:
     for i in range(len(HOSPITALS)):
         port = GUARDED_BASE_PORT + i
         assert listening_addresses(port) == ["127.0.0.1"]

@@ -33,7 +33,8 @@ import requests
 from datasites.site.audit import AuditLog
 from tests.conftest import Launch, login, start_launch
 
-BASE_PORT = 18681
+# Overridable, as the session's FEDERATION_TEST_BASE_PORT, for two runs on one machine.
+BASE_PORT = int(os.environ.get("FLOODS_TEST_PORT", "18681"))
 HOSPITAL = "hospital-a"
 URL = f"http://127.0.0.1:{BASE_PORT}"
 API = URL + "/api/v2"

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -40,7 +41,8 @@ from scientist import Federation, StudyConfig
 from tests.conftest import REPO, Launch, login, one_round_ehr, start_launch
 from tests.security.forge import quiet as attempt
 
-BASE_PORT = 18581
+# Overridable, as the session's FEDERATION_TEST_BASE_PORT, for two runs on one machine.
+BASE_PORT = int(os.environ.get("STORE_TEST_PORT", "18581"))
 HOSPITAL = "hospital-a"
 URL = f"http://127.0.0.1:{BASE_PORT}"
 LAUNCH_ARGS = ("--hospitals", "1", "--base-port", str(BASE_PORT), "--seed", "13")
@@ -49,7 +51,11 @@ STUDY = one_round_ehr(epsilon=0.5)
 
 @dataclass
 class Site:
-    """The module's own launch, restarted by tests that need the datasite stopped."""
+    """The module's own launch, restarted by tests that need the datasite stopped.
+
+    Started with SIGINT ignored, as `nohup ... &` from a script starts it: each restart
+    also checks that SIGINT still stops such a launch, with exit code 0 (the check of
+    tests/integration/test_lifecycle.py's former one-hospital launch)."""
 
     data_dir: Path
     launch: Launch
@@ -60,9 +66,9 @@ class Site:
 
     def restart(self, while_stopped: Callable[[], Any] = lambda: None) -> Any:
         """Stop the launch, run `while_stopped`, start again; return what it returned."""
-        assert self.launch.stop() == 0, self.launch.output
+        assert self.launch.stop(signal.SIGINT, timeout=60) == 0, self.launch.output
         result = while_stopped()
-        self.launch = start_launch(*LAUNCH_ARGS, data_dir=self.data_dir)
+        self.launch = start_launch(*LAUNCH_ARGS, data_dir=self.data_dir, ignore_sigint=True)
         return result
 
 
@@ -75,7 +81,7 @@ def site() -> Iterator[Site]:
     data_dir = parent / "datasites"
     running: Site | None = None
     try:
-        running = Site(data_dir, start_launch(*LAUNCH_ARGS, data_dir=data_dir))
+        running = Site(data_dir, start_launch(*LAUNCH_ARGS, data_dir=data_dir, ignore_sigint=True))
         yield running
     finally:
         if running is not None:

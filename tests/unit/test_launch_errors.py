@@ -8,6 +8,7 @@ tests/integration/test_launch_failure.py.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from synthetic.ehr import generate_ehr
 from synthetic.pathology import generate_pathmnist
 from tests.conftest import launch_in_process as run_launch
 
-BASE_PORT = 18381
+# Overridable, as the session's FEDERATION_TEST_BASE_PORT, for two runs on one machine.
+BASE_PORT = int(os.environ.get("LAUNCH_ERRORS_TEST_BASE_PORT", "18381"))
 
 
 def assert_refused(result, *needles: str, code: int = 2) -> None:
