@@ -16,7 +16,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,16 +101,27 @@ def _init_all(net: netns.Network, root: Path) -> None:
         assert process.returncode == 0, f"init {hospital}: {out}"
 
 
+def _each_host(step: Callable[[str], object]) -> list[object]:
+    """step(hospital) on every hospital's host at once (each host's own steps stay in
+    order): the operators act independently, and each command is mostly its own start-up."""
+    with ThreadPoolExecutor(max_workers=len(HOSPITALS)) as pool:
+        return list(pool.map(step, HOSPITALS))
+
+
 def _register_partners(site: Site) -> None:
-    keys = {}
-    for hospital in HOSPITALS:
+    def own_key(hospital: str) -> str:
         first = site.datasites(hospital, "partners", "list").splitlines()[0].split()
         assert first[0] == hospital
-        keys[hospital] = first[1]
-    for hospital in HOSPITALS:
+        return first[1]
+
+    keys = dict(zip(HOSPITALS, _each_host(own_key), strict=True))
+
+    def add_partners(hospital: str) -> None:
         for other in HOSPITALS:
             if other != hospital:
                 site.datasites(hospital, "partners", "add", other, keys[other])
+
+    _each_host(add_partners)
 
 
 def _wait_up(site: Site, hospital: str, deadline: float = 180) -> None:
@@ -152,12 +164,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                        "--host", net.hosts[hospital].address, "--port", str(PORT)]  # fmt: skip
             net.start(hospital, command, root / f"{hospital}.serve.log", cwd=REPO,
                       env=os.environ | ENV_THREADS)  # fmt: skip
-        for hospital in HOSPITALS:
+
+        def invite(hospital: str) -> None:
             _wait_up(site, hospital)
             out = root / "invitations" / f"{hospital}.invite.json"
             site.datasites(hospital, "scientists", "add", EMAIL, "--name", "Ana Lima",
                            "--out", str(out))  # fmt: skip
             site.invitations[hospital] = out
+
+        _each_host(invite)
+        site.invitations = {h: site.invitations[h] for h in HOSPITALS}  # in hospital order
         yield site
 
 
