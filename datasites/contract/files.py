@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,27 @@ def bounded_json(
 def read_bounded_json(path: Path, **bounds: int) -> Any:
     """`bounded_json` of a file, reading at most one byte past the size bound."""
     limit = bounds.get("max_bytes", MAX_JSON_BYTES)
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         raw = handle.read(limit + 1)
     return bounded_json(raw, **bounds)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file; JsonFileError at once otherwise.
+
+    A FIFO, a device or a socket named like a data file would block `open` (a FIFO with no
+    writer) or a read forever, or stream without end: it is opened without blocking
+    (O_NONBLOCK, which a regular file ignores), checked with fstat on the open descriptor
+    (no swap between check and use), and refused unless it is a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise JsonFileError("it is not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

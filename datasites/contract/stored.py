@@ -177,7 +177,36 @@ _NUMPY_GLOBALS = frozenset(
         ("numpy", "dtype"),
     }
 )
-_BUILTINS = frozenset({"set", "frozenset", "tuple", "list", "dict", "bytearray", "complex"})
+# Containers only: each builds from objects the pickle already holds, so it takes no more
+# memory than the file's own bytes. `bytearray` is not among them: `bytearray(10**11)`
+# is 20 bytes of pickle and 100 GB of zeros (no stored value was ever a bytearray).
+_BUILTINS = frozenset({"set", "frozenset", "tuple", "list", "dict", "complex"})
+_RECONSTRUCT = "_reconstruct"
+
+
+class _ArrayClass:
+    """What a pickle's reference to `numpy.ndarray` becomes: an argument for numpy's
+    `_reconstruct` only. Called, as `numpy.ndarray(shape)`, it would allocate any shape the
+    pickle names; it refuses instead."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoredFormatError("a stored pickle builds an array from a shape, not from data.")
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
+def _reconstruct(numpy_reconstruct: Any) -> Any:
+    """numpy's `_reconstruct(ndarray, (0,), b"b")`, as every pickled array begins; its data
+    and real shape come next from the pickle's own bytes (`__setstate__` checks they match).
+    Any other shape would allocate from a number the pickle names: refused."""
+
+    def reconstruct(kind: Any, shape: Any, dtype: Any) -> Any:
+        if kind is not _ARRAY_CLASS or tuple(shape) != (0,):
+            raise StoredFormatError("a stored pickle builds an array from a shape, not from data.")
+        return numpy_reconstruct(np.ndarray, (0,), dtype)
+
+    return reconstruct
 
 
 class _Restricted(pickle.Unpickler):
@@ -187,7 +216,10 @@ class _Restricted(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            if name == "ndarray":
+                return _ARRAY_CLASS
+            return _reconstruct(found) if name == _RECONSTRUCT else found
         if module == "builtins" and name in _BUILTINS:
             return super().find_class(module, name)
         if (module, name) in self.kinds:
