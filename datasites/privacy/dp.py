@@ -15,8 +15,11 @@ gradients it then discards (under half the non-private throughput: benchmarks/RE
 each layer's input and output gradient in one backward pass that skips the batch weight
 gradients, takes per-example norms of linear layers without materialising them ("ghost
 norms", Goodfellow 2015; Li et al., 2022), gets per-example convolution gradients from one
-grouped convolution backward with the batch as groups, and forms the clipped sum directly
-(book-keeping, Bu et al., 2023). `tests/unit/test_dp.py` proves it equal to one-example-at-a-time
+grouped convolution backward with the batch as groups and GroupNorm's from the very backward
+kernel call that gives its input gradient, and forms the clipped sum directly (book-keeping,
+Bu et al., 2023). In that pass, MaxPool2d and GroupNorm run through functions of their own
+that give the same values and gradients with less work (`_ChannelsLastMaxPool`,
+`_FusedGroupNorm`). `tests/unit/test_dp.py` proves it equal to one-example-at-a-time
 microbatching. Opacus remains the source of truth for what it is best at: the validator that
 admits a model, and the accountants.
 
