@@ -104,16 +104,17 @@ class SecureStore:
 
     def sync(self) -> None:
         """Make every commit so far durable: call before an answer leaves the hospital, so
-        that no crash can forget an answer (and then answer the phase again otherwise)."""
-        for path in (Path(f"{self.path}-wal"), self.path):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        that no crash can forget an answer (and then answer the phase again otherwise).
+        In WAL mode a commit lives in the log until a checkpoint, and SQLite syncs the
+        database itself when it checkpoints, so flushing the log is enough."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and truncated: already in the database
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def get(self, study: tuple[str, str], round_: int, phase: str) -> Any | None:
         """The stored answer of (owner, study id) = `study`, round and phase, or None."""
