@@ -25,17 +25,28 @@ order, for every request:
    fields are decoded). A caller whose role may not call that path (the guard's own lists,
    `datasites.server.guard.access_refusal`) is refused there; an account's signature is
    checked, and the account has a request budget of its own.
-5. Logins: each claimed email and each address may have `LOGIN_FAILURES` (and
-   `ADDRESS_LOGIN_FAILURES`) failed or pending attempts in a window; past that, every
-   attempt, the right password included, is refused unread for `lockout` seconds.
+5. Logins (`LoginLimits`): each (claimed email, address) pair may have `login_failures`
+   failed or pending attempts in a window, each email `email_login_failures` from all
+   addresses together, each address `address_login_failures` for all emails together;
+   past one, attempts under that key, the right password included, are refused unread for
+   `lockout_seconds`. A pair that logged in from that address before (`KNOWN_PAIR_SECONDS`)
+   is held to its own limit only: an attacker's failures from elsewhere, or for other
+   emails from the same address, do not lock out a scientist who logged in from there.
+   Guessing stays bounded (a pair's limit, and the email's limit for every address that
+   never logged in as it); locking out an account takes its own address (see README, "a
+   reverse proxy").
 6. `GET /api` (the map of an account's endpoints) is answered for a key with no account
    (a guest's), for an account's key only to whoever logged in as it (an HMAC cookie set on
    the login reply, which syft's client keeps in its session), and for the admin's key only
    to a process of the hospital's own user on this machine. Its query must hold exactly
-   one `verify_key` and one `communication_protocol` that this datasite speaks, and
-   nothing else; anything other is a 400 here (syft answered an unknown protocol with a
-   500 and a 13 KB traceback in datasite.log, and a repeated `verify_key` was read first
-   here and last by syft).
+   one `verify_key` and one `communication_protocol` that syft can serve here (its latest:
+   syft 0.9.5 lists older ones but fails to build a map for them, a 500 and a 14 KB
+   traceback in datasite.log each), and nothing else; anything other is a 400 here (a
+   repeated `verify_key` was read first here and last by syft). The guest's map is the
+   same for every key with no account (3 MB, about 90 ms of the datasite's CPU to build):
+   it is built once a minute per protocol by the gate and sent from memory, at most
+   `guest_map_burst` of them per address and then one every `1 / guest_map_rate` seconds
+   (a client fetches a map at login, as its account, not the guest's).
 
 Every refusal goes to the audit log through `datasites.server.refusals.RefusalAudit`, which
 turns a flood into one entry per interval.
@@ -61,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from datasites.server.guard import access_refusal, is_admin
-from datasites.server.refusals import SOURCE
+from datasites.server.refusals import SOURCE, log_unexpected
 from datasites.site.audit import AuditLog, Event
 
 if TYPE_CHECKING:
@@ -101,6 +112,9 @@ API_MAP_REPLY = (
     b"(%s); send those only."
 )
 RATE_REPLY = "Too many requests; try again in a moment."
+# A pair (email, address) that logged in is held to its own login limit this long.
+KNOWN_PAIR_SECONDS = 30 * 24 * 3600.0
+GUEST_MAP_SECONDS = 60.0  # the guest's map is built again after this (custom endpoints)
 # A body must arrive within `GateSettings.body_seconds` plus its size at this rate.
 BODY_BYTES_PER_S = 256 * 1024
 
@@ -120,14 +134,17 @@ class GateSettings:
     refusal_interval: float = 60.0  # seconds one aggregated audit entry covers
     lockout_seconds: float = 60.0
     login_window: float = 300.0  # failures older than this are forgotten
-    login_failures: int = 5  # per claimed email in a window (pending attempts count)
-    address_login_failures: int = 20
+    login_failures: int = 5  # per (claimed email, address) in a window (pending count)
+    email_login_failures: int = 50  # per claimed email, all addresses together
+    address_login_failures: int = 20  # per address, all emails together
     address_rate: float = 50.0  # requests per second an address may keep up
     address_burst: float = 500.0
     account_rate: float = 50.0
     account_burst: float = 500.0
     body_seconds: float = 30.0  # a body must arrive within this plus its size at 256 kB/s
     in_flight_per_address: int = 64  # requests one address may have in the datasite at once
+    guest_map_rate: float = 0.2  # guest API maps an address may keep fetching, per second
+    guest_map_burst: float = 5.0
 
     @classmethod
     def from_env(cls) -> GateSettings:
@@ -159,7 +176,8 @@ class Buckets:
 
 
 class LoginLimits:
-    """Failed (and pending) logins per key in a sliding window, and lockouts."""
+    """Failed (and pending) logins per key in a sliding window, and lockouts; and the
+    (email, address) pairs that logged in lately."""
 
     def __init__(self, settings: GateSettings, size: int = 10_000) -> None:
         self.settings = settings
@@ -168,6 +186,28 @@ class LoginLimits:
         self._pending: dict[str, int] = {}
         self._locked: dict[str, float] = {}
         self._locked_at: dict[str, float] = {}
+        self._known: OrderedDict[str, float] = OrderedDict()
+
+    def keys(self, email: str, address: str) -> list[tuple[str, int]]:
+        """The keys (and their limits) an attempt for `email` from `address` counts under:
+        its pair always; its email's and its address's unless the pair logged in lately."""
+        pair = f"pair:{address}\0{email}"
+        keys = [(pair, self.settings.login_failures)]
+        seen = self._known.get(pair)
+        if seen is not None and time.monotonic() - seen < KNOWN_PAIR_SECONDS:
+            return keys
+        self._known.pop(pair, None)
+        keys.append((f"email:{email}", self.settings.email_login_failures))
+        keys.append((f"address:{address}", self.settings.address_login_failures))
+        return keys
+
+    def logged_in(self, pair: str) -> None:
+        """The pair's login succeeded: its failures are forgotten and it is known."""
+        self._failures.pop(pair, None)
+        self._known.pop(pair, None)
+        self._known[pair] = time.monotonic()
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
 
     def locked_for(self, keys: list[tuple[str, int]]) -> float:
         """Seconds the attempt must wait (0: it may go on, and is now pending)."""
@@ -192,9 +232,7 @@ class LoginLimits:
             self._pending[key] = self._pending.get(key, 0) + 1
         return 0.0
 
-    def done(
-        self, keys: list[tuple[str, int]], started: float, failed: bool, reset: list[str]
-    ) -> None:
+    def done(self, keys: list[tuple[str, int]], started: float, failed: bool) -> None:
         """An attempt that began at `started` ended; a failure counts unless a lockout
         began meanwhile (the lockout already stands for it)."""
         now = time.monotonic()
@@ -205,8 +243,8 @@ class LoginLimits:
             if failed and self._locked_at.get(key, -1.0) < started:
                 self._failures.setdefault(key, []).append(now)
                 self._failures.move_to_end(key)
-        for key in reset:
-            self._failures.pop(key, None)
+        if not failed:
+            self.logged_in(keys[0][0])
         while len(self._failures) > self.size:
             self._failures.popitem(last=False)
 
@@ -246,6 +284,9 @@ class Gate:
         self.addresses = Buckets(self.settings.address_rate, self.settings.address_burst)
         self.accounts = Buckets(self.settings.account_rate, self.settings.account_burst)
         self.logins = LoginLimits(self.settings)
+        self.guest_maps = Buckets(self.settings.guest_map_rate, self.settings.guest_map_burst)
+        self._guest_map_cache: dict[str, tuple[float, bytes]] = {}
+        self._guest_map_lock: asyncio.Lock | None = None
         self._secret = hashlib.sha256(
             b"datasites api-map cookie\0" + bytes(worker.signing_key.signing_key)
         ).digest()
@@ -283,7 +324,10 @@ class Gate:
             self._refuse("gate", "unserved route", "guest", f"{method} {path[:120]} is not served")
             raise Refused(404, b"Not Found")
         if kind == "none" and path.endswith("/api"):
-            self._check_api_map(scope, address)  # charged to the account it proves
+            guest_protocol = self._check_api_map(scope, address)  # charged to its account
+            if guest_protocol is not None:
+                await _respond(send, 200, await self._guest_map(guest_protocol), _OCTET, True)
+                return
             await self.app(scope, receive, send)
             return
         if kind != "call":  # a call is charged once its caller is known (`_check_call`)
@@ -418,7 +462,9 @@ class Gate:
 
     # -- the API map -----------------------------------------------------------------------
 
-    def _check_api_map(self, scope: Scope, address: str) -> None:
+    def _check_api_map(self, scope: Scope, address: str) -> str | None:
+        """Refuse an API map the caller may not have; the protocol of a guest's map (which
+        the gate answers itself), None for an account's (syft answers)."""
         from syft.server.credentials import SyftVerifyKey
 
         query = _api_map_query(scope)
@@ -436,17 +482,41 @@ class Gate:
         email = self._email(key)
         if email == "guest":
             self._charge_address(address, "api")
-            return  # a key with no account gets the guest's map
+            if not self.guest_maps.take(address):
+                self._refuse("gate", "api", "guest", "guest API map rate of the address")
+                raise Refused(429, RATE_REPLY.encode())
+            return query["communication_protocol"]  # a key with no account: the guest's map
         role = self.worker.get_role_for_credentials(credentials=key)
         proven = _same_user_peer(scope) if is_admin(role) else self._cookie_holds(scope, text)
         if proven:
             if not self.accounts.take(email):
                 self._refuse("gate", "api", email, "request rate of the account")
                 raise Refused(429, RATE_REPLY.encode())
-            return
+            return None
         self._charge_address(address, "api")
         self._refuse("gate", "api", "guest", f"the API map of {email}'s key, without its login")
         raise Refused(403, b"The API map is served to its own account only.")
+
+    async def _guest_map(self, protocol: str) -> bytes:
+        """The guest's API map for `protocol`, serialized: built for a fresh key with no
+        account at most once every `GUEST_MAP_SECONDS` (what syft would build for any such
+        key; only the objects' random ids and dates differ), then sent from memory."""
+        if self._guest_map_lock is None:
+            self._guest_map_lock = asyncio.Lock()
+        async with self._guest_map_lock:
+            built = self._guest_map_cache.get(protocol)
+            if built is None or time.monotonic() - built[0] > GUEST_MAP_SECONDS:
+                blob = await asyncio.to_thread(self._build_guest_map, protocol)
+                built = self._guest_map_cache[protocol] = (time.monotonic(), blob)
+            return built[1]
+
+    def _build_guest_map(self, protocol: str) -> bytes:
+        from syft.serde.serialize import _serialize
+        from syft.server.credentials import SyftSigningKey
+
+        key = SyftSigningKey.generate().verify_key
+        version: Any = int(protocol) if protocol.isdigit() else protocol
+        return _serialize(self.worker.get_api(key, version), to_bytes=True)
 
     def _cookie(self, verify_key: str, expires: int) -> str:
         mac = hmac.new(self._secret, f"{verify_key}.{expires}".encode(), "sha256").hexdigest()
@@ -477,8 +547,7 @@ class Gate:
             email = str(json.loads(body).get("email", ""))[:254].strip().lower()
         except Exception:
             email = ""
-        keys = [(f"email:{email}", self.settings.login_failures)]
-        keys.append((f"address:{address}", self.settings.address_login_failures))
+        keys = self.logins.keys(email, address)
         started = time.monotonic()
         wait = self.logins.locked_for(keys)
         if wait > 0:
@@ -502,7 +571,7 @@ class Gate:
             verify_key = _logged_in_key(reply)
             failed = verify_key is None
         finally:
-            self.logins.done(keys, started, failed, reset=[] if failed else [keys[0][0]])
+            self.logins.done(keys, started, failed)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(reply)).encode()))
         if verify_key is not None:
@@ -524,8 +593,8 @@ class Gate:
             self.audit.append(
                 Event.REFUSED, layer=layer, path=path[:200], user=user[:254], reason=reason, **extra
             )
-        except Exception:
-            log.exception("could not write the audit entry for a refused request")
+        except Exception as error:
+            log_unexpected(log, "could not write the audit entry for a refused request", error)
 
 
 _OCTET = "application/octet-stream"
@@ -536,10 +605,16 @@ _OCTET = "application/octet-stream"
 
 @functools.cache
 def _protocols() -> tuple[str, ...]:
-    """The communication protocols syft's API map can be built for, as query text."""
+    """The communication protocols syft's API map can be built for here, as query text.
+
+    syft 0.9.5 lists 1 to 4 as supported, but a map for any protocol older than its latest
+    needs its signatures downgraded, and that fails on every `X | Y` annotation (`TypeError:
+    type 'types.UnionType' is not subscriptable`: a 500 and a 14 KB traceback in
+    datasite.log). Its client asks for the highest protocol both sides list, the latest;
+    so the latest is the one served."""
     from syft.protocol.data_protocol import get_data_protocol
 
-    return tuple(str(version) for version in get_data_protocol().supported_protocols)
+    return (str(get_data_protocol().latest_version),)
 
 
 def _api_map_query(scope: Scope) -> dict[str, str] | None:
@@ -557,12 +632,13 @@ def _api_map_query(scope: Scope) -> dict[str, str] | None:
     return query
 
 
-async def _respond(send: Send, status: int, body: bytes, media: str) -> None:
+async def _respond(send: Send, status: int, body: bytes, media: str, keep: bool = False) -> None:
     headers = [
         (b"content-type", media.encode()),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
     ]
+    if not keep:
+        headers.append((b"connection", b"close"))
     if status == 429:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

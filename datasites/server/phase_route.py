@@ -28,7 +28,6 @@ import copy
 import hashlib
 import logging
 import threading
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from datasites.contract.template import function_name, template_plan
 from datasites.runtime.execute import execute_light
 from datasites.server.gate import Buckets
 from datasites.server.guard import builtin_policies_refusal
-from datasites.server.refusals import SOURCE
+from datasites.server.refusals import SOURCE, log_unexpected
 from datasites.site.audit import AuditLog, Event
 from datasites.site.caller import acting_as
 
@@ -49,13 +48,11 @@ PATH = "/secure_phase"
 MAX_CODES = 8  # of one account with one study's function name, newest first
 MAX_SOURCE_CHARS = 64 * 1024  # a study template is a few kB
 MAX_PLANS = 256
-TRACE_EVERY_S = 60.0
 # Phase calls an account may keep up (a round makes two per hospital).
 ACCOUNT_RATE, ACCOUNT_BURST = 20.0, 100.0
 _ACCOUNTS = Buckets(ACCOUNT_RATE, ACCOUNT_BURST)
 _PLANS: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
 _PLANS_LOCK = threading.Lock()
-_TRACED: dict[str, float] = {}
 NO_STUDY = "no approved study of yours by that id at this hospital; submit it and ask its operator"
 log = logging.getLogger("datasites.server.phase_route")
 
@@ -189,10 +186,4 @@ def _refused(audit: AuditLog, reason: str, who: dict[str, str]) -> None:
 def _log_unexpected(error: Exception) -> None:
     """Log an unexpected failure: with its traceback at most once a minute per kind, so
     that hostile input cannot grow the datasite's log by a traceback a call."""
-    kind = type(error).__name__
-    now = time.monotonic()
-    if now - _TRACED.get(kind, -TRACE_EVERY_S) >= TRACE_EVERY_S:
-        _TRACED[kind] = now
-        log.exception("could not check a secure phase call; refused")
-    else:
-        log.warning("could not check a secure phase call (%s); refused", kind)
+    log_unexpected(log, "could not check a secure phase call; refused", error)

@@ -194,3 +194,35 @@ class RefusalAudit(AuditLog):
         """Write every open interval's summary (at exit: nothing counted is lost)."""
         self._stopped.set()
         self.flush(everything=True)
+
+
+# -- unexpected failures in the log ----------------------------------------------------------
+
+TRACE_EVERY_S = 60.0
+_TRACES_KEPT = 1024
+_TRACED: dict[tuple[str, str, str], float] = {}
+_TRACED_LOCK = threading.Lock()
+
+
+def log_unexpected(
+    logger: logging.Logger, message: str, error: BaseException, every: float = TRACE_EVERY_S
+) -> bool:
+    """Log an unexpected failure (call it where the exception is handled): with its
+    traceback at most once every `every` seconds per (logger, message, kind of error), a
+    one-line warning naming the kind otherwise, so that hostile input sent again and again
+    cannot grow the datasite's log by a traceback a call. True when the traceback was
+    written."""
+    kind = type(error).__name__
+    key = (logger.name, message, kind)
+    now = time.monotonic()
+    with _TRACED_LOCK:
+        due = now - _TRACED.get(key, -every) >= every
+        if due:
+            if len(_TRACED) >= _TRACES_KEPT:
+                _TRACED.clear()
+            _TRACED[key] = now
+    if due:
+        logger.error(message, exc_info=(type(error), error, error.__traceback__))
+    else:
+        logger.warning("%s (%s again)", message, kind)
+    return due
