@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasites.server.audit_hooks import caller
 from datasites.server.quotas import QuotaBook
+from datasites.server.refusals import log_unexpected
 from datasites.server.syft_fixes import DecodeLimit, bound_decoding, decode_budget
 from datasites.site.audit import AuditLog, Event
 from datasites.site.paths import POLICY_FILE
@@ -136,6 +137,14 @@ ACTION_UID_PATHS = {
     "action.exists": ("obj_id", 0),
 }
 NO_OBJECT = "there is no object with this id among yours and the hospital's assets"
+# The blob writes a scientist may call, on its own blob entries only. syft looks an entry
+# up with the caller's read permission, and the guard compared a write's size with the
+# entry before that: another account's entry (an asset's among them) told its existence
+# and exact size. Any entry the caller did not allocate is answered before anything else
+# looks at it, with syft's own words for a missing one.
+BLOB_WRITE_PATHS = {"blob_storage.write_to_disk": ("uid", 0)}
+BLOB_WRITE_PATHS["blob_storage.mark_write_complete"] = ("uid", 0)
+NO_BLOB = "No blob storage entry exists for uid: {}, or you have no permissions to read it"
 OUTPUT_PERMISSION_PATH = "output.has_output_read_permissions"
 STORING_PATHS = frozenset({"action.set", "blob_storage.allocate", "blob_storage.write_to_disk"})
 # syft answers these with the datasite's own key, not the caller's: any scientist who knows
@@ -273,8 +282,8 @@ class Guard:
             if reason is None and path in STORING_PATHS | SUBMISSION_PATHS:
                 reason = self.quota_refusal(api_call, path)
             return reason
-        except Exception:
-            log.exception("could not check an API call; refused")
+        except Exception as error:
+            log_unexpected(log, "could not check an API call; refused", error)
             return "the call could not be checked"
 
     def decode_refusal(self, api_call: Any) -> str | None:
@@ -312,6 +321,8 @@ class Guard:
         object nor an asset (whether it exists or not): the answer, given without asking
         syft; None for every other call."""
         path = str(api_call.message.path)
+        if path in BLOB_WRITE_PATHS:
+            return self._unseen_blob(api_call, path)
         if path not in ACTION_UID_PATHS:
             return None
         key = api_call.credentials
@@ -330,6 +341,31 @@ class Guard:
 
         self._refused(api_call, NO_OBJECT)
         return SyftError(message=f"refused by this hospital: {NO_OBJECT}.")
+
+    def _unseen_blob(self, api_call: Any, path: str) -> Any:
+        """syft's "no such entry" for a blob write on an entry the caller did not allocate,
+        exactly as for one that does not exist; None (syft goes on) for its own."""
+        from syft.service.response import SyftError
+        from syft.types.uid import UID
+
+        key = api_call.credentials
+        if is_admin(_role(self.worker, key)):
+            return None
+        uid = _argument(api_call.message, *BLOB_WRITE_PATHS[path])
+        if not isinstance(uid, UID) or self._own_blob(uid, key) is not None:
+            return None  # not a uid: syft finds nothing for it either
+        return SyftError(message=NO_BLOB.format(uid))
+
+    def _own_blob(self, uid: Any, key: Any) -> Any:
+        """The blob entry `uid` if the account of `key` allocated it; None otherwise
+        (whether it exists or not)."""
+        try:
+            entry = self.worker.services.blob_storage.stash.get_by_uid(
+                self.worker.verify_key, uid=uid
+            ).unwrap()
+        except Exception:
+            return None
+        return entry if getattr(entry, "uploaded_by", None) == key else None
 
     def _status_owner(self, status: Any) -> Any:
         return _linked_code_owner(self.worker, status)
@@ -462,6 +498,8 @@ class Guard:
                 "sent); store less, or ask the hospital's operator to raise your quota"
             )
         if path == "blob_storage.write_to_disk":
+            if self._own_blob(_argument(api_call.message, "uid", 0), api_call.credentials) is None:
+                return None  # answered as missing (`_unseen_blob`), its data never decoded
             return self._write_refusal(api_call, size) or self._blob_decode_refusal(
                 api_call, account, quota
             )
@@ -485,14 +523,12 @@ class Guard:
         return len(data) if isinstance(data, bytes | bytearray) else None
 
     def _write_refusal(self, api_call: Any, size: int) -> str | None:
-        """A blob write holds at most what was allocated for it (and counted)."""
-        uid = _argument(api_call.message, "uid", 0)
-        try:
-            entry = self.worker.services.blob_storage.stash.get_by_uid(
-                self.worker.verify_key, uid=uid
-            ).unwrap()
-        except Exception:
-            return None  # syft answers that the entry is not found
+        """A blob write holds at most what was allocated for it (and counted). Only the
+        caller's own entry is looked at: another's, or none, is answered as missing
+        (`_unseen_blob`) whatever the write's size, so no size is compared with it."""
+        entry = self._own_blob(_argument(api_call.message, "uid", 0), api_call.credentials)
+        if entry is None:
+            return None
         if size > int(entry.file_size or 0):
             return (
                 f"the write holds {_mb(size)}, more than the {_mb(entry.file_size or 0)} "
@@ -581,8 +617,8 @@ class Guard:
                 self._book().submitted(account)
             else:
                 self._book().stored(account, self._stored_size(api_call, path) or 0, path)
-        except Exception:
-            log.exception("could not count a call against its account's quota")
+        except Exception as error:
+            log_unexpected(log, "could not count a call against its account's quota", error)
 
     def _own_outputs(self, api_call: Any, result: Any) -> Any:
         """For `OWN_OUTPUT_PATHS` called by a scientist, only the caller's executions (syft
@@ -609,8 +645,8 @@ class Guard:
                 user=self._who(api_call.credentials),
                 reason=reason,
             )
-        except Exception:
-            log.exception("could not write the audit entry for a refused call")
+        except Exception as error:
+            log_unexpected(log, "could not write the audit entry for a refused call", error)
 
     def _record_submission(self, api_call: Any, result: Any) -> None:
         """One `request_received` entry per request or code submission, never failing it."""
@@ -630,8 +666,8 @@ class Guard:
                 code_sha256=self._digests(api_call, changes),
                 accepted=not _is_error(result),
             )
-        except Exception:
-            log.exception("could not write the audit entry for a submission")
+        except Exception as error:
+            log_unexpected(log, "could not write the audit entry for a submission", error)
 
     def _digests(self, api_call: Any, changes: list[Any]) -> list[str]:
         code = _submitted_code(api_call)
