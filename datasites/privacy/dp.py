@@ -35,7 +35,6 @@ the time it takes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import math
 import warnings
 from collections.abc import Iterator
@@ -230,7 +229,7 @@ def keep_freed_memory() -> bool:
     if not _allocator["set"]:
         _allocator["set"] = True
         try:
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+            mallopt = ctypes.CDLL(None).mallopt  # the C library the process already uses
         except (OSError, AttributeError):
             return False
         mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
