@@ -1,7 +1,7 @@
 """What secure aggregation costs a round, against plain FedAvg, measured in one run.
 
 `python benchmarks/secure_aggregation.py [--task pathmnist|ehr] [--hospitals 5] [--rounds 10]
-[--widths 16,72]`
+[--widths 16,72] [--pairs 3]`
 
 PathMNIST: for each `pathmnist_cnn` width (16: about 57,000 parameters; 72: about 1
 million), one launch.py federation serves a plain study and then the same study aggregated
@@ -16,8 +16,10 @@ up, the last only evaluates), the bytes each hospital sends per call (syft's own
 serialization of every reply: the plain call's weights, or the secure call's advert,
 shares, masked vector and unmasking shares), and, for the secure study, the largest
 difference between its round-1 global model and the plain weighted average of the updates
-the hospitals recorded (the quantization error). Prints one JSON line per width; the
-issue's targets are time ratio <= 1.25 and bytes ratio <= 2.5.
+the hospitals recorded (the quantization error). Each width is measured in
+`--pairs` pairs of one plain and one secure study, run one right after the other in
+alternating order; the line reports the median pair (and every pair's ratio). Prints one
+JSON line per width; the issue's targets are time ratio <= 1.25 and bytes ratio <= 2.5.
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     p.add_argument("--widths", default="16,72")
     p.add_argument("--base-port", type=int, default=8181)
+    # Pairs of (plain, secure) studies, in alternating order; the median pair's ratio is
+    # reported (this machine is shared: one pair's ratio moved 1.4-1.7 between runs).
+    p.add_argument("--pairs", type=int, default=3)
     args = p.parse_args()
     launch_args = argparse.Namespace(
         hospitals=args.hospitals,
@@ -156,12 +161,15 @@ def main() -> int:
             data_dir = Path(tmp) / "datasites"
             proc = round_overhead.launch(launch_args, data_dir)
             try:
-                plain = run_mode(args, data_dir, width, "plain")
-                secure = run_mode(args, data_dir, width, "secure")
+                _roomy_budget(data_dir)
+                pairs = [_pair(args, data_dir, width, first) for first in _orders(args.pairs)]
             finally:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(120)
-        time_ratio = secure["round_s"] / plain["round_s"]
+        ratios = [s["round_s"] / p["round_s"] for p, s in pairs]
+        middle = sorted(range(len(pairs)), key=ratios.__getitem__)[len(pairs) // 2]
+        plain, secure = pairs[middle]
+        time_ratio = ratios[middle]
         bytes_ratio = secure["bytes_per_hospital"] / plain["bytes_per_hospital"]
         print(
             json.dumps(
@@ -174,6 +182,7 @@ def main() -> int:
                     "plain_round_s": round(plain["round_s"], 2),
                     "secure_round_s": round(secure["round_s"], 2),
                     "time_ratio": round(time_ratio, 3),
+                    "time_ratios": [round(r, 3) for r in ratios],
                     "plain_bytes_per_hospital": round(plain["bytes_per_hospital"]),
                     "secure_bytes_per_hospital": round(secure["bytes_per_hospital"]),
                     "bytes_ratio": round(bytes_ratio, 3),
@@ -185,6 +194,27 @@ def main() -> int:
             flush=True,
         )
     return 0
+
+
+def _roomy_budget(data_dir: Path) -> None:
+    """A budget cap that several studies of each mode fit under (the default is 10)."""
+    for policy in data_dir.glob("*/policy.toml"):
+        text = policy.read_text()
+        policy.write_text(text.replace("epsilon_cap = 10.0", "epsilon_cap = 1000.0"))
+
+
+def _orders(pairs: int) -> list[str]:
+    """Which mode runs first in each pair: alternating, so that a load that grows or fades
+    during the run weighs on both modes alike."""
+    return ["plain" if i % 2 == 0 else "secure" for i in range(pairs)]
+
+
+def _pair(args: argparse.Namespace, data_dir: Path, width: int, first: str) -> tuple:
+    """(plain, secure) measured one right after the other, `first` first."""
+    second = "secure" if first == "plain" else "plain"
+    done = {first: run_mode(args, data_dir, width, first)}
+    done[second] = run_mode(args, data_dir, width, second)
+    return done["plain"], done["secure"]
 
 
 def _parameters(task: str, width: int) -> int:
