@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from datasites.server.audit_hooks import caller
 from datasites.server.quotas import QuotaBook
 from datasites.server.refusals import log_unexpected
-from datasites.server.syft_fixes import DecodeLimit, bound_decoding, decode_budget
+from datasites.server.syft_fixes import DecodeLimit, DecodeRefused, bound_decoding, decode_budget
 from datasites.site.audit import AuditLog, Event
 from datasites.site.paths import POLICY_FILE
 from datasites.site.policy import MB, QUOTAS_FILE, Policy, QuotaPolicy
@@ -156,6 +157,10 @@ SUBMISSION_PATHS = CODE_PATHS | {"request.submit"}
 MESSAGE_CHARS = 200
 # What the current call's arguments decoded to (arrays and tables), for its quota.
 _DECODED: ContextVar[int] = ContextVar("datasites_decoded", default=0)
+# What the current call reserved against its account's quota, settled once syft answered:
+# ("stored", row) and ("submission", row) are given back if syft refused or failed the
+# call, ("pending", account) ends when it returns (the request is then in syft's store).
+_RESERVED: ContextVar[list[tuple[str, Any]] | None] = ContextVar("datasites_reserved", default=None)
 
 
 def _role(worker: Datasite, credentials: Any) -> Any:
@@ -220,6 +225,10 @@ class Guard:
     def __init__(self, worker: Datasite, audit: AuditLog) -> None:
         self.worker = worker
         self.audit = audit
+        # A quota's check and its reservation are one step (no two calls pass one check);
+        # submissions syft is still storing count as pending, by account.
+        self._quota_lock = threading.Lock()
+        self._submitting: dict[str, int] = {}
 
     def install(self) -> None:
         original = self.worker.handle_api_call_with_unsigned_result
@@ -229,6 +238,8 @@ class Guard:
             if not hasattr(api_call, "serialized_message"):
                 return original(api_call, *args, **kwargs)
             token = _DECODED.set(0)
+            reserved = _RESERVED.set([])
+            failed = True  # until syft accepted the call: its reservations are given back
             try:
                 refusal = self.refusal(api_call)
                 if refusal is not None:
@@ -240,11 +251,13 @@ class Guard:
                 if unseen is not None:
                     return unseen
                 result = original(api_call, *args, **kwargs)
+                failed = _is_error(result)
                 self._record_submission(api_call, result)
-                self._record_usage(api_call, result)
                 result = self._own_objects(api_call, result)
                 return self._own_outputs(api_call, result)
             finally:
+                self._settle(failed)
+                _RESERVED.reset(reserved)
                 _DECODED.reset(token)
 
         bound_decoding()
@@ -299,6 +312,8 @@ class Guard:
         try:
             with decode_budget(quota.object_bytes) as budget:
                 api_call.message  # noqa: B018 - syft decodes and keeps it here
+        except DecodeRefused as error:
+            return error.reason
         except DecodeLimit as error:
             path = _peek_path(api_call.serialized_message)
             if path in STORING_PATHS:
@@ -503,13 +518,39 @@ class Guard:
             return self._write_refusal(api_call, size) or self._blob_decode_refusal(
                 api_call, account, quota
             )
-        stored = self._book().usage(account).stored_bytes
-        if stored + size > quota.stored_bytes:
+        return self._reserve_stored(account, size, quota, path)
+
+    def _reserve_stored(self, account: str, size: int, quota: QuotaPolicy, what: str) -> str | None:
+        """Reserve `size` bytes of the account's storage, or why not (the check and the
+        reservation are one transaction; `_settle` gives it back if syft does not store)."""
+        with self._quota_lock:
+            reservation, stored = self._book().reserve(account, size, quota.stored_bytes, what)
+        if reservation is None:
             return (
                 f"your account may store at most {quota.max_stored_mb:g} MB here and holds "
                 f"{_mb(stored)}; ask the hospital's operator to raise your quota"
             )
+        _reserved("stored", reservation)
         return None
+
+    def _settle(self, failed: bool) -> None:
+        """After syft answered (or the call ended otherwise): give back what a refused or
+        failed call reserved, and end its in-flight submission; never raises."""
+        for kind, value in _RESERVED.get() or []:
+            try:
+                if kind == "pending":
+                    with self._quota_lock:
+                        left = self._submitting.get(value, 1) - 1
+                        if left > 0:
+                            self._submitting[value] = left
+                        else:
+                            self._submitting.pop(value, None)
+                elif failed and kind == "stored":
+                    self._book().release(value)
+                elif failed and kind == "submission":
+                    self._book().release_submission(value)
+            except Exception as error:
+                log_unexpected(log, "could not settle a call's quota reservation", error)
 
     def _stored_size(self, api_call: Any, path: str) -> int | None:
         message = api_call.message
@@ -547,6 +588,8 @@ class Guard:
         try:
             with decode_budget(quota.object_bytes) as budget:
                 _deserialize(data, from_bytes=True)
+        except DecodeRefused as error:
+            return error.reason
         except DecodeLimit as error:
             return (
                 f"one object may hold at most {quota.max_object_mb:g} MB here "
@@ -555,32 +598,37 @@ class Guard:
             )
         except Exception:
             return None  # not a syft object: it holds its bytes
-        excess = budget.charged - len(data)
+        excess = budget.charged - len(data)  # its bytes were counted at the allocation
         if excess <= 0:
             return None
-        stored = self._book().usage(account).stored_bytes
-        if stored + excess > quota.stored_bytes:
-            return (
-                f"your account may store at most {quota.max_stored_mb:g} MB here and holds "
-                f"{_mb(stored)}; ask the hospital's operator to raise your quota"
-            )
-        _DECODED.set(budget.charged)
-        return None
+        return self._reserve_stored(account, excess, quota, "blob_storage.write_to_disk")
 
     def _submission_refusal(self, api_call: Any, account: str, quota: QuotaPolicy) -> str | None:
-        recent = self._book().usage(account).submissions_last_hour
-        if recent >= quota.max_submissions_per_hour:
-            return (
-                f"your account submitted {recent} requests in the last hour, the most this "
-                "hospital takes; submit again later, or ask its operator to raise your quota"
+        """Count the submission against the hour's and the pending quota, or why not. Both
+        are checked and reserved under one lock: a submission syft is still storing counts
+        as pending (ten at once against 2 pending left 3 pending)."""
+        with self._quota_lock:
+            reservation, recent = self._book().reserve_submission(
+                account, quota.max_submissions_per_hour
             )
-        pending = self._pending(api_call.credentials)
-        if pending >= quota.max_pending_requests:
-            return (
-                f"{pending} of your requests wait for this hospital's decision, the most it "
-                "keeps per account; wait for its decisions, or ask its operator to raise "
-                "your quota"
-            )
+            if reservation is None:
+                return (
+                    f"your account submitted {recent} requests in the last hour, the most "
+                    "this hospital takes; submit again later, or ask its operator to raise "
+                    "your quota"
+                )
+            pending = self._pending(api_call.credentials) + self._submitting.get(account, 0)
+            if pending >= quota.max_pending_requests:
+                self._book().release_submission(reservation)
+                return (
+                    f"{pending} of your requests wait for this hospital's decision, the most "
+                    "it keeps per account; wait for its decisions, or ask its operator to "
+                    "raise your quota"
+                )
+            if _RESERVED.get() is not None:  # inside a call: `_settle` ends it
+                self._submitting[account] = self._submitting.get(account, 0) + 1
+                _reserved("pending", account)
+        _reserved("submission", reservation)
         return None
 
     def _pending(self, key: Any) -> int:
@@ -599,26 +647,6 @@ class Guard:
                 status = RequestStatus.PENDING
             pending += status == RequestStatus.PENDING
         return pending
-
-    def _record_usage(self, api_call: Any, result: Any) -> None:
-        """Count what syft accepted against the caller's quota, never failing the call."""
-        try:
-            path = str(api_call.message.path)
-            if path not in STORING_PATHS | SUBMISSION_PATHS or _is_error(result):
-                return
-            if is_admin(_role(self.worker, api_call.credentials)):
-                return
-            account = self._who(api_call.credentials)
-            if path == "blob_storage.write_to_disk":  # counted at its allocation, but for
-                excess = _DECODED.get() - (self._stored_size(api_call, path) or 0)
-                if excess > 0:  # what it decodes to beyond its bytes
-                    self._book().stored(account, excess, path)
-            elif path in SUBMISSION_PATHS:
-                self._book().submitted(account)
-            else:
-                self._book().stored(account, self._stored_size(api_call, path) or 0, path)
-        except Exception as error:
-            log_unexpected(log, "could not count a call against its account's quota", error)
 
     def _own_outputs(self, api_call: Any, result: Any) -> Any:
         """For `OWN_OUTPUT_PATHS` called by a scientist, only the caller's executions (syft
@@ -738,6 +766,13 @@ class Guard:
         if code.user_verify_key != request.requesting_user_verify_key:
             return "the code was submitted by another user than the requester"
         return builtin_policies_refusal(code)
+
+
+def _reserved(kind: str, value: Any) -> None:
+    """Note a reservation of the current call (see `_RESERVED`)."""
+    reserved = _RESERVED.get()
+    if reserved is not None:
+        reserved.append((kind, value))
 
 
 def _is_error(result: Any) -> bool:

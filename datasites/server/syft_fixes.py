@@ -442,6 +442,14 @@ class DecodeLimit(ValueError):
         self.size, self.limit = int(size), int(limit)
 
 
+class DecodeRefused(ValueError):
+    """A message holds something its caller may not send at all (`reason` says what)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class DecodeBudget:
     """Bytes the arrays and tables of one message may take once decoded; `charged` counts
     what they took."""
@@ -488,8 +496,10 @@ def bound_decoding() -> None:
     and the tensor's element count times the wider of its two itemsizes (a tensor's shape
     and dtype need not match its buffer), where it is more, before the copy to the dtype it
     names; so an array is charged its `nbytes` (or its buffer, if larger), a string array's
-    count times its longest string before it is built, and a Parquet table's uncompressed
-    size (at least 8 bytes a cell) before it is read. Outside a budget nothing changes.
+    count times its longest string before it is built, and a Parquet table what it decodes
+    to before it is read (`_frame_charge`: flat numeric columns only; a list column of one
+    cell holding 50M zeros was 3 KB of Parquet and 400 MB decoded, charged 13 KB). Outside a
+    budget nothing changes.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -544,12 +554,64 @@ def bound_decoding() -> None:
         def deserialize_frame(blob: bytes, _original: Callable = original_frame) -> Any:
             budget = _DECODE_BUDGET.get()
             if budget is not None:
-                meta = pq.ParquetFile(pa.BufferReader(blob)).metadata
-                stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-                budget.charge(max(stored, meta.num_rows * meta.num_columns * 8))
+                budget.charge(_frame_charge(pq.ParquetFile(pa.BufferReader(blob))))
             return _original(blob)
 
         versions[version] = (*properties[:2], deserialize_frame, *properties[3:])
+
+
+# A caller's tables hold numbers only: each value decodes to at most 8 bytes of numpy.
+_FRAME_VALUE_BYTES = 8
+# pandas' own objects per column (its block, its index entry), per column chunk read.
+_FRAME_COLUMN_BYTES = 1024
+# Codecs whose output is at most a few dozen times their input (snappy's bound is about
+# 32x); zstd, gzip, brotli or lz4 pages can hold a thousandfold in a page whose header
+# names any size, which the file's metadata need not show.
+_FRAME_CODECS = frozenset({"UNCOMPRESSED", "SNAPPY"})
+
+
+def _frame_charge(parquet: Any) -> int:
+    """Bytes a caller's Parquet table decodes to, from its metadata, before any of it is
+    read; `DecodeRefused` for a table that is not flat numbers.
+
+    A cell of a list (or struct, map, string, binary, dictionary, object) column decodes
+    to as much as its values say, and a run-length or dictionary encoding keeps any
+    number of them in a few bytes: a scientist sends no tables (assets are the operator's,
+    and the operator's calls are not bounded here), so only flat integer, float, boolean,
+    timestamp and duration columns are taken, each value 8 bytes at most once decoded.
+    Each column chunk is charged the larger of its values times 8 and its declared
+    uncompressed size, plus pandas' own objects per column."""
+    import pyarrow as pa
+
+    for field in parquet.schema_arrow:
+        kind = field.type
+        flat = (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_timestamp(kind)
+            or pa.types.is_duration(kind)
+        )
+        if not flat:
+            raise DecodeRefused(
+                f"a table's column {str(field.name)[:40]!r} holds {str(kind)[:40]}; tables "
+                "sent here hold numbers only"
+            )
+    meta = parquet.metadata
+    total = meta.num_columns * _FRAME_COLUMN_BYTES
+    for group_index in range(meta.num_row_groups):
+        group = meta.row_group(group_index)
+        for column_index in range(group.num_columns):
+            chunk = group.column(column_index)
+            if chunk.compression not in _FRAME_CODECS:
+                raise DecodeRefused(
+                    f"a table's pages are compressed with {str(chunk.compression)[:20]}; "
+                    "send them uncompressed or with snappy"
+                )
+            values = max(int(chunk.num_values), int(group.num_rows))
+            decoded = values * _FRAME_VALUE_BYTES
+            total += max(decoded, int(chunk.total_uncompressed_size)) + _FRAME_COLUMN_BYTES
+    return total
 
 
 def apply_all() -> None:
