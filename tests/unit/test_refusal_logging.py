@@ -20,6 +20,7 @@ def test_a_call_that_cannot_be_checked_writes_one_traceback_a_minute(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(refusals, "_TRACED", {})  # no other test's traceback counts
+
     def no_role(**_: Any) -> Any:
         raise KeyError("dicx")  # what an unregistered type name in the arguments raises
 
