@@ -28,9 +28,12 @@ before syft's dispatcher sees the call, and every refusal is an audit entry:
   start (tests/security/test_account_isolation.py calls every allowed path on another's
   objects);
 - each account's storage, pending requests and submissions per hour are bounded by the site
-  policy's `[quota]` (`datasites.server.quotas`), checked before syft stores anything; a
-  call's arrays and tables count what they decode to, not the (compressed) bytes sent, and
-  are refused before they are decoded past the caller's per-object quota.
+  policy's `[quota]` (`datasites.server.quotas`), checked and reserved in one step before
+  syft stores anything (and given back if syft refuses the call); a call's arrays and
+  tables count what they decode to, not the (compressed) bytes sent, and are refused
+  before they are decoded past the caller's per-object quota (a table: flat numbers only);
+- a blob write answers for the caller's own blob entries only: another's reads exactly as
+  one that does not exist (its existence and size were an oracle).
 """
 
 from __future__ import annotations
