@@ -115,6 +115,8 @@ def serve(config: HospitalConfig) -> None:
     """Run the datasite until SIGINT/SIGTERM, then stop it cleanly."""
     import uvicorn
 
+    from datasites.server.connections import DeadlineProtocol
+
     # Everything syft writes later (database, WAL, blobs) is owner-only from the start.
     os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -136,6 +138,7 @@ def serve(config: HospitalConfig) -> None:
         port=config.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        http=DeadlineProtocol,  # idle and slow-header connections are closed
         **tls_options(config),
     )
 
