@@ -48,6 +48,9 @@ KINDS_PER_SOURCE = 16
 MAX_SOURCES = 4096
 OVERFLOW_SOURCE = "many sources"
 FIELD_CHARS = 200
+# What a folded entry lists of the refusals it counts (distinct values, at most so many).
+NAMED_FIELDS = {"study": "studies", "path": "paths", "reason": "reasons"}
+NAMED_PER_FIELD = 16
 # What makes two refusals of a stranger (an address) the same kind.
 KIND_FIELDS = ("layer", "path", "user")
 # A verified account's refusals are each written in full, up to this many times
@@ -69,6 +72,19 @@ class _Kind:
     count: int = 0  # refusals after the first, not written yet
     first: str = ""
     last: str = ""
+    # What the folded refusals named (a few of each): an account cannot hide which studies
+    # or paths it probed behind the first one's fields.
+    named: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, fields: dict[str, Any]) -> None:
+        for name in NAMED_FIELDS:
+            value = fields.get(name)
+            if value is None:
+                continue
+            seen = self.named.setdefault(name, [])
+            text = str(value)[:FIELD_CHARS]
+            if text not in seen and len(seen) < NAMED_PER_FIELD:
+                seen.append(text)
 
 
 @dataclass
@@ -139,14 +155,15 @@ class RefusalAudit(AuditLog):
                 if key[1] == "*":
                     shown.update(layer="*", path="*", user="*", source=source)
                 self._kinds[key] = _Kind(now, shown, first=stamp, last=stamp)
-                return None if key[1] != "*" else self._counted(self._kinds[key], stamp)
-            return self._counted(kind, stamp)
+                return None if key[1] != "*" else self._counted(self._kinds[key], stamp, fields)
+            return self._counted(kind, stamp, fields)
 
     @staticmethod
-    def _counted(kind: _Kind, stamp: str) -> dict[str, Any]:
+    def _counted(kind: _Kind, stamp: str, fields: dict[str, Any]) -> dict[str, Any]:
         if kind.count == 0:
             kind.first = stamp
         kind.count += 1
+        kind.note(fields)
         kind.last = stamp
         return {"event": Event.REFUSED.value, **kind.fields, "count": kind.count, "pending": True}
 
@@ -173,6 +190,7 @@ class RefusalAudit(AuditLog):
                 super().append(
                     Event.REFUSED,
                     **{**fields, "count": kind.count, "first": kind.first, "last": kind.last},
+                    **{NAMED_FIELDS[name]: values for name, values in kind.named.items()},
                 )
             except Exception:
                 log.exception("could not write the audit summary of refused calls")
