@@ -139,8 +139,23 @@ def serve(config: HospitalConfig) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
         http=DeadlineProtocol,  # idle and slow-header connections are closed
+        **proxy_options(),
         **tls_options(config),
     )
+
+
+TRUSTED_PROXY_ENV = "DATASITE_TRUSTED_PROXY"
+
+
+def proxy_options() -> dict[str, object]:
+    """Whose `X-Forwarded-For` is believed: nobody's unless the operator names the reverse
+    proxy's address(es) in DATASITE_TRUSTED_PROXY. uvicorn believes it from 127.0.0.1 by
+    default, so any local process or loopback tunnel could pick the address the gate
+    counts limits and lockouts by (found live)."""
+    trusted = os.environ.get(TRUSTED_PROXY_ENV, "").strip()
+    if not trusted:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
 
 
 def tls_options(config: HospitalConfig) -> dict[str, str]:

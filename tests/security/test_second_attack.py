@@ -226,6 +226,32 @@ def test_an_attackers_wrong_passwords_do_not_lock_the_scientist_out(
     assert client is not None and time.monotonic() - started < 30
 
 
+def test_a_forwarded_for_header_does_not_choose_the_address(
+    guarded: Launch, accounts: Callable[..., tuple[str, str, str]]
+) -> None:
+    """uvicorn believed X-Forwarded-For from 127.0.0.1: a loopback relay could pick the
+    address the gate counts lockouts by (found live). Unless the operator names a proxy,
+    the header is ignored: failures sent with six different claimed addresses lock the
+    one they came from."""
+    email, _, url = accounts("forwarded", "hospital-a")
+    if not url.startswith("http://"):
+        pytest.skip("the guarded federation serves plain HTTP on loopback")
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    statuses = []
+    for i in range(6):
+        connection = http.client.HTTPConnection(
+            host, int(port), timeout=60, source_address=("127.0.0.1", 0)
+        )
+        try:
+            body = json.dumps({"email": email, "password": "wrong"})
+            headers = {"Content-Type": "application/json", "X-Forwarded-For": f"10.9.9.{i}"}
+            connection.request("POST", "/api/v2/login", body, headers)
+            statuses.append(connection.getresponse().status)
+        finally:
+            connection.close()
+    assert statuses[-1] == 429, statuses
+
+
 # -- 6. quotas raced -------------------------------------------------------------------------------
 
 
