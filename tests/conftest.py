@@ -47,7 +47,11 @@ LIVE_FIXTURES = frozenset({"federation", "guarded", "site"})
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by its folder (`integration`, `security`), and a test of those folders
     that starts and reaches no datasite `in_process`, so that it runs with the unit tests:
-    `-m "in_process or not (integration or security)"` is the half without datasites."""
+    `-m "in_process or not (integration or security)"` is the half without datasites. A live
+    test that uses the session federation is also marked `session`: `make test` runs those,
+    the other live tests of tests/security (the guarded federation, test_store's and
+    test_guest_floods' launches) and those of tests/integration (launches of their own) in
+    three processes at once, each with datasites of its own on its own ports."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         folders = [m for m in ("integration", "security") if m in parts]
@@ -57,9 +61,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         live = item.get_closest_marker("live") is not None or fixtures & LIVE_FIXTURES
         if folders and not live:
             item.add_marker("in_process")
+        if folders and "federation" in fixtures:
+            item.add_marker("session")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "session: a live test that uses the session federation (set at collection); "
+        "`make test` runs them in a process of their own, beside the other live tests",
+    )
     # syft and its dependencies emit hundreds of deprecation warnings that are not ours.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore::PendingDeprecationWarning")

@@ -205,8 +205,8 @@ def test_a_secure_study_across_hosts_is_correct_and_survives_a_cut_cable(site: S
     `resume` finishes the study and no hospital trains any round twice."""
     submitted = site.scientist("submit", json.dumps(STUDY))[0]
     assert set(submitted["requests"]) == set(HOSPITALS), submitted
-    for hospital, request in submitted["requests"].items():
-        site.datasites(hospital, "approve", request)
+    requests = submitted["requests"]
+    _each_host(lambda hospital: site.datasites(hospital, "approve", requests[hospital]))
     killed = _follow(site, _driver(site, submitted["study"]))
     assert not killed[-1].get("done") and killed[-1]["round"] == KILL_AFTER, killed
     entries = _follow(site, _driver(site, submitted["study"]))  # fed.resume(id).run()
