@@ -6,18 +6,25 @@ tests/conftest.py."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from datasites.contract.encoding import encode_ehr
+from datasites.contract.plan import Plan
 from datasites.contract.release import LOSS_BOUND, LOSS_STEPS
 from datasites.contract.secure_sum import Quantizer
 from datasites.contract.stored import loads as stored_loads
 from datasites.privacy.ledger import Ledger
 from datasites.runtime.execute import current_hospital, execute
+from datasites.site.hospital import Hospital
 from datasites.site.identity import Identity
 from datasites.site.partners import write_partners
-from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE, LEDGER_FILE
+from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE, LEDGER_FILE, POLICY_FILE
 from datasites.site.policy import Policy
 from scientist.config import DPConfig, StudyConfig
 
@@ -47,30 +54,54 @@ def build_trio(tmp_path: Path) -> dict[str, dict]:
 
 def build_federation(tmp_path: Path, names: tuple[str, ...], min_threshold: int = 0) -> dict:
     """Hospital folders `names`, registered with each other, their policy's
-    `min_secure_threshold` set to `min_threshold` (0: the default, over two thirds)."""
+    `min_secure_threshold` set to `min_threshold` (0: the default, over two thirds).
+
+    Each folder is a copy of its hospital's template (`_template`): the same identity and
+    released dataset size in every test of a run, so a plan's noise is calibrated once per
+    hospital and not again for each fresh folder (calibration is most of a round's time)."""
     roots = {name: tmp_path / name for name in names}
     keys = {}
     for name, root in roots.items():
-        path = Policy.write_default(root)
+        shutil.copytree(_template(name), root)
+        path = root / POLICY_FILE
         text = path.read_text().replace(
             "min_secure_threshold = 0", f"min_secure_threshold = {min_threshold}"
         )
         path.write_text(text)
-        identity = Identity.load_or_create(root / IDENTITY_FILE, name)
-        keys[name] = identity.verify_key
+        keys[name] = Identity.load_or_create(root / IDENTITY_FILE, name).verify_key
     for root in roots.values():
         write_partners(root, keys)
     return {"roots": roots, "keys": keys}
 
 
-def build_tables(names: tuple[str, ...] = NAMES) -> dict:
+_TEMPLATES = tempfile.TemporaryDirectory(prefix="secure-harness-")
+
+
+@cache
+def _template(name: str) -> Path:
+    """A fresh hospital folder (default policy, identity) that has released the size of its
+    EHR table (`table(name)`) through its own ledger, as provisioning does."""
+    root = Path(_TEMPLATES.name) / name
+    Policy.write_default(root)
+    Identity.load_or_create(root / IDENTITY_FILE, name)
+    plan = Plan.from_dict(CONFIG.plan("template", "scientist@research.org"))
+    _, labels = encode_ehr(table(name), plan.label)
+    Hospital.open(root).ledger.public_size(plan.dataset, len(labels))
+    return root
+
+
+@cache
+def table(name: str) -> Any:
+    """hospital-a's EHR table (seed 20), hospital-b's (seed 21)...: the same in every test."""
     from datasites.server.assets import ehr_training_view
     from synthetic.ehr import generate_ehr
 
-    return {
-        name: ehr_training_view(generate_ehr(900, seed=20 + i, identifiers=False))
-        for i, name in enumerate(names)
-    }
+    seed = 20 + ord(name[-1]) - ord("a")
+    return ehr_training_view(generate_ehr(900, seed=seed, identifiers=False))
+
+
+def build_tables(names: tuple[str, ...] = NAMES) -> dict:
+    return {name: table(name) for name in names}
 
 
 def secure_plan(keys: dict[str, str], study_id: str = "secure-0001", **changes) -> dict:
