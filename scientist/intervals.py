@@ -121,7 +121,7 @@ def spans_chance(key: str, interval: list[float] | tuple[float, float]) -> bool:
 
 
 def _clipped(counts: np.ndarray) -> np.ndarray:
-    return np.clip(counts, 0.0, None)
+    return np.maximum(counts, 0.0)  # np.clip's, several times faster on small arrays
 
 
 def _merged(raw: dict[str, Any], clipped: dict[str, Any]) -> dict[str, Any]:

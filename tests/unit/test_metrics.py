@@ -383,3 +383,19 @@ def test_bins_for_falls_back_to_the_default_on_unreadable_inputs() -> None:
     assert bins_for(100.0, 0.0) == DEFAULT_BINS
     assert bins_for(-50.0, 10.0) == MIN_BINS
     assert bins_for(1e12, 1.0) == DEFAULT_BINS
+
+
+def test_proportions_and_rank_cells_are_clipped_as_np_clip_clips_them() -> None:
+    # The metrics clamp with min/max and np.maximum (np.clip of a scalar was most of their
+    # time): the same values as np.clip, nan kept, infinities clamped.
+    from scientist.metrics import _ranked, _ratio
+
+    for num in (-3.0, -0.0, 0.0, 0.25, 1.0, 7.5, math.inf, -math.inf, math.nan):
+        for den in (0.5, 1.0, 4.0):
+            expected = float(np.clip(num / den, 0.0, 1.0))
+            got = _ratio(np.float64(num), np.float64(den))
+            assert got == expected or (math.isnan(got) and math.isnan(expected)), (num, den)
+    assert math.isnan(_ratio(1.0, 0.0)) and math.isnan(_ratio(1.0, -2.0))
+    cells = np.array([-2.0, -0.0, 0.0, 3.0, math.inf, -math.inf, math.nan])
+    for ours in _ranked(cells, cells):
+        np.testing.assert_array_equal(ours, np.clip(cells, 0.0, None))
