@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datasites.contract.encoding import encode_ehr
 from datasites.contract.plan import Plan
 from datasites.privacy.accounting import epsilon
 from datasites.privacy.ledger import size_event
 from datasites.runtime.execute import current_hospital, execute
 from datasites.server.assets import ehr_training_view
+from datasites.site.hospital import Hospital
 from datasites.site.paths import HOSPITAL_ROOT_ENV
 from datasites.site.policy import Policy
 from scientist.config import DPConfig, StudyConfig
@@ -45,6 +48,30 @@ def hospital(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def table():
     return ehr_training_view(generate_ehr(1_500, seed=11, identifiers=False))
+
+
+@pytest.fixture(scope="module")
+def provisioned_template(table, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """hospital-z as provisioning leaves it: its table's size released through its own
+    ledger. Tests that start from a copy share that one noised size, so a plan's noise is
+    calibrated once for the module and not for each fresh folder (most of a call's time)."""
+    root = tmp_path_factory.mktemp("provisioned") / "hospital-z"
+    Policy.write_default(root)
+    _, labels = encode_ehr(table, Plan.from_dict(plan()).label)
+    Hospital.open(root).ledger.public_size(Plan.from_dict(plan()).dataset, len(labels))
+    return root
+
+
+@pytest.fixture
+def provisioned(provisioned_template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A fresh copy of the provisioned hospital-z (for tests that do not look at the size
+    release itself; `hospital` is a folder that has released nothing)."""
+    root = tmp_path / "hospital-z"
+    shutil.copytree(provisioned_template, root)
+    monkeypatch.setenv(HOSPITAL_ROOT_ENV, str(root))
+    current_hospital.cache_clear()
+    yield root
+    current_hospital.cache_clear()
 
 
 def plan(study_id: str = "ehr-test-0001", **changes: object) -> dict:
@@ -81,7 +108,7 @@ def test_private_value_in_an_error_does_not_reach_the_scientist(
     assert current_hospital().ledger.spent("ehr") == 0.0
 
 
-def test_bad_weights_are_refused_by_name_and_shape(hospital: Path, table) -> None:
+def test_bad_weights_are_refused_by_name_and_shape(provisioned: Path, table) -> None:
     weights = initial_weights(CONFIG)
     name = next(iter(weights))
     wrong = {**weights, name: np.full((3, 3), 1234.5, np.float32)}
@@ -100,7 +127,7 @@ def test_plan_with_unknown_fields_is_refused(hospital: Path, table) -> None:
     assert out["refused"] == "PlanError" and "noise_multiplier" in out["error"]
 
 
-def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table) -> None:
+def test_reused_study_id_with_other_parameters_is_refused(provisioned: Path, table) -> None:
     weights = initial_weights(CONFIG)
     assert "error" not in execute(
         plan(), train=table, test=table, request={"round": 1, "weights": weights}
@@ -114,7 +141,7 @@ def test_reused_study_id_with_other_parameters_is_refused(hospital: Path, table)
 @pytest.mark.parametrize(
     "change", [{"eval_every": 1}, {"model": "ehr_mlp", "model_kwargs": {}}, {"momentum": 0.5}]
 )
-def test_reused_study_id_with_another_plan_is_refused(hospital: Path, table, change) -> None:
+def test_reused_study_id_with_another_plan_is_refused(provisioned: Path, table, change) -> None:
     """Fields the study record does not store (model, evaluation schedule) are covered by the
     plan's digest: a second request under the same id cannot change them."""
     weights = initial_weights(CONFIG)
@@ -137,7 +164,6 @@ def test_delta_must_match_the_hospital(hospital: Path, table) -> None:
 
 def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> None:
     from datasites.contract.encoding import encode_ehr
-    from datasites.contract.plan import Plan
     from datasites.contract.release import default_edges, sensitivity
     from datasites.contract.zoo import build_model
     from datasites.privacy.noise import DISCRETE_NOISE_FACTOR
@@ -161,7 +187,7 @@ def test_evaluation_release_noise_matches_the_joint_gaussian_formula(table) -> N
     assert abs(count_noise.mean()) < 4 * sigma * joint / np.sqrt(count_noise.size)
 
 
-def test_evaluation_uses_the_requested_edges_and_returns_them(hospital: Path, table) -> None:
+def test_evaluation_uses_the_requested_edges_and_returns_them(provisioned: Path, table) -> None:
     weights = initial_weights(CONFIG)
     edges = [0.0, 0.1, 0.3, 0.5, 1.0]
     out = execute(
@@ -230,7 +256,7 @@ def test_the_site_policy_is_enforced_at_every_call(hospital: Path, table) -> Non
 
 
 def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
-    hospital: Path, table
+    provisioned: Path, table
 ) -> None:
     weights = initial_weights(CONFIG)
     out = execute(
@@ -244,7 +270,7 @@ def test_a_plan_with_local_momentum_trains_and_momentum_one_is_refused(
 
 
 def test_a_plan_with_adaptive_clipping_trains_and_a_bad_quantile_is_refused(
-    hospital: Path, table
+    provisioned: Path, table
 ) -> None:
     weights = initial_weights(CONFIG)
     for bad in (0.995, -0.5, "0.5"):
@@ -264,7 +290,7 @@ def test_a_plan_with_adaptive_clipping_trains_and_a_bad_quantile_is_refused(
     assert "clip_quantile" not in Plan.from_dict(plan()).to_dict()
 
 
-def test_local_steps_take_exactly_the_steps_the_ledger_charges(hospital: Path, table) -> None:
+def test_local_steps_take_exactly_the_steps_the_ledger_charges(provisioned: Path, table) -> None:
     weights = initial_weights(CONFIG)
     out = execute(
         plan(local_steps=3), train=table, test=table, request={"round": 1, "weights": weights}
