@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,14 +94,16 @@ class SecureStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        # Commits are written, not flushed: a phase makes several, and `sync` flushes them
-        # all at once before its answer leaves (one fsync a call instead of one a commit).
-        conn.execute("PRAGMA synchronous=NORMAL")
+        """This thread's open connection to the file (opened on first use). Kept open:
+        closing the last connection to a WAL database checkpoints it, an fsync of the
+        database on every phase call (half a light phase's time at the hospital)."""
+        conn = _thread_connection(self.path)
         try:
             yield conn
-        finally:
-            conn.close()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def sync(self) -> None:
         """Make every commit so far durable: call before an answer leaves the hospital, so
@@ -157,7 +160,6 @@ class SecureStore:
 
     def _delete(self, where: str, args: tuple) -> None:
         with self._connect() as conn:
-            conn.execute("PRAGMA secure_delete=ON")
             if conn.execute(f"SELECT 1 FROM answers WHERE {where} LIMIT 1", args).fetchone():
                 conn.execute(f"DELETE FROM answers WHERE {where}", args)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -192,6 +194,29 @@ class SecureStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+
+_LOCAL = threading.local()
+
+
+def _thread_connection(path: Path) -> sqlite3.Connection:
+    """The calling thread's connection to `path`, reopened when the file was replaced or
+    removed (an operator restoring a copy must not keep writing to the old one). A
+    thread's connections close when it ends."""
+    opened: dict[str, tuple[Any, sqlite3.Connection]] = _LOCAL.__dict__.setdefault("opened", {})
+    marker = _file_marker(path)
+    held = opened.get(str(path))
+    if held is not None and held[0] == marker and marker is not None:
+        return held[1]
+    if held is not None:
+        held[1].close()
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    # Commits are written, not flushed: a phase makes several, and `sync` flushes them all
+    # at once before its answer leaves (one fsync a call instead of one a commit).
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA secure_delete=ON")
+    opened[str(path)] = (_file_marker(path), conn)
+    return conn
 
 
 def _refuse_legacy(conn: sqlite3.Connection, study: tuple[str, str]) -> None:
