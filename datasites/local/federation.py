@@ -30,8 +30,8 @@ from datasites.local.setup import (
     SCALES,
     SetupError,
     check_writable,
+    narrow_folder,
     ready_and_provision,
-    secure_store,
     start_datasite,
     write_policy_defaults,
 )
@@ -189,7 +189,7 @@ class LocalFederation:
         if self.settings.reset:
             reset_data_dir(self.settings.data_dir)
         check_same_data(self.settings)
-        self.secure_stores(warn=True)
+        self.narrow_folders(warn=True)
         for config in self.configs:
             write_policy_defaults(config)
         missing = [c for c in self.configs if not has_sources(c)]
@@ -203,12 +203,12 @@ class LocalFederation:
             )
             plan_sources(plan, self.configs, missing, real, self.log)
         write_private_json(self.settings.data_dir / SETTINGS_FILE, self.settings.data_options())
-        self.secure_stores(warn=False)
+        self.narrow_folders(warn=False)
 
-    def secure_stores(self, *, warn: bool) -> None:
-        """Make every hospital folder owner-only (`datasites.local.setup.secure_store`)."""
+    def narrow_folders(self, *, warn: bool) -> None:
+        """Make every hospital folder owner-only (`datasites.local.setup.narrow_folder`)."""
         for config in self.configs:
-            secure_store(config, warn=warn, log=self.log)
+            narrow_folder(config, warn=warn, log=self.log)
 
     def _take_lock(self) -> None:
         """One launcher per data dir: two would fight over the same databases."""

@@ -40,12 +40,7 @@ from datasites.site.paths import (
     SiteSettings,
     check_host,
 )
-from datasites.site.permissions import (
-    StoreError,
-    record_widened,
-    rotate_advice,
-    secure_hospital_folder,
-)
+from datasites.site.permissions import StoreError, narrow_permissions
 from datasites.site.policy import Policy
 from datasites.site.tls import TLSError, TLSPair, create_pair, load_pair, write_pair
 
@@ -72,22 +67,14 @@ def check_writable(data_dir: Path) -> None:
         ) from None
 
 
-def secure_store(config: HospitalConfig, *, warn: bool, log: Callable[[str], None] = print) -> None:
-    """Make the hospital's folder owner-only (see `datasites.site.permissions`).
-
-    With `warn`, a hospital that already had keys (an identity) and whose folder was
-    readable by others gets a warning line and an audit entry: its keys may have been
-    copied. Without, what this setup just created is narrowed silently.
-    """
-    had_keys = config.identity_path.exists()
-    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+def narrow_folder(
+    config: HospitalConfig, *, warn: bool, log: Callable[[str], None] = print
+) -> None:
+    """`narrow_permissions`, with a folder that cannot be made private as a SetupError."""
     try:
-        widened = secure_hospital_folder(config.root)
+        narrow_permissions(config, warn=warn, log=log)
     except StoreError as error:
         raise SetupError(f"{config.name}: {error}") from None
-    if warn and widened and had_keys:
-        log(rotate_advice(config.name, config.data_dir, widened))
-        record_widened(config.root, widened)
 
 
 def write_policy_defaults(config: HospitalConfig) -> None:
@@ -249,19 +236,19 @@ def init_hospital(settings: InitSettings, log: Callable[[str], None] = print) ->
         )
     with init_lock(config):
         log(f"setting up {config.name} in {settings.data_dir} ...")
-        secure_store(config, warn=True, log=log)
+        narrow_folder(config, warn=True, log=log)
         write_policy_defaults(config)
         if not has_sources(config):
             plan = single_hospital_plan(config.name, settings.scale, settings.seed, settings.alpha)
             plan_sources(plan, [config], [config], real, log)
-        secure_store(config, warn=False, log=log)  # what was just written, before serving
+        narrow_folder(config, warn=False, log=log)  # what was just written, before serving
         manifest = _provision_on_loopback(config, log)
         pair = own or create_pair(config.name, [settings.host, *settings.dns_names])
         _warn_unnamed(pair, settings, log)
         site = settings.site()
         site.write(config)
         write_pair(pair, config.tls_cert_path, config.tls_key_path)  # last: initialised
-        secure_store(config, warn=False, log=log)
+        narrow_folder(config, warn=False, log=log)
     identity = Identity.load_or_create(config.identity_path, config.name)
     return InitResult(config, site, manifest, identity.verify_key, pair, own is not None)
 

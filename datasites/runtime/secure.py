@@ -18,7 +18,7 @@ messages):
   remove the masks of the sum, never both of one partner's secrets.
 
 Every answer is stored with a digest of its inputs before it leaves
-(`datasites.site.secure_store`): a repeat with the same inputs gets the stored answer, any
+(`datasites.site.phase_store`): a repeat with the same inputs gets the stored answer, any
 other input is refused (and so audited), and nothing is recomputed from a repeated request.
 A round's secret keys and held shares are erased once the round is over.
 """
@@ -61,7 +61,7 @@ from datasites.contract.secure_wire import (
 from datasites.contract.stored import dumps
 from datasites.site.audit import Event
 from datasites.site.hospital import Hospital
-from datasites.site.secure_store import SecureStore
+from datasites.site.phase_store import PhaseStore
 
 STORE_FILE = "secure.sqlite"
 _KEYS = {
@@ -124,7 +124,7 @@ def answer(
 ) -> dict[str, Any]:
     """Answer one phase call of a secure study (see the module docstring)."""
     round_, phase = check_request(request, plan)
-    store = SecureStore(hospital.root / STORE_FILE)
+    store = PhaseStore(hospital.root / STORE_FILE)
     store.expire(_SECRETS, SECRETS_TTL_S)
     party = Party(hospital, plan, round_, store)
     try:
@@ -154,7 +154,7 @@ class Party:
     hospital: Hospital
     plan: Plan
     round: int
-    store: SecureStore
+    store: PhaseStore
     repeated: bool = field(default=False)
     """Whether the call's phase was answered from the store (a repeat with the same inputs)."""
 

@@ -29,7 +29,7 @@ from datasites.server.syft_fixes import apply_all as apply_syft_fixes
 from datasites.site.audit import AuditLog
 from datasites.site.identity import Identity
 from datasites.site.paths import HOSPITAL_ROOT_ENV, HospitalConfig, SiteSettings
-from datasites.site.permissions import PRIVATE_UMASK, record_widened, secure_hospital_folder
+from datasites.site.permissions import PRIVATE_UMASK, narrow_permissions
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -120,7 +120,8 @@ def serve(config: HospitalConfig) -> None:
     # Everything syft writes later (database, WAL, blobs) is owner-only from the start.
     os.umask(PRIVATE_UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    secure_store(config)  # before anything is written: it counts what was readable
+    # Before anything is written: it counts what was readable.
+    narrow_permissions(config, warn=True, log=logger.warning)
     record_settings(config)
     identity = Identity.load_or_create(config.identity_path, config.name)
     os.environ[HOSPITAL_ROOT_ENV] = str(config.root)
@@ -166,20 +167,6 @@ def tls_options(config: HospitalConfig) -> dict[str, str]:
     if not config.tls:
         return {}
     return {"ssl_certfile": str(config.tls_cert_path), "ssl_keyfile": str(config.tls_key_path)}
-
-
-def secure_store(config: HospitalConfig) -> None:
-    """Make the hospital's folder owner-only; if it was not, say so and audit it."""
-    widened = secure_hospital_folder(config.root)
-    if widened:
-        logger.warning(
-            "%s: %d files of its store were readable by other users; they are private now, "
-            "but rotate its keys (python -m datasites rotate-keys --hospital %s)",
-            config.name,
-            len(widened),
-            config.name,
-        )
-        record_widened(config.root, widened)
 
 
 def record_settings(config: HospitalConfig) -> None:

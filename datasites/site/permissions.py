@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasites.site.audit import AuditLog, Event
+
+if TYPE_CHECKING:
+    from datasites.site.paths import HospitalConfig
 
 # The process umask of anything that writes a hospital's files: owner-only, 0600/0700.
 PRIVATE_UMASK = 0o077
@@ -53,6 +58,27 @@ def secure_hospital_folder(root: Path) -> list[Path]:
         if info.st_mode & OTHERS_BITS:
             _make_private(path, info)
             widened.append(path)
+    return widened
+
+
+def narrow_permissions(
+    config: HospitalConfig, *, warn: bool, log: Callable[[str], None] = print
+) -> list[Path]:
+    """Make the hospital's folder owner-only; return what was wider.
+
+    With `warn`, a hospital that already had keys (an identity) and whose folder was readable
+    by others gets `rotate_advice` through `log` and an audit entry: its keys may have been
+    copied. Without, what a setup just created is narrowed silently.
+
+    Raises:
+        StoreError: the folder cannot be made private (the message says what to do).
+    """
+    had_keys = config.identity_path.exists()
+    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    widened = secure_hospital_folder(config.root)
+    if warn and widened and had_keys:
+        log(rotate_advice(config.name, config.data_dir, widened))
+        record_widened(config.root, widened)
     return widened
 
 

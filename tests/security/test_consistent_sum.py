@@ -28,7 +28,7 @@ from datasites.runtime.secure import STORE_FILE
 from datasites.site.audit import AuditLog
 from datasites.site.identity import Identity
 from datasites.site.paths import HOSPITAL_ROOT_ENV, IDENTITY_FILE
-from datasites.site.secure_store import SecureStore
+from datasites.site.phase_store import PhaseStore
 from scientist.secure_round import run_secure_round
 from scientist.study import initial_weights
 from tests.secure_harness import (
@@ -155,7 +155,7 @@ def _collude(trio: dict, plan: Plan, partner: str) -> tuple[bytes, dict, bytes]:
     """What a colluding partner hands the relay: its signing key, its held shares and the
     digest of the round's inputs it signs."""
     identity = Identity.load_or_create(trio["roots"][partner] / IDENTITY_FILE, partner)
-    store = SecureStore(trio["roots"][partner] / STORE_FILE)
+    store = PhaseStore(trio["roots"][partner] / STORE_FILE)
     held = store.get((plan.scientist, plan.study_id), 1, "held")
     return (
         bytes.fromhex(identity.signing_key),
@@ -317,7 +317,7 @@ def _mask_request(trio, plan: Plan, name: str, ids: dict, weights=None) -> dict:
     for sender in ids:
         if sender == name:
             continue
-        store = SecureStore(trio["roots"][sender] / STORE_FILE)
+        store = PhaseStore(trio["roots"][sender] / STORE_FILE)
         inbox[ids[sender]] = store.get((plan.scientist, plan.study_id), 1, "share")[1][ids[name]]
     request = {"round": 1, "phase": "mask", "shares": inbox}
     return {**request, "weights": weights} if weights is not None else request
@@ -372,7 +372,7 @@ def test_a_finished_rounds_secret_keys_and_shares_are_erased(secure_trio, secure
     # Assert: no round key, seed or held share is left at any hospital; the public answers
     # are, so a repeated call is still served
     for root in secure_trio["roots"].values():
-        store = SecureStore(root / STORE_FILE)
+        store = PhaseStore(root / STORE_FILE)
         for phase in ("keys", "own", "held"):
             assert store.get((plan.scientist, plan.study_id), 1, phase) is None, phase
         assert store.get((plan.scientist, plan.study_id), 1, "unmask") is not None
@@ -395,7 +395,7 @@ def test_a_round_whose_unmasking_never_comes_keeps_no_secret_past_its_time(
     plan = Plan.from_dict(plan_dict)
     call_all = relay(secure_trio, secure_tables, plan_dict)
     phases_until_mask(call_all, _names(3), plan, initial_weights(CONFIG))
-    store = SecureStore(secure_trio["roots"]["hospital-b"] / STORE_FILE)
+    store = PhaseStore(secure_trio["roots"]["hospital-b"] / STORE_FILE)
     assert store.get((plan.scientist, plan.study_id), 1, "keys") is not None
     # Execute: the next secure call at hospital-b comes after the secrets' time ran out
     monkeypatch.setattr(secure_runtime, "SECRETS_TTL_S", 0.0)

@@ -31,8 +31,8 @@ from datasites.runtime.execute import current_hospital, execute
 from datasites.site.audit import AuditLog
 from datasites.site.caller import acting_as
 from datasites.site.paths import HOSPITAL_ROOT_ENV, LEDGER_FILE
+from datasites.site.phase_store import PhaseStore
 from datasites.site.policy import Policy
-from datasites.site.secure_store import SecureStore
 from scientist.config import DPConfig, StudyConfig
 from scientist.study import initial_weights
 from tests.conftest import IN_PROCESS_ACCOUNT
@@ -147,7 +147,7 @@ def test_a_second_account_cannot_open_a_second_secure_session_under_one_id(
 
 
 def test_the_secure_store_keys_answers_by_owner(tmp_path: Path) -> None:
-    store = SecureStore(tmp_path / "secure.sqlite")
+    store = PhaseStore(tmp_path / "secure.sqlite")
     store.put_once((ALICE, "s-1"), 1, "advertise", lambda: {"advert": b"alice"})
     assert store.get((BOB, "s-1"), 1, "advertise") is None
     assert store.get((ALICE, "s-1"), 1, "advertise") == {"advert": b"alice"}
@@ -240,12 +240,12 @@ def test_a_pickled_secure_store_row_is_never_run(tmp_path: Path) -> None:
             "INSERT INTO answers VALUES ('s-1', 1, 'keys', ?)", (pickle.dumps(_Boom(marker)),)
         )
     with pytest.raises(ValueError, match="not plain data"):
-        SecureStore(path)
+        PhaseStore(path)
     assert not marker.exists()
 
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE answers SET value = ?", (pickle.dumps((b"k", np.arange(3))),))
-    store = SecureStore(path)  # migrated: the old rows belong to no account
+    store = PhaseStore(path)  # migrated: the old rows belong to no account
     with pytest.raises(ValueError, match="before studies had owners"):
         store.get((ALICE, "s-1"), 1, "keys")
     assert store.get((ALICE, "s-2"), 1, "keys") is None

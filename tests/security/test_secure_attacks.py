@@ -17,7 +17,7 @@ from datasites.contract.secure_sum import (
 )
 from datasites.contract.secure_wire import masked_from_wire, reply_from_wire, round_layout
 from datasites.runtime.secure import STORE_FILE
-from datasites.site.secure_store import SecureStore
+from datasites.site.phase_store import PhaseStore
 from scientist.secure_round import run_secure_round
 from scientist.study import initial_weights
 from tests.secure_harness import (
@@ -69,7 +69,7 @@ def test_dropping_a_hospital_on_purpose_after_its_update_arrived_unmasks_nothing
     assert abs(np.corrcoef(signed, truth.view(np.int64).astype(float))[0, 1]) < 0.3
     # Positive control: with a's self-mask seed (read from its own store, which only the
     # hospital holds) the stripped vector is exactly its update: the attack needs b_a.
-    _, seed = SecureStore(secure_trio["roots"]["hospital-a"] / STORE_FILE).get(
+    _, seed = PhaseStore(secure_trio["roots"]["hospital-a"] / STORE_FILE).get(
         (plan.scientist, plan.study_id), 1, "keys"
     )
     np.testing.assert_array_equal(stripped - expand(seed, layout.length), truth)

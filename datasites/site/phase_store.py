@@ -63,7 +63,7 @@ class LegacyState(ValueError):
     """The study has state from before owners: it is not answered again."""
 
 
-class SecureStore:
+class PhaseStore:
     """One SQLite file of first answers; safe across threads and datasite processes."""
 
     def __init__(self, path: Path) -> None:
